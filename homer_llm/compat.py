@@ -1,0 +1,232 @@
+"""The only module that touches transformers internals.
+
+Everything HOMER needs from a decoder-only model goes through here: finding its parts, refusing
+what the method cannot drive, building masks per attention backend, running one decoder layer
+with HOMER's own position embeddings while capturing that layer's K/V, projecting the last
+token's query, and reading or writing a standard ``DynamicCache``.
+
+Rule kept throughout: HOMER's ``position_ids`` never reach a decoder layer. Position ids restart
+inside merged chunks, and flash attention / ``create_causal_mask`` read a restart as the start of a
+new packed sequence, which would silently block attention across merged chunks (HOMER.md 12).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from transformers import DynamicCache, PreTrainedModel
+
+SUPPORTED_MODEL_TYPES: tuple[str, ...] = ("llama", "mistral", "qwen2", "qwen3")
+SUPPORTED_ATTENTION: tuple[str, ...] = ("sdpa", "eager", "flash_attention_2")
+
+KV = tuple[torch.Tensor, torch.Tensor]
+
+
+class UnsupportedModelError(ValueError):
+    """The model's architecture or configuration is one HOMER cannot drive."""
+
+
+@dataclass(frozen=True)
+class ModelParts:
+    """Handles on the pieces of a causal LM that the HOMER loop calls directly."""
+
+    embed: nn.Module
+    layers: nn.ModuleList
+    norm: nn.Module
+    lm_head: nn.Module
+    rotary: nn.Module
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    window: int
+    attn_implementation: str
+
+    def layer_device(self, index: int) -> torch.device:
+        return next(self.layers[index].parameters()).device
+
+    @property
+    def embed_device(self) -> torch.device:
+        return next(self.embed.parameters()).device
+
+    @property
+    def head_device(self) -> torch.device:
+        return next(self.lm_head.parameters()).device
+
+
+def check_supported(model: PreTrainedModel) -> None:
+    """Raise UnsupportedModelError, naming the architecture, for anything HOMER cannot drive."""
+    config = model.config
+    model_type = getattr(config, "model_type", type(model).__name__)
+    if model_type not in SUPPORTED_MODEL_TYPES:
+        raise UnsupportedModelError(
+            f"HOMER supports {', '.join(SUPPORTED_MODEL_TYPES)} decoder models; "
+            f"got model_type={model_type!r} ({type(model).__name__})"
+        )
+    inner = getattr(model, "model", None)
+    if inner is None or not hasattr(inner, "layers") or not hasattr(model, "lm_head"):
+        raise UnsupportedModelError(f"{type(model).__name__} is not a causal LM with model.layers and lm_head")
+    layer_types = getattr(config, "layer_types", None) or []
+    window = getattr(config, "max_position_embeddings", None)
+    sliding = getattr(config, "sliding_window", None)
+    uses_sliding = any(t != "full_attention" for t in layer_types)
+    if model_type == "qwen2" and not getattr(config, "use_sliding_window", False):
+        uses_sliding = False
+    elif model_type in ("mistral",) and sliding is not None and window is not None and sliding < window:
+        uses_sliding = True
+    if uses_sliding:
+        raise UnsupportedModelError(
+            f"{model_type!r} model uses sliding-window or hybrid attention layers "
+            f"(sliding_window={sliding}, layer_types={sorted(set(layer_types))}); HOMER needs full attention"
+        )
+    impl = config._attn_implementation
+    if impl not in SUPPORTED_ATTENTION:
+        raise UnsupportedModelError(f"attention backend {impl!r} is not supported; use one of {SUPPORTED_ATTENTION}")
+
+
+def model_parts(model: PreTrainedModel) -> ModelParts:
+    """Look up the parts of a supported model (raises UnsupportedModelError otherwise)."""
+    check_supported(model)
+    config = model.config
+    inner = model.model
+    num_heads = config.num_attention_heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // num_heads
+    return ModelParts(
+        embed=inner.embed_tokens,
+        layers=inner.layers,
+        norm=inner.norm,
+        lm_head=model.lm_head,
+        rotary=inner.rotary_emb,
+        num_layers=config.num_hidden_layers,
+        num_heads=num_heads,
+        num_kv_heads=getattr(config, "num_key_value_heads", None) or num_heads,
+        head_dim=head_dim,
+        window=int(config.max_position_embeddings),
+        attn_implementation=config._attn_implementation,
+    )
+
+
+def position_embeddings(parts: ModelParts, hidden: torch.Tensor, positions: torch.Tensor) -> KV:
+    """cos/sin for ``positions`` ([n] long) from the model's own rotary module: ([1, n, d], [1, n, d])."""
+    return parts.rotary(hidden, position_ids=positions.to(hidden.device)[None, :])
+
+
+def attention_mask(
+    parts: ModelParts, q_len: int, past_len: int, dtype: torch.dtype, device: torch.device
+) -> torch.Tensor | None:
+    """Causal mask for ``q_len`` new tokens after ``past_len`` cached ones, in sequence order.
+
+    sdpa and flash apply causality themselves when q_len == kv_len (mask None, is_causal), and a
+    single query attends to everything, so only eager, or sdpa with a past, needs a tensor.
+    flash-attn aligns the causal mask bottom-right, which is what a past needs.
+    """
+    impl = parts.attn_implementation
+    if q_len == 1 or impl == "flash_attention_2" or (impl == "sdpa" and past_len == 0):
+        return None
+    kv_len = past_len + q_len
+    allowed = torch.arange(kv_len, device=device)[None, :] <= (torch.arange(q_len, device=device)[:, None] + past_len)
+    if impl == "sdpa":
+        return allowed[None, None]
+    mask = torch.zeros(q_len, kv_len, dtype=dtype, device=device)
+    mask.masked_fill_(~allowed, torch.finfo(dtype).min)
+    return mask[None, None]
+
+
+class _KVCapture:
+    """Stands in for a Cache in one layer call: keeps the layer's rotated K/V, adds nothing to them."""
+
+    def __init__(self) -> None:
+        self.kv: KV | None = None
+
+    def update(self, keys: torch.Tensor, values: torch.Tensor, *args, **kwargs) -> KV:
+        self.kv = (keys, values)
+        return keys, values
+
+
+def run_layer(
+    parts: ModelParts,
+    index: int,
+    hidden: torch.Tensor,
+    pos_emb: KV,
+    mask: torch.Tensor | None,
+    past: DynamicCache | None = None,
+) -> tuple[torch.Tensor, KV | None]:
+    """Run decoder layer ``index`` on ``hidden`` [1, n, hidden] and return (output, (K, V)).
+
+    With ``past`` (a DynamicCache holding earlier tokens), the layer appends to it and no K/V is
+    returned; without, the layer's own K/V ([1, n_kv, n, d] each, after rotary) are returned.
+    The hidden states are moved to the layer's device first (accelerate device maps).
+    """
+    device = parts.layer_device(index)
+    hidden = hidden.to(device)
+    cos, sin = (t.to(device) for t in pos_emb)
+    if mask is not None:
+        mask = mask.to(device)
+    capture = _KVCapture() if past is None else past
+    out = parts.layers[index](
+        hidden,
+        attention_mask=mask,
+        position_embeddings=(cos, sin),
+        past_key_values=capture,
+        use_cache=True,
+    )
+    if isinstance(out, tuple):  # older layers returned (hidden,) tuples
+        out = out[0]
+    return out, (capture.kv if past is None else None)
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+def last_query(parts: ModelParts, index: int, hidden_last: torch.Tensor, pos_emb_last: KV) -> torch.Tensor:
+    """The rotated query of one token at layer ``index``, as the layer's attention would form it.
+
+    Args:
+        hidden_last: [1, 1, hidden], the token's input to the layer.
+        pos_emb_last: cos/sin for that token, [1, 1, d] each.
+    Returns:
+        [n_heads, d] query (layer's dtype), with q_norm where the model has one.
+    """
+    layer = parts.layers[index]
+    attn = layer.self_attn
+    device = parts.layer_device(index)
+    x = layer.input_layernorm(hidden_last.to(device))
+    q = attn.q_proj(x).view(1, 1, -1, parts.head_dim)  # [1, 1, n_h, d]
+    if hasattr(attn, "q_norm"):
+        q = attn.q_norm(q)
+    q = q.transpose(1, 2)  # [1, n_h, 1, d]
+    cos, sin = (t.to(device)[:, None] for t in pos_emb_last)  # [1, 1, 1, d]
+    q = q * cos + _rotate_half(q) * sin
+    return q[0, :, 0]
+
+
+def attention_scaling(parts: ModelParts, index: int) -> float:
+    return float(getattr(parts.layers[index].self_attn, "scaling", parts.head_dim**-0.5))
+
+
+def final_logits(parts: ModelParts, hidden_last: torch.Tensor) -> torch.Tensor:
+    """Logits [vocab] (float32) for one hidden state [1, 1, hidden]."""
+    h = parts.norm(hidden_last.to(next(parts.norm.parameters()).device))
+    return parts.lm_head(h.to(parts.head_device))[0, -1].float()
+
+
+def embed(parts: ModelParts, ids: torch.Tensor) -> torch.Tensor:
+    """Token embeddings [1, n, hidden] for ids [n]."""
+    return parts.embed(ids.to(parts.embed_device)[None, :])
+
+
+def cache_from_kv(kv: list[KV] | tuple[KV, ...]) -> DynamicCache:
+    """A standard DynamicCache holding the given per-layer (K, V) ([1, n_kv, F, d] each)."""
+    cache = DynamicCache()
+    for index, (k, v) in enumerate(kv):
+        cache.update(k, v, index)
+    return cache
+
+
+def kv_from_cache(cache: DynamicCache) -> list[KV]:
+    """Per-layer (K, V) tensors of a DynamicCache."""
+    return [(layer.keys, layer.values) for layer in cache.layers]

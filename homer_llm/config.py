@@ -1,0 +1,93 @@
+"""Configuration objects: HOMER's hyperparameters and decoding settings.
+
+Both are frozen dataclasses validated at construction, so a bad value fails where it is written,
+not deep inside a forward pass.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+Pruning = Literal["calibrated", "uncalibrated", "random"]
+PRUNING_MODES: tuple[str, ...] = ("calibrated", "uncalibrated", "random")
+
+
+@dataclass(frozen=True)
+class HomerConfig:
+    """HOMER hyperparameters (HOMER.md section 2). ``None`` means "derive from the model".
+
+    Attributes:
+        chunk_len: M, the longest sequence any forward pass sees. Default: half the model window.
+        cache_len: T, the length of the final cache. Default: ``chunk_len``.
+        warmup_layers: W, layers run per leaf before any merging. Default: 12/32 of the layers
+            (12 for a 32-layer model, as in the paper), reduced if the tree is too tall for it.
+        pruning: "calibrated" (bias-corrected significance, the method), "uncalibrated" (B = 0)
+            or "random" (the paper's ablation).
+        calibration_samples: number of generic-text chunks used to build the bias table.
+        seed: seed for random pruning.
+    """
+
+    chunk_len: int | None = None
+    cache_len: int | None = None
+    warmup_layers: int | None = None
+    pruning: Pruning = "calibrated"
+    calibration_samples: int = 8
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("chunk_len", "cache_len", "warmup_layers"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
+                raise TypeError(f"HomerConfig.{name} must be an int or None, got {value!r}")
+        if self.chunk_len is not None and self.chunk_len < 8:
+            raise ValueError(f"HomerConfig.chunk_len must be >= 8, got {self.chunk_len}")
+        if self.cache_len is not None and self.cache_len < 2:
+            raise ValueError(f"HomerConfig.cache_len must be >= 2, got {self.cache_len}")
+        if self.warmup_layers is not None and self.warmup_layers < 0:
+            raise ValueError(f"HomerConfig.warmup_layers must be >= 0, got {self.warmup_layers}")
+        if self.pruning not in PRUNING_MODES:
+            raise ValueError(f"HomerConfig.pruning must be one of {PRUNING_MODES}, got {self.pruning!r}")
+        if self.calibration_samples < 1:
+            raise ValueError(f"HomerConfig.calibration_samples must be >= 1, got {self.calibration_samples}")
+
+
+@dataclass(frozen=True)
+class GenerationConfig:
+    """Decoding settings. ``temperature == 0`` means greedy.
+
+    Attributes:
+        max_new_tokens: upper bound on generated tokens.
+        temperature: softmax temperature; 0 selects greedy decoding.
+        top_p: nucleus sampling mass (1.0 disables it).
+        top_k: keep only the k most likely tokens (0 disables it).
+        seed: seed of the sampling generator (None: nondeterministic).
+        stop: strings that end generation; the matched stop string is not returned.
+    """
+
+    max_new_tokens: int = 256
+    temperature: float = 0.0
+    top_p: float = 1.0
+    top_k: int = 0
+    seed: int | None = None
+    stop: tuple[str, ...] = field(default_factory=tuple)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.stop, str):
+            object.__setattr__(self, "stop", (self.stop,))
+        else:
+            object.__setattr__(self, "stop", tuple(self.stop))
+        if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be a positive int, got {self.max_new_tokens!r}")
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if not 0.0 < self.top_p <= 1.0:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.top_k < 0:
+            raise ValueError(f"top_k must be >= 0, got {self.top_k}")
+        if any(not isinstance(s, str) or not s for s in self.stop):
+            raise ValueError(f"stop strings must be non-empty strings, got {self.stop!r}")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0

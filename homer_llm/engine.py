@@ -1,0 +1,203 @@
+"""The hierarchical pass: prompt parts in, compact standard KV cache out (HOMER.md 3-11).
+
+The tree is walked depth-first (post-order): a node's left subtree is finished and pruned before
+its right subtree starts, so at most one finished sibling per level is alive and the live K/V
+grows with log(length), not length.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from . import compat
+from .schedule import Node, Plan
+from .significance import calibrated_scores, keep_indices, last_query_logits, random_scores
+from .state import ChunkState, merge, prune
+
+logger = logging.getLogger(__name__)
+
+Progress = Callable[[int, int], None]
+"""Called as progress(done, total) in layer-passes of work."""
+
+
+@dataclass(frozen=True)
+class CompressionStats:
+    """What one compression did.
+
+    Attributes:
+        input_tokens: P + C + S.
+        cache_tokens: F, tokens in the final cache.
+        tree_height, num_leaves: H and N.
+        peak_kv_bytes: most K/V bytes alive at once during the pass (all nodes held together).
+        seconds: wall time of the pass.
+    """
+
+    input_tokens: int
+    cache_tokens: int
+    tree_height: int
+    num_leaves: int
+    peak_kv_bytes: int
+    seconds: float
+
+
+@dataclass(frozen=True)
+class CompressedContext:
+    """The result handed to generation.
+
+    Attributes:
+        kv: per layer (K, V), each [1, n_kv, F, d]; never modified (generation copies on append).
+        next_position: position id of the first generated token.
+        last_logits: [vocab] float32 logits at the last suffix token.
+        stats: CompressionStats.
+    """
+
+    kv: tuple[compat.KV, ...]
+    next_position: int
+    last_logits: torch.Tensor
+    stats: CompressionStats
+
+    @property
+    def cache_tokens(self) -> int:
+        return int(self.kv[0][0].shape[2])
+
+    def to_cache(self):
+        """A fresh transformers DynamicCache over these K/V (appending to it leaves self intact)."""
+        return compat.cache_from_kv(self.kv)
+
+    def kv_bytes(self) -> int:
+        return sum(k.numel() * k.element_size() + v.numel() * v.element_size() for k, v in self.kv)
+
+
+def _layer_passes(node: Node) -> int:
+    own = node.layer_end - node.layer_start
+    if node.left is None or node.right is None:
+        return own
+    return own + _layer_passes(node.left) + _layer_passes(node.right)
+
+
+class _Pass:
+    """One compression: holds what every node needs, and the live-memory bookkeeping."""
+
+    def __init__(
+        self,
+        parts: compat.ModelParts,
+        plan: Plan,
+        ids: torch.Tensor,
+        bias: torch.Tensor | None,
+        random_generator: torch.Generator | None,
+        progress: Progress | None,
+    ) -> None:
+        self.parts, self.plan, self.ids = parts, plan, ids
+        self.bias, self.random_generator, self.progress = bias, random_generator, progress
+        self.total = _layer_passes(plan.root)
+        self.done = 0
+        self.waiting: list[ChunkState] = []  # finished left siblings, one per level at most
+        self.peak_kv = 0
+
+    def leaf_input(self, node: Node) -> ChunkState:
+        """Token ids -> embeddings for leaf ``p + x_i + s`` with HOMER's reused position ids."""
+        plan = self.plan
+        P, C, S = plan.prefix_len, plan.context_len, plan.suffix_len
+        start, end = plan.leaf_ranges()[node.leaf_start]
+        ids = self.ids
+        leaf_ids = torch.cat([ids[:P], ids[P + start : P + end], ids[P + C :]])
+        n_ctx = end - start
+        positions = torch.cat(
+            [
+                torch.arange(P + n_ctx),
+                torch.arange(P + plan.nominal_leaf, P + plan.nominal_leaf + S),
+            ]
+        ).to(self.parts.embed_device)
+        hidden = compat.embed(self.parts, leaf_ids)
+        return ChunkState(hidden, positions, (), P, S)
+
+    def run(self, node: Node) -> ChunkState:
+        if node.left is None or node.right is None:
+            state = self.leaf_input(node)
+        else:
+            left = self.run(node.left)
+            self.waiting.append(left)
+            right = self.run(node.right)
+            self.waiting.pop()
+            state = merge(left, right)
+            del left, right
+        return self.run_layers(state, node)
+
+    def run_layers(self, state: ChunkState, node: Node) -> ChunkState:
+        parts = self.parts
+        n = state.length
+        mask = compat.attention_mask(parts, n, 0, state.hidden.dtype, state.hidden.device)
+        pos_emb = compat.position_embeddings(parts, state.hidden, state.positions)
+        last = node.layer_end - 1
+        hidden_last = None
+        for index in range(node.layer_start, node.layer_end):
+            if index == last:
+                hidden_last = state.hidden[:, -1:]
+            hidden, kv = compat.run_layer(parts, index, state.hidden, pos_emb, mask)
+            state = state.with_layer(hidden, kv)
+            self.done += 1
+            if self.progress is not None:
+                self.progress(self.done, self.total)
+        live = state.kv_bytes() + sum(s.kv_bytes() for s in self.waiting)
+        self.peak_kv = max(self.peak_kv, live)
+        if node.keep_ctx >= state.context_len:
+            return state
+        scores = self.scores(state, last, hidden_last, pos_emb)
+        keep = keep_indices(scores, state.prefix_len, state.suffix_len, node.keep_ctx)
+        return prune(state, keep)
+
+    def scores(self, state: ChunkState, layer: int, hidden_last: torch.Tensor, pos_emb: compat.KV) -> torch.Tensor:
+        if self.random_generator is not None:
+            return random_scores(state.length, self.random_generator)
+        parts = self.parts
+        cos, sin = pos_emb
+        query = compat.last_query(parts, layer, hidden_last, (cos[:, -1:], sin[:, -1:]))
+        keys = state.kv[layer][0]
+        logits = last_query_logits(query, keys, compat.attention_scaling(parts, layer))
+        bias_row = None if self.bias is None else self.bias[layer]
+        query_position = int(state.positions[-1])
+        return calibrated_scores(logits, state.positions, query_position, bias_row)
+
+
+@torch.inference_mode()
+def compress(
+    parts: compat.ModelParts,
+    plan: Plan,
+    ids: torch.Tensor,
+    *,
+    bias: torch.Tensor | None = None,
+    random_generator: torch.Generator | None = None,
+    progress: Progress | None = None,
+) -> CompressedContext:
+    """Run HOMER over ``ids`` ([P + C + S] long, prefix + context + suffix) following ``plan``.
+
+    Args:
+        bias: [L, M] calibration table, or None for uncalibrated significance.
+        random_generator: if given, prune at random (the ablation) instead of by significance.
+        progress: progress(done, total) after each layer pass.
+    """
+    if ids.dim() != 1:
+        raise ValueError(f"HOMER runs batch 1: expected a 1-D id tensor, got shape {tuple(ids.shape)}")
+    expected = plan.prefix_len + plan.context_len + plan.suffix_len
+    if ids.numel() != expected:
+        raise ValueError(f"plan is for {expected} tokens, got {ids.numel()}")
+    start = time.perf_counter()
+    run = _Pass(parts, plan, ids, bias, random_generator, progress)
+    root = run.run(plan.root)
+    logits = compat.final_logits(parts, root.hidden[:, -1:])
+    seconds = time.perf_counter() - start
+    stats = CompressionStats(
+        input_tokens=expected,
+        cache_tokens=root.length,
+        tree_height=plan.height,
+        num_leaves=plan.num_leaves,
+        peak_kv_bytes=run.peak_kv,
+        seconds=seconds,
+    )
+    logger.debug("HOMER pass: %s", stats)
+    return CompressedContext(root.kv, plan.next_position, logits, stats)

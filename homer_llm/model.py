@@ -1,0 +1,310 @@
+"""``HomerModel``: the one user-facing class of the engine.
+
+Loads a model (the embedded default, a local folder, or a hub id), and turns prompt parts into a
+compressed cache and text. Shared instances per (model, device, dtype, backend, HOMER config) are
+available through ``HomerModel.shared`` so integrations never load the same weights twice; every
+public method that touches the model holds ``self.lock``, so concurrent callers are serialized.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from . import compat
+from .calibration import get_bias
+from .config import GenerationConfig, HomerConfig
+from .engine import CompressedContext, Progress, compress
+from .generation import Generation, TextStream, generate
+from .prompt import PromptParts, split_chat, split_text
+from .schedule import Plan, make_plan
+
+logger = logging.getLogger(__name__)
+
+_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+           "float16": torch.float16, "fp16": torch.float16}
+
+
+def resolve_dtype(dtype: str | torch.dtype | None, device: str) -> torch.dtype:
+    """None/"auto": bfloat16 on CUDA, float32 on CPU (faster there than bf16 without AMX)."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype is None or dtype == "auto":
+        return torch.bfloat16 if device.startswith("cuda") else torch.float32
+    if dtype not in _DTYPES:
+        raise ValueError(f"dtype must be one of {sorted(_DTYPES)} or a torch.dtype, got {dtype!r}")
+    return _DTYPES[dtype]
+
+
+def resolve_device(device: str | None) -> str:
+    if device is None or device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} requested but CUDA is not available")
+    return device
+
+
+@dataclass(frozen=True)
+class Answer:
+    """Result of ``HomerModel.ask`` / ``answer``: the text plus what it cost."""
+
+    text: str
+    input_tokens: int
+    cache_tokens: int
+    output_tokens: int
+    finish_reason: str
+    compress_seconds: float
+    generate_seconds: float
+    peak_kv_bytes: int
+    tree_height: int
+
+
+class HomerModel:
+    """A causal LM driven by HOMER.
+
+    Attributes:
+        model: the transformers model (eval mode).
+        tokenizer: its tokenizer.
+        name: model identity (path or hub id) used in cache keys and metadata.
+        homer: the HomerConfig with chunk_len / cache_len resolved for this model.
+        lock: re-entrant lock serializing all model work.
+    """
+
+    _shared: dict[tuple, HomerModel] = {}
+    _shared_lock = threading.Lock()
+
+    def __init__(self, model, tokenizer, *, name: str, homer: HomerConfig | None = None) -> None:
+        self.parts = compat.model_parts(model)
+        model.eval()
+        self.model = model
+        self.tokenizer = tokenizer
+        self.name = name
+        homer = homer or HomerConfig()
+        chunk = homer.chunk_len or self.parts.window // 2
+        if chunk > self.parts.window:
+            raise ValueError(f"chunk_len {chunk} exceeds the model window {self.parts.window}")
+        self.homer = replace(homer, chunk_len=chunk, cache_len=min(homer.cache_len or chunk, chunk))
+        self.lock = threading.RLock()
+        self._bias: torch.Tensor | None = None
+        eos = model.generation_config.eos_token_id if model.generation_config is not None else None
+        eos = eos if eos is not None else tokenizer.eos_token_id
+        self.eos_ids: set[int] = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+
+    # ------------------------------------------------------------------ loading
+    @classmethod
+    def load(
+        cls,
+        model: str | Path | None = None,
+        *,
+        device: str | None = None,
+        dtype: str | torch.dtype | None = None,
+        attn_implementation: str = "sdpa",
+        homer: HomerConfig | None = None,
+        device_map: str | dict | None = None,
+        **model_kwargs: Any,
+    ) -> HomerModel:
+        """Load ``model`` (None: the embedded default SmolLM2-135M-Instruct) for HOMER.
+
+        Args:
+            model: local folder or hub id (hub ids need network access the first time).
+            device: "cpu", "cuda", "cuda:N" or None (CUDA when available).
+            dtype: "float32", "bfloat16", "float16", a torch dtype, or None ("auto").
+            attn_implementation: "sdpa" (default), "eager" or "flash_attention_2".
+            device_map: passed to transformers/accelerate to spread layers over devices.
+        """
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        if attn_implementation not in compat.SUPPORTED_ATTENTION:
+            raise ValueError(f"attn_implementation must be one of {compat.SUPPORTED_ATTENTION}, got {attn_implementation!r}")
+        if attn_implementation == "flash_attention_2":
+            import importlib.util
+
+            if importlib.util.find_spec("flash_attn") is None:
+                raise ValueError("attn_implementation='flash_attention_2' needs the flash-attn package installed")
+        if model is None:
+            from .default_model import default_model_path
+
+            path: str = str(default_model_path())
+        else:
+            path = str(model)
+        device = resolve_device(device)
+        torch_dtype = resolve_dtype(dtype, device)
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(path)
+            kwargs = dict(dtype=torch_dtype, attn_implementation=attn_implementation, **model_kwargs)
+            if device_map is not None:
+                kwargs["device_map"] = device_map
+            lm = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+        except OSError as err:
+            raise ValueError(f"cannot load model {path!r}: {err}") from err
+        if device_map is None:
+            lm.to(device)
+        return cls(lm, tokenizer, name=path if model is not None else "SmolLM2-135M-Instruct", homer=homer)
+
+    @classmethod
+    def shared(cls, model: str | Path | None = None, **kwargs: Any) -> HomerModel:
+        """A process-wide instance per (model, settings): loaded once, reused by every caller."""
+        key = (str(model), tuple(sorted((k, repr(v)) for k, v in kwargs.items())))
+        with cls._shared_lock:
+            if key not in cls._shared:
+                cls._shared[key] = cls.load(model, **kwargs)
+            return cls._shared[key]
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def window(self) -> int:
+        """The model's native context window (max_position_embeddings)."""
+        return self.parts.window
+
+    @property
+    def chunk_len(self) -> int:
+        assert self.homer.chunk_len is not None
+        return self.homer.chunk_len
+
+    @property
+    def device(self) -> torch.device:
+        return self.parts.embed_device
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    # ------------------------------------------------------------------ prompts
+    def prepare_chat(
+        self,
+        messages: Sequence[dict[str, Any]],
+        document: str | None = None,
+        *,
+        tools: Sequence[dict[str, Any]] | None = None,
+    ) -> PromptParts:
+        """Render chat ``messages`` (one content holding DOCUMENT_PLACEHOLDER) around ``document``."""
+        if document is not None:
+            check_document(document)
+        if getattr(self.tokenizer, "chat_template", None):
+            return split_chat(self.tokenizer, messages, document, tools=tools)
+        if tools:
+            raise ValueError(f"model {self.name!r} has no chat template, so tools cannot be rendered")
+        return _raw_chat(self.tokenizer, messages, document)
+
+    def prepare_question(self, document: str, question: str, *, system: str | None = None) -> PromptParts:
+        """The standard document-QA prompt: the document, then the question, in one user turn."""
+        from .prompt import DOCUMENT_PLACEHOLDER
+
+        check_document(document)
+        if not question or not question.strip():
+            raise ValueError("the question is empty")
+        messages: list[dict[str, Any]] = []
+        if system:
+            messages.append({"role": "system", "content": system})
+        messages.append({"role": "user", "content": f"{DOCUMENT_PLACEHOLDER}\n\n{question.strip()}"})
+        return self.prepare_chat(messages, document)
+
+    # ------------------------------------------------------------------ the method
+    def plan(self, parts: PromptParts) -> Plan:
+        """The HOMER schedule for ``parts`` (raises ValueError if it cannot fit)."""
+        return make_plan(
+            len(parts.prefix),
+            len(parts.context),
+            len(parts.suffix),
+            chunk_len=self.chunk_len,
+            cache_len=self.homer.cache_len or self.chunk_len,
+            num_layers=self.parts.num_layers,
+            warmup_layers=self.homer.warmup_layers,
+        )
+
+    def bias_table(self) -> torch.Tensor | None:
+        """The calibration table for this model (built once, then loaded), or None if unused."""
+        if self.homer.pruning != "calibrated":
+            return None
+        if self._bias is None:
+            with self.lock:
+                self._bias = get_bias(
+                    self.parts, self.tokenizer, self.name, self.model.config.to_dict(),
+                    self.chunk_len, self.homer.calibration_samples,
+                )
+        return self._bias
+
+    def compress(self, parts: PromptParts, *, progress: Progress | None = None) -> CompressedContext:
+        """Run HOMER over the prompt: a compact cache, next position id and last logits."""
+        plan = self.plan(parts)
+        if plan.num_leaves == 1 and plan.root.keep_ctx >= plan.context_len:
+            bias = None  # one chunk, nothing pruned: the plain path, no table needed
+        else:
+            bias = self.bias_table()
+        gen = None
+        if self.homer.pruning == "random":
+            gen = torch.Generator().manual_seed(self.homer.seed)
+        ids = torch.tensor(parts.ids, dtype=torch.long)
+        with self.lock:
+            try:
+                return compress(self.parts, plan, ids, bias=bias, random_generator=gen, progress=progress)
+            except torch.OutOfMemoryError as err:
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
+                raise MemoryError(
+                    f"out of memory compressing {len(parts)} tokens with chunk_len={self.chunk_len}; "
+                    "lower chunk_len, use a smaller dtype, or spread the model with device_map"
+                ) from err
+
+    def stream(
+        self, source: PromptParts | CompressedContext, config: GenerationConfig | None = None,
+        *, progress: Progress | None = None,
+    ) -> TextStream:
+        """Text deltas for ``source``; ``stream.result`` holds the Generation once exhausted.
+
+        The model lock is held while the stream is being consumed, so finish (or close) it.
+        """
+        context = source if isinstance(source, CompressedContext) else self.compress(source, progress=progress)
+        return TextStream(self.parts, self.tokenizer, context, config or GenerationConfig(), self.eos_ids, lock=self.lock)
+
+    def generate(
+        self, source: PromptParts | CompressedContext, config: GenerationConfig | None = None,
+        *, progress: Progress | None = None,
+    ) -> Generation:
+        context = source if isinstance(source, CompressedContext) else self.compress(source, progress=progress)
+        with self.lock:
+            return generate(self.parts, self.tokenizer, context, config or GenerationConfig(), self.eos_ids)
+
+    def answer(
+        self, parts: PromptParts, config: GenerationConfig | None = None, *, progress: Progress | None = None
+    ) -> Answer:
+        """Compress, then generate; with token counts and timings."""
+        context = self.compress(parts, progress=progress)
+        out = self.generate(context, config)
+        s = context.stats
+        return Answer(out.text.strip(), s.input_tokens, s.cache_tokens, len(out.token_ids), out.finish_reason,
+                      s.seconds, out.seconds, s.peak_kv_bytes, s.tree_height)
+
+    def ask(
+        self, document: str, question: str, *, system: str | None = None,
+        config: GenerationConfig | None = None, progress: Progress | None = None,
+    ) -> Answer:
+        """Answer ``question`` about ``document`` (the whole document goes into the context)."""
+        return self.answer(self.prepare_question(document, question, system=system), config, progress=progress)
+
+
+def check_document(document: Any) -> None:
+    """Refuse documents HOMER cannot take: not text, empty, or binary."""
+    if not isinstance(document, str):
+        raise TypeError(f"document must be str, got {type(document).__name__}")
+    if not document.strip():
+        raise ValueError("the document is empty")
+    if "\x00" in document:
+        raise ValueError("the document contains NUL bytes: it looks binary, not text")
+
+
+def _raw_chat(tokenizer, messages: Sequence[dict[str, Any]], document: str | None) -> PromptParts:
+    """Template-free rendering for base models: 'role: content' lines, then 'assistant:'."""
+    from .prompt import DOCUMENT_PLACEHOLDER
+
+    text = "".join(f"{m['role']}: {m['content']}\n" for m in messages) + "assistant:"
+    if document is None:
+        return split_text(tokenizer, text, "", "")
+    head, _, tail = text.partition(DOCUMENT_PLACEHOLDER)
+    return split_text(tokenizer, head, document, tail)
+

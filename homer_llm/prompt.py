@@ -1,0 +1,84 @@
+"""Splitting a prompt into HOMER's prefix / context / suffix token ids (HOMER.md section 1)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+DOCUMENT_PLACEHOLDER = "\ue000HOMER_DOCUMENT\ue000"
+"""Put this string in a message's content where the document goes (see ``split_chat``)."""
+
+
+@dataclass(frozen=True)
+class PromptParts:
+    """Token ids of the three parts. Only ``context`` is ever compressed; ``suffix`` is non-empty."""
+
+    prefix: tuple[int, ...]
+    context: tuple[int, ...]
+    suffix: tuple[int, ...]
+
+    def __post_init__(self) -> None:
+        if not self.suffix:
+            # HOMER needs a last (query) token outside the context: borrow the context's last one.
+            if self.context:
+                object.__setattr__(self, "suffix", self.context[-1:])
+                object.__setattr__(self, "context", self.context[:-1])
+            elif self.prefix:
+                object.__setattr__(self, "suffix", self.prefix[-1:])
+                object.__setattr__(self, "prefix", self.prefix[:-1])
+            else:
+                raise ValueError("empty prompt: no tokens at all")
+
+    @property
+    def ids(self) -> tuple[int, ...]:
+        return self.prefix + self.context + self.suffix
+
+    def __len__(self) -> int:
+        return len(self.prefix) + len(self.context) + len(self.suffix)
+
+
+def _encode(tokenizer, text: str) -> tuple[int, ...]:
+    return tuple(tokenizer(text, add_special_tokens=False)["input_ids"]) if text else ()
+
+
+def split_text(tokenizer, prefix: str, document: str, suffix: str) -> PromptParts:
+    """Raw (template-free) split; the tokenizer's BOS, if it adds one, starts the prefix."""
+    bos = getattr(tokenizer, "bos_token_id", None)
+    adds_bos = bos is not None and tokenizer("a")["input_ids"][:1] == [bos]
+    head = (bos,) if adds_bos else ()
+    return PromptParts(head + _encode(tokenizer, prefix), _encode(tokenizer, document), _encode(tokenizer, suffix))
+
+
+def split_chat(
+    tokenizer,
+    messages: Sequence[dict[str, Any]],
+    document: str | None = None,
+    *,
+    tools: Sequence[dict[str, Any]] | None = None,
+    add_generation_prompt: bool = True,
+) -> PromptParts:
+    """Render ``messages`` with the tokenizer's chat template and split around the document.
+
+    One message content holds ``DOCUMENT_PLACEHOLDER`` where ``document`` goes. Everything the
+    template renders before it becomes the prefix, everything after it (generation prompt
+    included) the suffix. Without a document, the whole rendering is prefix + suffix and nothing
+    is compressed. Tokenized with ``add_special_tokens=False``, as transformers does for chat.
+
+    Raises:
+        ValueError: no chat template, or the placeholder missing / repeated when a document is given.
+    """
+    if not getattr(tokenizer, "chat_template", None):
+        raise ValueError("this tokenizer has no chat template; use split_text(prefix, document, suffix)")
+    rendered = tokenizer.apply_chat_template(
+        list(messages), tools=list(tools) if tools else None, tokenize=False, add_generation_prompt=add_generation_prompt
+    )
+    if document is None:
+        if DOCUMENT_PLACEHOLDER in rendered:
+            raise ValueError("messages contain the document placeholder but no document was given")
+        return PromptParts(_encode(tokenizer, rendered), (), ())
+    count = rendered.count(DOCUMENT_PLACEHOLDER)
+    if count != 1:
+        raise ValueError(f"the document placeholder must appear exactly once in the messages, found {count}")
+    head, tail = rendered.split(DOCUMENT_PLACEHOLDER)
+    return PromptParts(_encode(tokenizer, head), _encode(tokenizer, document), _encode(tokenizer, tail))
