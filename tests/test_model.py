@@ -1,0 +1,103 @@
+"""HomerModel: prompts, plain-path exactness, bad input, unsupported models."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from tiny import tiny_model
+
+from homer_llm import (
+    DOCUMENT_PLACEHOLDER,
+    GenerationConfig,
+    HomerConfig,
+    HomerModel,
+    UnsupportedModelError,
+    split_chat,
+)
+
+
+def test_split_chat_places_document_between_affixes(tokenizer):
+    messages = [{"role": "system", "content": "Be brief."},
+                {"role": "user", "content": f"Doc:\n{DOCUMENT_PLACEHOLDER}\nQ: who?"}]
+    parts = split_chat(tokenizer, messages, "hello world")
+    assert tokenizer.decode(parts.context) == "hello world"
+    assert tokenizer.decode(parts.prefix).endswith("Doc:\n")
+    assert tokenizer.decode(parts.suffix).endswith("<|im_start|>assistant\n")
+    with pytest.raises(ValueError, match="exactly once"):
+        split_chat(tokenizer, [{"role": "user", "content": "no placeholder"}], "doc")
+
+
+@pytest.mark.parametrize(
+    "document,exc,match",
+    [("", ValueError, "empty"), ("   \n", ValueError, "empty"), ("ab\x00cd", ValueError, "binary"),
+     (b"bytes", TypeError, "str")],
+)
+def test_bad_documents(tiny_homer, document, exc, match):
+    with pytest.raises(exc, match=match):
+        tiny_homer.ask(document, "question?")
+
+
+def test_empty_question(tiny_homer):
+    with pytest.raises(ValueError, match="question is empty"):
+        tiny_homer.ask("a document", "  ")
+
+
+def test_prompt_that_cannot_fit(tiny_homer):
+    with pytest.raises(ValueError, match="shorten the instruction or question"):
+        tiny_homer.ask("a document", "why? " * 40)
+
+
+def test_short_input_is_plain_model_result(tiny_homer):
+    parts = tiny_homer.prepare_question("short doc", "q?")
+    ctx = tiny_homer.compress(parts)
+    with torch.no_grad():
+        ref = tiny_homer.model(torch.tensor([parts.ids])).logits[0, -1]
+    torch.testing.assert_close(ctx.last_logits, ref, atol=1e-5, rtol=1e-5)
+    assert ctx.stats.tree_height == 0 and ctx.cache_tokens == len(parts)
+
+
+def test_long_input_compresses_to_chunk(tiny_homer):
+    ans = tiny_homer.ask("lorem ipsum dolor " * 100, "q?", config=GenerationConfig(max_new_tokens=4))
+    assert ans.input_tokens > 1500 and ans.cache_tokens == tiny_homer.chunk_len == 128
+    assert ans.tree_height >= 3
+
+
+def test_unsupported_architectures(tokenizer):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    gpt2 = GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=len(tokenizer)))
+    with pytest.raises(UnsupportedModelError, match="gpt2"):
+        HomerModel(gpt2, tokenizer, name="gpt2")
+    sliding = tiny_model("mistral", vocab=len(tokenizer), sliding_window=64)
+    with pytest.raises(UnsupportedModelError, match="sliding"):
+        HomerModel(sliding, tokenizer, name="mistral-sw")
+
+
+def test_chunk_len_beyond_window_refused(tokenizer):
+    with pytest.raises(ValueError, match="exceeds the model window"):
+        HomerModel(tiny_model(vocab=len(tokenizer)), tokenizer, name="t", homer=HomerConfig(chunk_len=1024))
+
+
+@pytest.mark.parametrize("kwargs", [dict(chunk_len=4), dict(pruning="magic"), dict(warmup_layers=-1),
+                                    dict(calibration_samples=0)])
+def test_bad_homer_config(kwargs):
+    with pytest.raises(ValueError):
+        HomerConfig(**kwargs)
+
+
+def test_bad_load_arguments():
+    with pytest.raises(ValueError, match="attn_implementation"):
+        HomerModel.load("/nonexistent", attn_implementation="magic")
+    with pytest.raises(ValueError, match="cannot load model"):
+        HomerModel.load("/nonexistent/model/folder")
+
+
+def test_model_from_folder_round_trip(tmp_path, tokenizer):
+    model = tiny_model(vocab=len(tokenizer))
+    model.save_pretrained(tmp_path / "m")
+    tokenizer.save_pretrained(tmp_path / "m")
+    hm = HomerModel.load(tmp_path / "m", dtype="float32")
+    assert hm.window == 256 and hm.chunk_len == 128
+    assert HomerModel.shared(tmp_path / "m", dtype="float32") is HomerModel.shared(tmp_path / "m", dtype="float32")
+    ans = hm.ask("words " * 80, "q?", config=GenerationConfig(max_new_tokens=3))
+    assert ans.cache_tokens == 128
