@@ -1,0 +1,29 @@
+"""CUDA checks: skipped where no GPU is present (CI never has one)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from tiny import tiny_model
+
+from homer_llm import compat
+from homer_llm.engine import compress
+from homer_llm.schedule import make_plan
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device; none is present"),
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_cuda_pass_matches_cpu(dtype):
+    cpu = tiny_model("llama", vocab=100)
+    gpu = tiny_model("llama", vocab=100, dtype=dtype).cuda()
+    plan = make_plan(6, 500, 5, chunk_len=128, cache_len=128, num_layers=6, warmup_layers=2)
+    ids = torch.randint(5, 100, (511,), generator=torch.Generator().manual_seed(0))
+    a = compress(compat.model_parts(cpu), plan, ids)
+    b = compress(compat.model_parts(gpu), plan, ids)
+    assert b.kv[0][0].device.type == "cuda" and b.kv[0][0].dtype == dtype
+    tol = 1e-4 if dtype == torch.float32 else 5e-2
+    assert torch.nn.functional.cosine_similarity(a.last_logits, b.last_logits.cpu(), dim=0) > 1 - tol
