@@ -1,0 +1,400 @@
+"""The benchmark loop: plain transformers prefill vs HOMER compression, length by length.
+
+For every (method, length): random token ids, ``warmup`` untimed runs (first length only), then
+up to ``repeats`` timed runs (median reported; stops early once ``budget_s`` is spent), the peak
+memory of the runs, then greedy decode on the resulting cache. Out-of-memory is a result: the
+row says "oom", memory is freed, and longer lengths of that method are skipped.
+
+HOMER is driven through the engine directly (``compat.model_parts`` + ``schedule.make_plan`` +
+``engine.compress``), with a zero calibration table by default: the calibrated code path (bias
+gather and subtraction) runs, while building a real table is a one-off cost per model that
+belongs to no single request.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import logging
+import platform
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from statistics import median
+from typing import Any
+
+import torch
+import transformers
+
+from .. import __version__, compat
+from ..engine import compress
+from ..generation import decode_step
+from ..schedule import Plan, make_plan
+from .configs import ModelShape, build_model, count_parameters, layer_parameters, weights_bytes
+from .measure import device_name, free_memory, make_meter, matmul_rate, time_call
+
+logger = logging.getLogger(__name__)
+
+METHODS: tuple[str, ...] = ("plain", "homer")
+BIAS_MODES: tuple[str, ...] = ("zero", "none", "random")
+
+
+@dataclass(frozen=True)
+class BenchSettings:
+    """What to run.
+
+    Attributes:
+        shape: the model shape (random weights).
+        device: "cpu", "cuda" or "cuda:N".
+        dtype: weights and activations dtype.
+        attn: attention backend of the transformers model ("sdpa" or "eager").
+        methods: subset of METHODS.
+        lengths: total input tokens per run (P + C + S for HOMER), ascending.
+        prefix_len, suffix_len: HOMER's P and S (a real prompt's instruction and question).
+        chunk_len: HOMER's M (None: half the window); warmup_layers: W (None: 12/32 of the layers).
+        repeats: timed runs per length (median reported); warmup: untimed runs at the first length.
+        budget_s: stop repeating a length once its timed runs took this long (at least one run).
+        decode_tokens: greedy decode steps timed on each resulting cache (0: skip decode).
+        bias: HOMER calibration table: "zero" (calibrated code path, zero table), "none"
+            (uncalibrated path) or "random".
+        plain_logits: "last" (``logits_to_keep=1``: only what generation needs) or "all" (the
+            full [n, vocab] logits a bare ``model(ids)`` returns).
+        seed: ids and weights seed.
+    """
+
+    shape: ModelShape
+    device: str = "cpu"
+    dtype: torch.dtype = torch.float32
+    attn: str = "sdpa"
+    methods: tuple[str, ...] = METHODS
+    lengths: tuple[int, ...] = ()
+    prefix_len: int | None = None
+    suffix_len: int | None = None
+    chunk_len: int | None = None
+    warmup_layers: int | None = None
+    repeats: int = 3
+    warmup: int = 1
+    budget_s: float = 30.0
+    decode_tokens: int = 16
+    bias: str = "zero"
+    plain_logits: str = "last"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        bad = [m for m in self.methods if m not in METHODS]
+        if bad or not self.methods:
+            raise ValueError(f"methods must be a non-empty subset of {METHODS}, got {self.methods!r}")
+        if self.bias not in BIAS_MODES:
+            raise ValueError(f"bias must be one of {BIAS_MODES}, got {self.bias!r}")
+        if self.plain_logits not in ("last", "all"):
+            raise ValueError(f"plain_logits must be 'last' or 'all', got {self.plain_logits!r}")
+        if self.repeats < 1 or self.warmup < 0 or self.decode_tokens < 0:
+            raise ValueError(
+                f"need repeats >= 1, warmup >= 0, decode_tokens >= 0; got {self.repeats}, {self.warmup}, {self.decode_tokens}"
+            )
+        if self.attn not in ("sdpa", "eager", "flash_attention_2"):
+            raise ValueError(f"attn must be sdpa, eager or flash_attention_2, got {self.attn!r}")
+        lengths = self.lengths or self.shape.lengths
+        if any(n < 2 for n in lengths):
+            raise ValueError(f"lengths must be >= 2 tokens, got {lengths}")
+        object.__setattr__(self, "lengths", tuple(sorted(set(lengths))))
+        if self.prefix_len is None:
+            object.__setattr__(self, "prefix_len", self.shape.prefix_len)
+        if self.suffix_len is None:
+            object.__setattr__(self, "suffix_len", self.shape.suffix_len)
+
+
+@dataclass(frozen=True)
+class BenchResult:
+    """One (method, length) row. Byte counts are ints; None where not measured.
+
+    Attributes:
+        status: "ok", "oom", "skipped" (a shorter length already ran out of memory) or "error".
+        note: the OOM/error message, or why it was skipped.
+        seconds: median prefill/compression time; runs: every timed run.
+        tokens_per_s: length / seconds.
+        peak_bytes: CUDA max allocated (weights included), or the process's peak RSS on the CPU.
+        peak_over_weights_bytes: CUDA: peak minus weight bytes; CPU: peak RSS minus RSS just
+            before the run (the run's own growth; weights are already in the baseline).
+        reserved_bytes: CUDA allocator peak reserve (None on the CPU).
+        kv_peak_bytes: HOMER: the engine's CompressionStats.peak_kv_bytes (all K/V alive at once);
+            plain: the full cache, length x per-token K/V bytes.
+        cache_tokens, cache_bytes: the resulting cache handed to decoding.
+        decode_ms: greedy decode ms per token on that cache (the same decode loop for both).
+        floor_seconds: 2 x decoder-layer parameters x length / measured matmul rate.
+        x_floor: seconds / floor_seconds (< 1 is possible for HOMER: pruned tokens skip layers).
+        work_fraction: HOMER token-layers / (length x layers): the share of dense work it does.
+        tree_height, num_leaves: HOMER's H and N.
+    """
+
+    method: str
+    length: int
+    status: str
+    note: str = ""
+    seconds: float | None = None
+    runs: tuple[float, ...] = ()
+    tokens_per_s: float | None = None
+    peak_bytes: int | None = None
+    peak_over_weights_bytes: int | None = None
+    reserved_bytes: int | None = None
+    kv_peak_bytes: int | None = None
+    cache_tokens: int | None = None
+    cache_bytes: int | None = None
+    decode_ms: float | None = None
+    floor_seconds: float | None = None
+    x_floor: float | None = None
+    work_fraction: float | None = None
+    tree_height: int | None = None
+    num_leaves: int | None = None
+
+
+@dataclass(frozen=True)
+class BenchReport:
+    meta: dict[str, Any]
+    results: tuple[BenchResult, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"meta": self.meta, "results": [asdict(r) for r in self.results]}
+
+
+@dataclass
+class _Prefill:
+    """What one method produced: a DynamicCache to decode on and what to report about it."""
+
+    cache: Any
+    next_position: int
+    cache_tokens: int
+    cache_bytes: int
+    kv_peak_bytes: int
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def is_oom(err: BaseException) -> bool:
+    """True for out-of-memory errors, including cuBLAS/cuDNN allocation failures."""
+    if isinstance(err, (torch.OutOfMemoryError, MemoryError)):
+        return True
+    text = str(err)
+    return isinstance(err, RuntimeError) and ("out of memory" in text or "ALLOC_FAILED" in text)
+
+
+def token_layers(plan: Plan) -> int:
+    """Tokens x layers HOMER runs under ``plan`` (dense prefill: length x layers)."""
+    P, S = plan.prefix_len, plan.suffix_len
+    total = 0
+    for node in plan.nodes():
+        if node.left is None or node.right is None:
+            ctx = node.natural_ctx
+        else:
+            ctx = node.left.keep_ctx + node.right.keep_ctx
+        total += (P + ctx + S) * (node.layer_end - node.layer_start)
+    return total
+
+
+def _cache_bytes(cache) -> int:
+    return sum(k.numel() * k.element_size() + v.numel() * v.element_size() for k, v in compat.kv_from_cache(cache))
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {text[0] if text else ''}"[:200]
+
+
+class Bench:
+    """Holds the model and the measured constants; ``run()`` produces the report."""
+
+    def __init__(self, settings: BenchSettings, model=None) -> None:
+        self.settings = settings
+        self.device = torch.device(settings.device)
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"device {settings.device!r} requested but CUDA is not available")
+        torch.manual_seed(settings.seed)
+        self.model = model if model is not None else build_model(
+            settings.shape, device=self.device, dtype=settings.dtype,
+            attn_implementation=settings.attn, seed=settings.seed,
+        )
+        self.parts = compat.model_parts(self.model)
+        self.chunk_len = settings.chunk_len or self.parts.window // 2
+        if self.chunk_len > self.parts.window:
+            raise ValueError(f"chunk_len {self.chunk_len} exceeds the model window {self.parts.window}")
+        self.weights_bytes = weights_bytes(self.model)
+        self.layer_params = layer_parameters(self.model)
+        self.meter = make_meter(self.device)
+        self.rate = matmul_rate(self.device, settings.dtype)
+        self.bias = self._bias_table()
+
+    def _bias_table(self) -> torch.Tensor | None:
+        mode, shape = self.settings.bias, (self.parts.num_layers, self.chunk_len)
+        if mode == "none":
+            return None
+        if mode == "zero":
+            return torch.zeros(shape, dtype=torch.float32, device=self.device)
+        gen = torch.Generator().manual_seed(self.settings.seed)
+        return (torch.randn(shape, generator=gen) * 0.1).to(self.device)
+
+    # ------------------------------------------------------------------ methods
+    def plan(self, length: int) -> Plan:
+        s = self.settings
+        assert s.prefix_len is not None and s.suffix_len is not None
+        context = length - s.prefix_len - s.suffix_len
+        if context < 1:
+            raise ValueError(f"length {length} leaves no context after prefix {s.prefix_len} + suffix {s.suffix_len}")
+        return make_plan(
+            s.prefix_len, context, s.suffix_len, chunk_len=self.chunk_len, cache_len=self.chunk_len,
+            num_layers=self.parts.num_layers, warmup_layers=s.warmup_layers,
+        )
+
+    def _plain(self, ids: torch.Tensor) -> _Prefill:
+        keep = 1 if self.settings.plain_logits == "last" else 0
+        out = self.model(input_ids=ids[None], use_cache=True, logits_to_keep=keep)
+        cache = out.past_key_values
+        n = int(ids.numel())
+        size = _cache_bytes(cache)
+        return _Prefill(cache, n, n, size, size)
+
+    def _homer(self, ids: torch.Tensor, plan: Plan) -> _Prefill:
+        ctx = compress(self.parts, plan, ids, bias=self.bias)
+        extra = {"tree_height": ctx.stats.tree_height, "num_leaves": ctx.stats.num_leaves}
+        return _Prefill(ctx.to_cache(), ctx.next_position, ctx.cache_tokens, ctx.kv_bytes(), ctx.stats.peak_kv_bytes, extra)
+
+    def _method(self, method: str, length: int) -> tuple[Callable[[], _Prefill], dict[str, Any]]:
+        gen = torch.Generator().manual_seed(self.settings.seed + length)
+        ids = torch.randint(3, self.parts.embed.num_embeddings, (length,), generator=gen)
+        if method == "plain":
+            dev_ids = ids.to(self.device)
+            return (lambda: self._plain(dev_ids)), {}
+        plan = self.plan(length)
+        work = token_layers(plan) / (length * self.parts.num_layers)
+        return (lambda: self._homer(ids, plan)), {"work_fraction": work}
+
+    # ------------------------------------------------------------------ measuring
+    def _decode_ms(self, prefill: _Prefill) -> float | None:
+        steps = self.settings.decode_tokens
+        if steps == 0:
+            return None
+        state = {"token": 0, "position": prefill.next_position}
+
+        def step() -> None:
+            logits = decode_step(self.parts, prefill.cache, state["token"], state["position"])
+            state["token"] = int(torch.argmax(logits))  # a real greedy loop syncs once per token
+            state["position"] += 1
+
+        step()  # warm-up
+        seconds, _ = time_call(self.device, lambda: [step() for _ in range(steps)])
+        return seconds * 1000.0 / steps
+
+    def warm_up(self, method: str, length: int) -> None:
+        """Untimed runs (kernels, allocator, cuBLAS handles); an OOM here is left to the measurement."""
+        for _ in range(self.settings.warmup):
+            try:
+                fn, _ = self._method(method, length)
+                with torch.inference_mode():
+                    out = fn()
+                    if self.settings.decode_tokens:
+                        decode_step(self.parts, out.cache, 0, out.next_position)
+                del out
+            except Exception as err:  # noqa: BLE001 - only OOM is tolerated, re-raised otherwise
+                if not is_oom(err):
+                    raise
+                logger.info("warm-up of %s at %d ran out of memory", method, length)
+                break
+            finally:
+                free_memory(self.device)
+
+    def measure(self, method: str, length: int) -> BenchResult:
+        """Time, meter and decode one (method, length); OOM becomes a result."""
+        s = self.settings
+        try:
+            fn, info = self._method(method, length)
+        except ValueError as err:
+            return BenchResult(method, length, "error", note=_first_line(err))
+        runs: list[float] = []
+        peak = over = reserved = 0
+        prefill: _Prefill | None = None
+        failure: BaseException | None = None
+        try:
+            with torch.inference_mode():
+                for _ in range(s.repeats):
+                    prefill = None
+                    free_memory(self.device)
+                    self.meter.start()
+                    seconds, prefill = time_call(self.device, fn)
+                    self.meter.stop()
+                    runs.append(seconds)
+                    peak = max(peak, self.meter.peak)
+                    reserved = max(reserved, getattr(self.meter, "reserved", 0))
+                    if self.device.type == "cuda":
+                        over = max(over, self.meter.peak - self.weights_bytes)
+                    else:
+                        over = max(over, self.meter.peak - self.meter.baseline)
+                    if sum(runs) >= s.budget_s:
+                        break
+                assert prefill is not None
+                decode_ms = self._decode_ms(prefill)
+        except Exception as err:  # noqa: BLE001 - only OOM is a result; anything else propagates
+            if not is_oom(err):
+                raise
+            failure = err
+        if failure is not None:
+            note = _first_line(failure)
+            del failure
+            prefill = None
+            free_memory(self.device)
+            logger.warning("%s at %d tokens: out of memory (%s)", method, length, note)
+            return BenchResult(method, length, "oom", note=note)
+        assert prefill is not None
+        sec = median(runs)
+        floor = 2.0 * self.layer_params * length / self.rate
+        result = BenchResult(
+            method, length, "ok",
+            seconds=sec, runs=tuple(runs), tokens_per_s=length / sec if sec > 0 else None,
+            peak_bytes=int(peak), peak_over_weights_bytes=int(over),
+            reserved_bytes=int(reserved) if self.device.type == "cuda" else None,
+            kv_peak_bytes=prefill.kv_peak_bytes, cache_tokens=prefill.cache_tokens, cache_bytes=prefill.cache_bytes,
+            decode_ms=decode_ms, floor_seconds=floor, x_floor=sec / floor if floor > 0 else None,
+            work_fraction=info.get("work_fraction"),
+            tree_height=prefill.extra.get("tree_height"), num_leaves=prefill.extra.get("num_leaves"),
+        )
+        prefill = None
+        free_memory(self.device)
+        logger.info("%s at %d tokens: %.3f s, peak %.1f MiB", method, length, sec, peak / 2**20)
+        return result
+
+    def run(self) -> BenchReport:
+        results: list[BenchResult] = []
+        for method in self.settings.methods:
+            oom_at: int | None = None
+            self.warm_up(method, self.settings.lengths[0])
+            for length in self.settings.lengths:
+                if oom_at is not None:
+                    results.append(BenchResult(method, length, "skipped", note=f"out of memory at {oom_at} tokens"))
+                    continue
+                result = self.measure(method, length)
+                if result.status == "oom":
+                    oom_at = length
+                results.append(result)
+        return BenchReport(self.meta(), tuple(results))
+
+    def meta(self) -> dict[str, Any]:
+        s, shape = self.settings, self.settings.shape
+        return {
+            "date": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+            "device": device_name(self.device),
+            "device_type": self.device.type,
+            "versions": {
+                "homer_llm": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
+                "python": platform.python_version(), "cuda": torch.version.cuda,
+            },
+            "config": asdict(shape),
+            "dtype": str(s.dtype).removeprefix("torch."),
+            "attn": s.attn,
+            "parameters": count_parameters(self.model),
+            "layer_parameters": self.layer_params,
+            "weights_bytes": self.weights_bytes,
+            "kv_bytes_per_token": shape.kv_bytes_per_token(torch.finfo(s.dtype).bits // 8),
+            "matmul_flops": self.rate,
+            "memory_kind": self.meter.kind,
+            "homer": {
+                "prefix_len": s.prefix_len, "suffix_len": s.suffix_len, "chunk_len": self.chunk_len,
+                "cache_len": self.chunk_len, "warmup_layers": s.warmup_layers, "bias": s.bias,
+            },
+            "repeats": s.repeats, "warmup": s.warmup, "budget_s": s.budget_s,
+            "decode_tokens": s.decode_tokens, "plain_logits": s.plain_logits, "seed": s.seed,
+        }

@@ -1,0 +1,222 @@
+"""``homer-llm bench``: shapes, CPU mode end to end, OOM as a result, log growth of HOMER's K/V."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import pytest
+import torch
+
+from homer_llm.bench import cli, measure, runner
+from homer_llm.bench.configs import (
+    SHAPES,
+    build_model,
+    count_parameters,
+    get_shape,
+    layer_parameters,
+    meta_model,
+    weights_bytes,
+)
+from homer_llm.bench.report import doubling_lengths, format_length, format_table, parse_length
+from homer_llm.bench.runner import Bench, BenchSettings, is_oom, token_layers
+
+TINY = get_shape("tiny")
+
+
+@pytest.fixture
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _bench(**kwargs) -> Bench:
+    defaults = dict(shape=TINY, device="cpu", lengths=(256, 512), repeats=1, warmup=0, decode_tokens=2)
+    defaults.update(kwargs)
+    return Bench(BenchSettings(**defaults))
+
+
+# ---------------------------------------------------------------- shapes
+
+
+@pytest.mark.parametrize(
+    ("name", "params", "kv_heads", "ffn", "vocab", "window", "theta"),
+    [
+        ("llama2-7b", 6_738_415_616, 32, 11008, 32000, 4096, 10000.0),
+        ("llama3-8b", 8_030_261_248, 8, 14336, 128256, 8192, 500000.0),
+        ("smollm2-135m", 134_515_008, 3, 1536, 49152, 8192, 100000.0),
+    ],
+)
+def test_full_size_shapes_match_the_published_models(name, params, kv_heads, ffn, vocab, window, theta):
+    model = meta_model(get_shape(name))  # meta device: no memory, so 8B is instant
+    config = model.config
+    assert count_parameters(model) == params
+    assert config.num_hidden_layers == (30 if name == "smollm2-135m" else 32)
+    assert config.num_key_value_heads == kv_heads
+    assert config.intermediate_size == ffn
+    assert config.vocab_size == vocab
+    assert config.max_position_embeddings == window
+    assert config.rope_parameters["rope_theta"] == theta
+    assert next(model.parameters()).device.type == "meta"
+
+
+def test_kv_bytes_per_token_follows_gqa():
+    assert get_shape("llama2-7b").kv_bytes_per_token(2) == 2 * 32 * 32 * 128 * 2  # 512 KiB, MHA
+    assert get_shape("llama3-8b").kv_bytes_per_token(2) == 2 * 32 * 8 * 128 * 2  # 128 KiB, GQA 4x smaller
+
+
+def test_build_model_materialises_random_weights_and_fp32_rotary():
+    shape = replace(TINY, tie_embeddings=True)
+    model = build_model(shape, device="cpu", dtype=torch.bfloat16, seed=1)
+    assert model.lm_head.weight is model.model.embed_tokens.weight  # re-tied after to_empty
+    assert all(p.device.type == "cpu" and p.dtype == torch.bfloat16 for p in model.parameters())
+    assert torch.equal(model.model.norm.weight, torch.ones_like(model.model.norm.weight))
+    w = model.model.layers[0].self_attn.q_proj.weight.float()
+    assert torch.isfinite(w).all() and 0.015 < w.std().item() < 0.025
+    reference = type(model.model.rotary_emb)(model.config)
+    assert model.model.rotary_emb.inv_freq.dtype == torch.float32
+    torch.testing.assert_close(model.model.rotary_emb.inv_freq, reference.inv_freq)
+    again = build_model(shape, device="cpu", dtype=torch.bfloat16, seed=1)
+    assert torch.equal(again.model.layers[0].mlp.up_proj.weight, model.model.layers[0].mlp.up_proj.weight)
+    assert weights_bytes(model) < 2 * count_parameters(model) + 4096  # tied matrix counted once
+    assert layer_parameters(model) < count_parameters(model)
+
+
+def test_unknown_config_is_refused():
+    with pytest.raises(ValueError, match="unknown benchmark config 'gpt5'"):
+        get_shape("gpt5")
+    assert "tiny" in SHAPES
+
+
+# ---------------------------------------------------------------- small pieces
+
+
+def test_lengths_parse_and_print():
+    assert parse_length("4k") == 4096 and parse_length("1M") == 2**20 and parse_length("3000") == 3000
+    assert format_length(65536) == "64k" and format_length(2**20) == "1M" and format_length(300) == "300"
+    assert doubling_lengths(4096, 2**20)[-1] == 2**20 and len(doubling_lengths(4096, 2**20)) == 9
+    with pytest.raises(ValueError, match="cannot read length 'four'"):
+        parse_length("four")
+
+
+def test_settings_validate():
+    with pytest.raises(ValueError, match="methods"):
+        BenchSettings(shape=TINY, methods=("vllm",))
+    with pytest.raises(ValueError, match="bias"):
+        BenchSettings(shape=TINY, bias="learned")
+    assert BenchSettings(shape=TINY, lengths=(512, 256, 512)).lengths == (256, 512)
+    assert BenchSettings(shape=TINY).lengths == TINY.lengths
+
+
+def test_is_oom_recognises_allocation_failures():
+    assert is_oom(torch.OutOfMemoryError("CUDA out of memory"))
+    assert is_oom(MemoryError())
+    assert is_oom(RuntimeError("CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling cublasCreate"))
+    assert not is_oom(RuntimeError("shape mismatch"))
+
+
+def test_rss_meter_sees_an_allocation(monkeypatch, tmp_path):
+    for sampled in (False, True):
+        if sampled:  # /proc/self/clear_refs not writable: the sampling thread takes over
+            monkeypatch.setattr(measure, "_CLEAR_REFS", tmp_path / "missing" / "clear_refs")
+        meter = measure.RssMeter()
+        assert meter.kind == ("process_rss_sampled" if sampled else "process_peak_rss")
+        meter.start()
+        block = torch.ones(64 * 2**20 // 4)  # 64 MiB, touched
+        if sampled:
+            import time
+
+            time.sleep(0.05)
+        del block
+        meter.stop()
+        assert meter.peak - meter.baseline > 48 * 2**20
+
+
+# ---------------------------------------------------------------- the loop
+
+
+def test_cpu_mode_end_to_end_writes_table_json_and_plot(tmp_path, capsys, one_thread):
+    out_json, out_png = tmp_path / "bench.json", tmp_path / "bench.png"
+    code = cli.main([
+        "--device", "cpu", "--config", "tiny", "--lengths", "256,1k", "--decode-tokens", "2",
+        "--threads", "1", "--json", str(out_json), "--plot", str(out_png),
+    ])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "homer-llm bench: tiny" in printed and "decode ms/tok" in printed
+    assert printed.count(" plain ") >= 2 and printed.count(" homer ") >= 2
+    data = json.loads(out_json.read_text())
+    rows = {(r["method"], r["length"]): r for r in data["results"]}
+    assert set(rows) == {("plain", 256), ("plain", 1024), ("homer", 256), ("homer", 1024)}
+    assert all(r["status"] == "ok" and r["seconds"] > 0 and r["decode_ms"] > 0 for r in rows.values())
+    assert rows["plain", 1024]["cache_tokens"] == 1024
+    assert rows["homer", 1024]["cache_tokens"] == TINY.window // 2  # T = M
+    assert rows["homer", 1024]["kv_peak_bytes"] < rows["plain", 1024]["kv_peak_bytes"]
+    assert rows["plain", 1024]["kv_peak_bytes"] == 1024 * TINY.kv_bytes_per_token(4)
+    assert 0 < rows["homer", 1024]["work_fraction"] < 1  # pruned tokens skip the upper layers
+    assert data["meta"]["config"]["name"] == "tiny" and data["meta"]["matmul_flops"] > 0
+    assert out_png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_oom_is_a_result_and_longer_lengths_are_skipped(monkeypatch, one_thread):
+    """Plain runs out of memory at the first length: reported, freed, longer lengths skipped, and
+    the next method still runs."""
+    calls = []
+
+    def exhausted(self, ids):
+        calls.append(ids.numel())
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 32.00 GiB")
+
+    monkeypatch.setattr(Bench, "_plain", exhausted)
+    report = _bench(lengths=(256, 512), warmup=1).run()
+    status = {(r.method, r.length): r.status for r in report.results}
+    assert status == {("plain", 256): "oom", ("plain", 512): "skipped", ("homer", 256): "ok", ("homer", 512): "ok"}
+    assert calls == [256, 256]  # the warm-up and the first length; nothing after the OOM
+    oom = next(r for r in report.results if r.status == "oom")
+    assert "OutOfMemoryError" in oom.note and oom.seconds is None
+    table = format_table(report)
+    assert "OOM" in table and "OOM (skip)" in table
+
+
+def test_oom_during_decode_is_caught_too(monkeypatch, one_thread):
+    real = runner.decode_step
+
+    def decode(parts, cache, token, position):
+        if cache.get_seq_length() > 300:  # only the plain cache at 512 is this long
+            raise torch.OutOfMemoryError("CUDA out of memory during decode")
+        return real(parts, cache, token, position)
+
+    monkeypatch.setattr(runner, "decode_step", decode)
+    report = _bench(methods=("plain",)).run()
+    assert [r.status for r in report.results] == ["ok", "oom"]
+
+
+def test_other_errors_are_not_swallowed(monkeypatch, one_thread):
+    def broken(self, ids):
+        raise RuntimeError("shape mismatch in a layer")
+
+    monkeypatch.setattr(Bench, "_plain", broken)
+    with pytest.raises(RuntimeError, match="shape mismatch"):
+        _bench(methods=("plain",)).run()
+
+
+def test_homer_kv_peak_grows_by_at_most_one_chunk_per_doubling(one_thread):
+    """The engine's peak K/V is log in length: each doubling adds one tree level, so at most one
+    M-token cache over all layers, while the plain cache doubles."""
+    lengths = (256, 512, 1024, 2048)
+    report = _bench(methods=("homer",), lengths=lengths, decode_tokens=0).run()
+    kv = [r.kv_peak_bytes for r in report.results]
+    per_token = TINY.kv_bytes_per_token(4)
+    chunk_cache = per_token * (TINY.window // 2)
+    steps = [b - a for a, b in zip(kv, kv[1:], strict=False)]
+    assert all(0 <= s <= chunk_cache for s in steps), steps
+    assert kv[-1] < 2048 * per_token / 3  # far below the plain cache at 2k
+    assert [r.tree_height for r in report.results] == [2, 3, 4, 5]
+
+
+def test_token_layers_counts_the_dense_work_for_a_single_chunk():
+    bench_plan = runner.make_plan(8, 100, 8, chunk_len=128, cache_len=128, num_layers=8)
+    assert bench_plan.num_leaves == 1
+    assert token_layers(bench_plan) == 116 * 8
