@@ -1,0 +1,850 @@
+"""``HomerLLM``: a LangChain chat model over a local HOMER engine that takes whole documents.
+
+    from langchain_homer import HomerLLM
+    llm = HomerLLM()                                   # embedded SmolLM2-135M-Instruct on CPU
+    chain = prompt | llm | StrOutputParser()           # long prompts are compressed with HOMER
+
+How a call runs:
+
+1. Messages become chat-template dicts (``messages.to_chat_dicts``), tools and tool history
+   included (``tools`` module).
+2. Context: ``documents=`` (call kwarg, ``.bind`` or field) is joined and placed before the last
+   user message's text; otherwise, if the rendered prompt does not fit one HOMER chunk, the long
+   document inside it is found (``documents.find_document_span``) and only it is compressed.
+   Short prompts take the engine's plain path (exactly the plain model).
+3. The engine (``homer_llm.HomerModel.shared``: loaded lazily, once per settings and process)
+   compresses and decodes under its lock, so ``batch``/``abatch`` and concurrent callers are safe.
+   Async methods run all of it in a worker thread; the event loop never blocks.
+
+Progress of a compression is dispatched as the LangChain custom event ``"homer_progress"`` with
+data ``{"done": int, "total": int}`` (units: layer passes of the merge tree), associated with the
+chat-model run: see it with ``astream_events`` (``on_custom_event``) or a callback handler's
+``on_custom_event``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from contextvars import ContextVar, Token
+from dataclasses import dataclass, field
+from operator import itemgetter
+from typing import Any, Literal
+
+from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManager, CallbackManagerForLLMRun
+from langchain_core.callbacks.manager import ahandle_event, handle_event
+from langchain_core.language_models import BaseChatModel, LangSmithParams, LanguageModelInput
+from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
+from langchain_core.output_parsers import JsonOutputParser, PydanticOutputParser
+from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
+from langchain_core.runnables import Runnable, RunnableConfig, RunnableMap, RunnablePassthrough
+from langchain_core.runnables.config import ensure_config, get_callback_manager_for_config
+from langchain_core.utils.function_calling import convert_to_json_schema, convert_to_openai_tool
+from langchain_core.utils.pydantic import is_basemodel_subclass
+from pydantic import ConfigDict, Field, SecretStr, field_validator, model_validator
+
+from homer_llm import DOCUMENT_PLACEHOLDER, GenerationConfig, HomerConfig, HomerModel, PromptParts
+
+from .documents import find_document_span, join_documents
+from .messages import add_system, merge_same_roles, to_chat_dicts, tool_instructions
+from .tools import (
+    ParsedOutput,
+    ToolFormat,
+    ToolSpec,
+    detect_tool_format,
+    forced_prefill,
+    forced_stop,
+    marker_start,
+    normalize_tool_choice,
+    parse_tool_calls,
+)
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
+PROGRESS_EVENT = "homer_progress"
+_DTYPES = ("auto", "float32", "fp32", "bfloat16", "bf16", "float16", "fp16")
+_IGNORED_CALL_KWARGS = ("stream", "parallel_tool_calls")
+
+
+_STREAM_RUN: ContextVar[tuple[uuid.UUID, dict] | None] = ContextVar("homer_stream_run", default=None)
+
+
+def _reset(token: Token) -> None:
+    try:
+        _STREAM_RUN.reset(token)
+    except ValueError:  # reset from another context (generator finalized elsewhere): harmless
+        pass
+
+
+class _Cancelled(Exception):
+    """Raised inside the worker when the async caller went away."""
+
+
+@dataclass
+class _Request:
+    """Everything one call needs, prepared before the engine runs."""
+
+    engine: HomerModel
+    parts: PromptParts
+    config: GenerationConfig
+    spec: ToolSpec | None
+    fmt: ToolFormat
+    prefill: str = ""
+    json_mode: bool = False
+    document_tokens: int = 0
+    cache_read: int = 0
+    cache_creation: int = 0
+    compress_seconds: float = 0.0
+    cache_tokens: int = 0
+    tree_height: int = 0
+    result: Any = None
+    started: float = field(default_factory=time.perf_counter)
+
+
+# ------------------------------------------------------------------------------ tokenizer cache
+_TOKENIZERS: dict[str, Any] = {}
+_TOKENIZERS_LOCK = threading.Lock()
+
+
+def _tokenizer_for(model: str | None) -> Any:
+    """The model's own tokenizer from its local folder (no weights are loaded, no hub access)."""
+    from transformers import AutoTokenizer
+
+    if model is None:
+        from homer_llm.default_model import default_model_path
+
+        path = str(default_model_path())
+    else:
+        path = str(model)
+    with _TOKENIZERS_LOCK:
+        if path not in _TOKENIZERS:
+            try:
+                _TOKENIZERS[path] = AutoTokenizer.from_pretrained(path)
+            except OSError as err:
+                raise ValueError(f"cannot load the tokenizer of {path!r}: {err}") from err
+        return _TOKENIZERS[path]
+
+
+class HomerLLM(BaseChatModel):
+    """A local chat model driven by HOMER: whole long documents fit in its context.
+
+    Construction loads nothing; the engine is built (or reused) on the first call. Pass
+    ``engine=`` to use an already built ``homer_llm.HomerModel`` (tests, custom models).
+
+    Decoding: ``max_tokens``, ``temperature`` (0 = greedy), ``top_p``, ``top_k``, ``seed``,
+    ``stop``. HOMER: ``chunk_len``, ``cache_len``, ``warmup_layers``, ``pruning`` (None: derive
+    from the model). ``documents``: texts used as the context of every call (also accepted per
+    call and through ``.bind(documents=[...])``). ``edge_tokens``: the token budget of the
+    leading and of the trailing paragraphs kept out of an auto-detected document (None:
+    ``min(256, chunk_len // 8)``). ``document_cache``: an object with
+    ``get_or_compress(engine, parts, progress) -> (CompressedContext, hit)`` (e.g.
+    ``homer_llm.doc_cache.DocumentCache``), used whenever a document is compressed; its hits and
+    misses are reported as ``usage_metadata.input_token_details.cache_read`` / ``cache_creation``.
+
+    ``timeout``, ``max_retries`` and ``api_key`` are accepted (so code written for hosted chat
+    models runs unchanged) and unused: nothing goes over a network.
+    """
+
+    model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
+
+    model: str | None = None
+    """Local folder or hub id of the model; None: the embedded SmolLM2-135M-Instruct."""
+    device: str | None = None
+    """"cpu", "cuda", "cuda:N" or None (CUDA when available)."""
+    dtype: str | None = None
+    """"float32", "bfloat16", "float16" or None/"auto" (bf16 on CUDA, fp32 on CPU)."""
+    attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = "sdpa"
+    chunk_len: int | None = Field(default=None, ge=8)
+    cache_len: int | None = Field(default=None, ge=2)
+    warmup_layers: int | None = Field(default=None, ge=0)
+    pruning: Literal["calibrated", "uncalibrated", "random"] = "calibrated"
+    max_tokens: int | None = Field(default=512, ge=1)
+    """Most new tokens per call (None: as many as the model's window allows)."""
+    temperature: float = Field(default=0.0, ge=0.0)
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+    top_k: int = Field(default=0, ge=0)
+    seed: int | None = None
+    stop: list[str] | None = None
+    documents: list[Any] | None = None
+    edge_tokens: int | None = Field(default=None, ge=0)
+    streaming: bool = False
+    timeout: float | None = None
+    max_retries: int | None = None
+    api_key: SecretStr | None = None
+    engine: Any = Field(default=None, exclude=True, repr=False)
+    """An already built ``homer_llm.HomerModel`` (not serialized)."""
+    document_cache: Any = Field(default=None, exclude=True, repr=False)
+
+    # ------------------------------------------------------------------ validation
+    @field_validator("dtype")
+    @classmethod
+    def _check_dtype(cls, value: str | None) -> str | None:
+        if value is not None and value not in _DTYPES:
+            raise ValueError(f"dtype must be one of {_DTYPES} or None, got {value!r}")
+        return value
+
+    @field_validator("stop")
+    @classmethod
+    def _check_stop(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None and any(not isinstance(s, str) or not s for s in value):
+            raise ValueError(f"stop strings must be non-empty strings, got {value!r}")
+        return value
+
+    @field_validator("engine")
+    @classmethod
+    def _check_engine(cls, value: Any) -> Any:
+        if value is not None and not all(hasattr(value, a) for a in ("prepare_chat", "compress", "stream", "tokenizer")):
+            raise TypeError(f"engine must be a homer_llm.HomerModel, got {type(value).__name__}")
+        return value
+
+    @field_validator("document_cache")
+    @classmethod
+    def _check_cache(cls, value: Any) -> Any:
+        if value is not None and not callable(getattr(value, "get_or_compress", None)):
+            raise TypeError(f"document_cache must have get_or_compress(engine, parts, progress), got {type(value).__name__}")
+        return value
+
+    @model_validator(mode="after")
+    def _check_homer(self) -> HomerLLM:
+        self._homer_config()  # raises ValueError/TypeError on an invalid combination
+        return self
+
+    def _homer_config(self) -> HomerConfig:
+        return HomerConfig(chunk_len=self.chunk_len, cache_len=self.cache_len,
+                           warmup_layers=self.warmup_layers, pruning=self.pruning)
+
+    # ------------------------------------------------------------------ identity
+    @property
+    def _llm_type(self) -> str:
+        return "homer"
+
+    @property
+    def model_name(self) -> str:
+        """The model's name as reported in response metadata."""
+        if self.engine is not None:
+            return str(self.engine.name)
+        return self.model or DEFAULT_MODEL_NAME
+
+    @property
+    def _identifying_params(self) -> dict[str, Any]:
+        return {
+            "model": self.model_name, "device": self.device, "dtype": self.dtype,
+            "attn_implementation": self.attn_implementation, "chunk_len": self.chunk_len,
+            "cache_len": self.cache_len, "warmup_layers": self.warmup_layers, "pruning": self.pruning,
+            "max_tokens": self.max_tokens, "temperature": self.temperature, "top_p": self.top_p,
+            "top_k": self.top_k, "seed": self.seed, "stop": self.stop,
+        }
+
+    def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> LangSmithParams:
+        params = LangSmithParams(
+            ls_provider="homer",
+            ls_model_name=kwargs.get("model") or self.model_name,
+            ls_model_type="chat",
+            ls_temperature=kwargs.get("temperature", self.temperature),
+        )
+        max_tokens = kwargs.get("max_tokens", self.max_tokens)
+        if max_tokens:
+            params["ls_max_tokens"] = max_tokens
+        stops = stop or kwargs.get("stop") or self.stop
+        if stops:
+            params["ls_stop"] = list(stops)
+        return params
+
+    # ------------------------------------------------------------------ engine
+    def _load_kwargs(self) -> dict[str, Any]:
+        """Only non-default settings, so equal settings share one engine across adapters."""
+        kwargs: dict[str, Any] = {}
+        if self.device is not None:
+            kwargs["device"] = self.device
+        if self.dtype is not None and self.dtype != "auto":
+            kwargs["dtype"] = self.dtype
+        if self.attn_implementation != "sdpa":
+            kwargs["attn_implementation"] = self.attn_implementation
+        homer = self._homer_config()
+        if homer != HomerConfig():
+            kwargs["homer"] = homer
+        return kwargs
+
+    def get_engine(self, model: str | None = None) -> HomerModel:
+        """The engine for this model (or a per-call ``model`` override), loading it on first use.
+
+        Raises:
+            ValueError: the model cannot be loaded or is not supported (UnsupportedModelError).
+        """
+        if self.engine is not None and (model is None or model in (self.engine.name, self.model)):
+            return self.engine
+        target = self.model if model is None else model
+        return HomerModel.shared(target, **self._load_kwargs())
+
+    def _tokenizer(self) -> Any:
+        if self.engine is not None:
+            return self.engine.tokenizer
+        return _tokenizer_for(self.model)
+
+    def get_token_ids(self, text: str) -> list[int]:
+        """Token ids of ``text`` from the model's own tokenizer (no special tokens added)."""
+        return list(self._tokenizer()(text, add_special_tokens=False)["input_ids"])
+
+    def get_num_tokens(self, text: str) -> int:
+        return len(self.get_token_ids(text))
+
+    def get_num_tokens_from_messages(self, messages: list[BaseMessage], tools: Sequence | None = None) -> int:
+        """Tokens of ``messages`` rendered with the model's chat template (generation prompt included)."""
+        tokenizer = self._tokenizer()
+        fmt = detect_tool_format(tokenizer)
+        spec = ToolSpec(tuple(convert_to_openai_tool(t) for t in tools)) if tools else None
+        dicts = add_system(to_chat_dicts(messages, fmt), tool_instructions(fmt, spec))
+        if not getattr(tokenizer, "chat_template", None):
+            text = "".join(f"{m['role']}: {m['content']}\n" for m in dicts) + "assistant:"
+            return self.get_num_tokens(text)
+        native_tools = list(spec.tools) if spec and fmt.native else None
+        text = tokenizer.apply_chat_template(dicts, tools=native_tools, tokenize=False, add_generation_prompt=True)
+        return self.get_num_tokens(text)
+
+    # ------------------------------------------------------------------ tools
+    def bind_tools(
+        self,
+        tools: Sequence[dict[str, Any] | type | Callable | Any],
+        *,
+        tool_choice: str | bool | dict | None = None,
+        **kwargs: Any,
+    ) -> Runnable[LanguageModelInput, AIMessage]:
+        """Bind tools (anything ``convert_to_openai_tool`` accepts) for the model to call.
+
+        Args:
+            tools: tools, functions, pydantic models, or OpenAI/JSON-schema dicts.
+            tool_choice: None/"auto" (the model decides), "any"/"required"/True (must call one),
+                "none" (tools hidden), or a tool name (must call that one). Forced calls add a
+                system instruction and pre-write the start of the call in the model's format.
+            kwargs: bound to the model too (``strict`` and ``parallel_tool_calls`` are accepted
+                and ignored: the local parser is lenient and parallel calls are always allowed).
+        """
+        kwargs.pop("strict", None)
+        formatted = [convert_to_openai_tool(t) for t in tools]
+        names = [f["function"]["name"] for f in formatted]
+        choice = normalize_tool_choice(tool_choice, names)
+        if choice not in (None, "auto", "none") and not formatted:
+            raise ValueError(f"tool_choice={tool_choice!r} needs at least one tool")
+        return self.bind(tools=formatted, tool_choice=choice, **kwargs)
+
+    def with_structured_output(
+        self,
+        schema: dict[str, Any] | type | None = None,
+        *,
+        method: Literal["function_calling", "json_schema", "json_mode"] = "function_calling",
+        include_raw: bool = False,
+        strict: bool | None = None,
+        **kwargs: Any,
+    ) -> Runnable[LanguageModelInput, dict[str, Any] | Any]:
+        """Structured output through a forced tool call (default), or JSON text.
+
+        ``method="json_schema"`` asks for one JSON object following the schema and pre-writes its
+        opening brace; ``"json_mode"`` asks for any JSON object. Pydantic classes are validated.
+        """
+        if method == "function_calling":
+            if schema is None:
+                raise ValueError("with_structured_output(method='function_calling') needs a schema")
+            return super().with_structured_output(schema, include_raw=include_raw, **kwargs)
+        if method not in ("json_schema", "json_mode"):
+            raise ValueError(f"method must be 'function_calling', 'json_schema' or 'json_mode', got {method!r}")
+        if kwargs:
+            raise ValueError(f"unsupported arguments {sorted(kwargs)}")
+        if method == "json_schema" and schema is None:
+            raise ValueError("method='json_schema' needs a schema")
+        json_schema = convert_to_json_schema(schema) if schema is not None else None
+        response_format = {"type": "json_schema", "schema": json_schema} if method == "json_schema" else {"type": "json_object"}
+        llm = self.bind(
+            response_format=response_format,
+            ls_structured_output_format={"kwargs": {"method": method}, "schema": schema},
+        )
+        pydantic = isinstance(schema, type) and is_basemodel_subclass(schema)
+        parser = PydanticOutputParser(pydantic_object=schema) if pydantic else JsonOutputParser()
+        if not include_raw:
+            return llm | parser
+        parse = RunnablePassthrough.assign(parsed=itemgetter("raw") | parser, parsing_error=lambda _: None)
+        fallback = RunnablePassthrough.assign(parsed=lambda _: None)
+        return RunnableMap(raw=llm) | parse.with_fallbacks([fallback], exception_key="parsing_error")
+
+    # ------------------------------------------------------------------ preparing a call
+    def _prepare(self, messages: list[BaseMessage], stop: list[str] | None, kwargs: dict[str, Any]) -> _Request:
+        if not messages:
+            raise ValueError("HomerLLM needs at least one message, got none")
+        kwargs = dict(kwargs)
+        for key in _IGNORED_CALL_KWARGS:
+            kwargs.pop(key, None)
+        engine = self.get_engine(kwargs.pop("model", None))
+        tools = kwargs.pop("tools", None)
+        choice = kwargs.pop("tool_choice", None)
+        documents = kwargs.pop("documents", self.documents)
+        response_format = kwargs.pop("response_format", None)
+        gen = {
+            "max_tokens": kwargs.pop("max_tokens", self.max_tokens),
+            "temperature": kwargs.pop("temperature", self.temperature),
+            "top_p": kwargs.pop("top_p", self.top_p),
+            "top_k": kwargs.pop("top_k", self.top_k),
+            "seed": kwargs.pop("seed", self.seed),
+        }
+        if kwargs:
+            raise TypeError(f"HomerLLM got unexpected call arguments {sorted(kwargs)}")
+
+        fmt = detect_tool_format(engine.tokenizer)
+        spec = None
+        if tools:
+            formatted = tuple(t if t.get("type") == "function" and "function" in t else convert_to_openai_tool(t) for t in tools)
+            spec = ToolSpec(formatted, normalize_tool_choice(choice, [t["function"]["name"] for t in formatted]))
+        dicts = to_chat_dicts(messages, fmt)
+        instructions = [tool_instructions(fmt, spec)]
+        prefill = ""
+        json_mode = False
+        if response_format is not None:
+            json_mode = True
+            instructions.append(_json_instruction(response_format))
+            prefill = "{"
+        elif spec is not None and spec.forced:
+            prefill = forced_prefill(fmt, spec)
+        system_text = "\n\n".join(t for t in instructions if t) or None
+        native_tools = list(spec.tools) if spec is not None and spec.active and fmt.native else None
+
+        parts, document_tokens = self._build_parts(engine, dicts, system_text, documents, native_tools)
+        if prefill:
+            ids = tuple(engine.tokenizer(prefill, add_special_tokens=False)["input_ids"])
+            parts = PromptParts(parts.prefix, parts.context, parts.suffix + ids)
+        try:
+            engine.plan(parts)
+        except ValueError as err:
+            raise ValueError(
+                f"HomerLLM: the prompt ({len(parts)} tokens, {document_tokens} of them the document) cannot be "
+                f"processed by {engine.name} with chunk_len={engine.chunk_len}: {err}"
+            ) from err
+
+        stops = list(self.stop or []) + list(stop or [])
+        if spec is not None and spec.forced:
+            stops += [s for s in forced_stop(fmt) if s not in stops]
+        budget = max(1, engine.window - min(len(parts), engine.chunk_len))
+        max_new = gen["max_tokens"] if gen["max_tokens"] is not None else budget
+        if max_new > budget:
+            logger.debug("max_tokens %d clamped to %d (model window %d)", max_new, budget, engine.window)
+            max_new = budget
+        config = GenerationConfig(
+            max_new_tokens=int(max_new), temperature=float(gen["temperature"]), top_p=float(gen["top_p"]),
+            top_k=int(gen["top_k"]), seed=gen["seed"], stop=tuple(dict.fromkeys(stops)),
+        )
+        return _Request(engine, parts, config, spec, fmt, prefill=prefill, json_mode=json_mode,
+                        document_tokens=document_tokens)
+
+    def _build_parts(
+        self, engine: HomerModel, dicts: list[dict[str, Any]], system_text: str | None, documents: Any,
+        tools: list | None,
+    ) -> tuple[PromptParts, int]:
+        """Prompt parts with the context found (explicit documents, or the long span), or plain.
+
+        ``system_text`` (tool and JSON instructions) is added after the document search, so it
+        is never mistaken for the document and never compressed.
+        """
+        if documents is not None and not (isinstance(documents, Sequence) and not isinstance(documents, str)
+                                          and len(documents) == 0):
+            document = join_documents(documents)
+            parts = _render(engine, add_system(_place_document(dicts), system_text), document, tools)
+            return parts, len(parts.context)
+        parts = _render(engine, add_system(dicts, system_text), None, tools)
+        if _fits(engine, parts):
+            return parts, 0
+        edge = self.edge_tokens if self.edge_tokens is not None else min(256, engine.chunk_len // 8)
+        contents = [m["content"] if isinstance(m.get("content"), str) else "" for m in dicts]
+        span = find_document_span(contents, engine.count_tokens, edge)
+        if span is None:
+            raise ValueError(
+                f"HomerLLM: the prompt has {len(parts)} tokens, more than one chunk ({engine.chunk_len}) of "
+                f"{engine.name}, and no message holds a document to compress; pass documents=[...]"
+            )
+        text = contents[span.message_index]
+        logger.info("compressing a document of %d characters found in message %d", span.end - span.start,
+                    span.message_index)
+        dicts = [dict(m) for m in dicts]
+        dicts[span.message_index]["content"] = text[:span.start] + DOCUMENT_PLACEHOLDER + text[span.end:]
+        found = _render(engine, add_system(dicts, system_text), text[span.start:span.end], tools)
+        try:
+            engine.plan(found)
+        except ValueError as err:
+            raise ValueError(
+                f"HomerLLM: the prompt has {len(parts)} tokens, more than one chunk ({engine.chunk_len}) of "
+                f"{engine.name}; the longest stretch of text ({len(found.context)} tokens, message "
+                f"{span.message_index}) was taken as the document, but the prompt still cannot be processed: {err}. "
+                "Shorten the other messages, or pass the document explicitly with documents=[...]"
+            ) from err
+        return found, len(found.context)
+
+    # ------------------------------------------------------------------ running
+    def _compress(self, req: _Request, progress: Callable[[int, int], None] | None) -> Any:
+        start = time.perf_counter()
+        if req.document_tokens and self.document_cache is not None:
+            context, hit = self.document_cache.get_or_compress(req.engine, req.parts, progress)
+            if hit:
+                req.cache_read = req.document_tokens
+            else:
+                req.cache_creation = req.document_tokens
+        else:
+            context = req.engine.compress(req.parts, progress=progress)
+        req.compress_seconds = time.perf_counter() - start
+        req.cache_tokens = int(context.cache_tokens)
+        req.tree_height = int(getattr(context.stats, "tree_height", 0))
+        return context
+
+    def _deltas(
+        self, req: _Request, progress: Callable[[int, int], None] | None, cancel: threading.Event | None = None
+    ) -> Iterator[str]:
+        """Text deltas of the generation; ``req.result`` holds the Generation once finished."""
+        context = self._compress(req, progress)
+        stream = req.engine.stream(context, req.config)
+        inner = iter(stream)
+        try:
+            for delta in inner:
+                if cancel is not None and cancel.is_set():
+                    return
+                yield delta
+            req.result = stream.result
+        finally:
+            close = getattr(inner, "close", None)
+            if close is not None:
+                close()
+
+    def _message_fields(self, req: _Request, text: str) -> tuple[str, ParsedOutput | None]:
+        """(content, parsed tool calls or None) of the finished output ``text`` (prefill excluded)."""
+        full = req.prefill + text
+        if req.json_mode:
+            return _trim_json(full), None
+        if req.spec is None or not req.spec.active:
+            return text, None
+        parsed = parse_tool_calls(full, req.spec.names)
+        if req.spec.forced and not parsed.tool_calls and not parsed.invalid_tool_calls:
+            parsed.invalid_tool_calls.append({
+                "name": req.spec.forced_name, "args": full, "id": None, "type": "invalid_tool_call",
+                "error": f"tool_choice={req.spec.choice!r} required a tool call, but the model wrote none",
+            })
+            parsed.content = ""
+        return parsed.content, parsed
+
+    def _usage(self, req: _Request) -> dict[str, Any]:
+        output = len(req.result.token_ids) if req.result is not None else 0
+        return {
+            "input_tokens": len(req.parts),
+            "output_tokens": output,
+            "total_tokens": len(req.parts) + output,
+            "input_token_details": {"cache_read": req.cache_read, "cache_creation": req.cache_creation},
+        }
+
+    def _metadata(self, req: _Request) -> dict[str, Any]:
+        result = req.result
+        return {
+            "model_name": str(req.engine.name),
+            "finish_reason": result.finish_reason if result is not None else "stop",
+            "homer": {
+                "document_tokens": req.document_tokens,
+                "cache_tokens": req.cache_tokens,
+                "tree_height": req.tree_height,
+                "compress_seconds": round(req.compress_seconds, 4),
+                "generate_seconds": round(result.seconds, 4) if result is not None else 0.0,
+            },
+        }
+
+    def _result(self, req: _Request, text: str) -> ChatResult:
+        content, parsed = self._message_fields(req, text)
+        message = AIMessage(
+            content=content,
+            tool_calls=parsed.tool_calls if parsed else [],
+            invalid_tool_calls=parsed.invalid_tool_calls if parsed else [],
+            usage_metadata=self._usage(req),
+            response_metadata=self._metadata(req),
+        )
+        return ChatResult(generations=[ChatGeneration(message=message)], llm_output={"model_name": str(req.engine.name)})
+
+    def _chunks(self, req: _Request, deltas: Iterator[str]) -> Iterator[ChatGenerationChunk]:
+        """Stream chunks: plain text as it comes; text that may be a tool call is held back.
+
+        The last chunk (``chunk_position="last"``) carries the rest of the content, the parsed
+        tool calls as ``tool_call_chunks``, the usage and the response metadata.
+        """
+        tools_on = req.spec is not None and req.spec.active
+        hold_all = bool(req.prefill)
+        text = ""
+        emitted = 0
+        held = False
+        for delta in deltas:
+            text += delta
+            if hold_all or held:
+                continue
+            end = len(text)
+            if tools_on:
+                index, certain = marker_start(text, at_start_json=True)
+                if index is not None:
+                    end, held = index, certain
+                end = len(text[:end].rstrip())  # trailing spaces wait: they may precede a call
+            if end > emitted:
+                yield ChatGenerationChunk(message=AIMessageChunk(content=text[emitted:end]))
+                emitted = end
+        content, parsed = self._message_fields(req, text)
+        sent = text[:emitted]
+        if parsed is None and not req.json_mode:
+            rest = content[emitted:]
+        elif content.startswith(sent.lstrip()):
+            rest = content[len(sent.lstrip()):]
+        else:
+            rest = ""
+        chunks = []
+        if parsed is not None:
+            for i, call in enumerate(parsed.tool_calls):
+                chunks.append({"name": call["name"], "args": json.dumps(call["args"], ensure_ascii=False),
+                               "id": call["id"], "index": i, "type": "tool_call_chunk"})
+            for j, bad in enumerate(parsed.invalid_tool_calls, start=len(chunks)):
+                chunks.append({"name": bad["name"], "args": bad["args"], "id": bad["id"], "index": j,
+                               "type": "tool_call_chunk"})
+        yield ChatGenerationChunk(message=AIMessageChunk(
+            content=rest, tool_call_chunks=chunks, usage_metadata=self._usage(req),
+            response_metadata=self._metadata(req), chunk_position="last",
+        ))
+
+    # ------------------------------------------------------------------ progress
+    def _progress_target(self, run_manager: Any) -> tuple[list, Any, list, dict] | None:
+        """(handlers, run_id, tags, metadata) that "homer_progress" events go to, or None.
+
+        LangChain hands a run manager to ``_generate``/``_agenerate`` and to the v3 event stream,
+        but not to ``_stream``/``_astream``; for those, ``stream``/``astream`` below record the
+        run's id and config. Inside a chain without either, events go to the enclosing step.
+        """
+        if run_manager is not None:
+            return run_manager.handlers, run_manager.run_id, run_manager.tags, run_manager.metadata
+        recorded = _STREAM_RUN.get()
+        if recorded is not None:
+            run_id, config = recorded
+            manager = CallbackManager.configure(
+                config.get("callbacks"), self.callbacks, self.verbose, config.get("tags"), self.tags,
+                config.get("metadata"), self.metadata,
+            )
+            return manager.handlers, run_id, manager.tags, manager.metadata
+        parent = get_callback_manager_for_config(ensure_config())
+        if parent.parent_run_id is not None:
+            return parent.handlers, parent.parent_run_id, parent.tags, parent.metadata
+        return None
+
+    def _sync_progress(self, run_manager: CallbackManagerForLLMRun | None) -> Callable[[int, int], None] | None:
+        target = self._progress_target(run_manager)
+        if target is None or not target[0]:
+            return None
+        handlers, run_id, tags, metadata = target
+
+        def report(done: int, total: int) -> None:
+            handle_event(handlers, "on_custom_event", "ignore_custom_event", PROGRESS_EVENT,
+                         {"done": int(done), "total": int(total)}, run_id=run_id, tags=tags, metadata=metadata)
+
+        return report
+
+    def _async_progress(
+        self, run_manager: AsyncCallbackManagerForLLMRun | None, loop: asyncio.AbstractEventLoop,
+        cancel: threading.Event,
+    ) -> Callable[[int, int], None]:
+        """A reporter called in the worker thread; events are handled on the event loop."""
+        target = self._progress_target(run_manager)
+
+        def report(done: int, total: int) -> None:
+            if cancel.is_set():
+                raise _Cancelled()
+            if target is None or not target[0]:
+                return
+            handlers, run_id, tags, metadata = target
+            coro = ahandle_event(handlers, "on_custom_event", "ignore_custom_event", PROGRESS_EVENT,
+                                 {"done": int(done), "total": int(total)}, run_id=run_id, tags=tags,
+                                 metadata=metadata)
+            try:
+                asyncio.run_coroutine_threadsafe(coro, loop)
+            except RuntimeError:  # loop closed: nobody listens any more
+                coro.close()
+
+        return report
+
+    def stream(
+        self, input: LanguageModelInput, config: RunnableConfig | None = None, *, stop: list[str] | None = None,
+        **kwargs: Any,
+    ) -> Iterator[AIMessageChunk]:
+        """``BaseChatModel.stream``, recording the run so compression progress reaches its callbacks."""
+        config = ensure_config(config)
+        config = {**config, "run_id": config.get("run_id") or uuid.uuid4()}
+        token = _STREAM_RUN.set((config["run_id"], config))
+        try:
+            yield from super().stream(input, config, stop=stop, **kwargs)
+        finally:
+            _reset(token)
+
+    async def astream(
+        self, input: LanguageModelInput, config: RunnableConfig | None = None, *, stop: list[str] | None = None,
+        **kwargs: Any,
+    ) -> AsyncIterator[AIMessageChunk]:
+        """``BaseChatModel.astream``, recording the run so compression progress reaches its callbacks."""
+        config = ensure_config(config)
+        config = {**config, "run_id": config.get("run_id") or uuid.uuid4()}
+        token = _STREAM_RUN.set((config["run_id"], config))
+        try:
+            async for chunk in super().astream(input, config, stop=stop, **kwargs):
+                yield chunk
+        finally:
+            _reset(token)
+
+    # ------------------------------------------------------------------ LangChain entry points
+    def _generate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        progress = self._sync_progress(run_manager)
+        req = self._prepare(messages, stop, kwargs)
+        text = "".join(self._deltas(req, progress))
+        return self._result(req, text)
+
+    def _stream(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> Iterator[ChatGenerationChunk]:
+        progress = self._sync_progress(run_manager)
+        req = self._prepare(messages, stop, kwargs)
+        yield from self._chunks(req, self._deltas(req, progress))
+
+    async def _agenerate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: AsyncCallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        loop = asyncio.get_running_loop()
+        cancel = threading.Event()
+        progress = self._async_progress(run_manager, loop, cancel)
+
+        def work() -> ChatResult:
+            req = self._prepare(messages, stop, kwargs)
+            text = "".join(self._deltas(req, progress, cancel))
+            return self._result(req, text)
+
+        try:
+            return await asyncio.to_thread(work)
+        except asyncio.CancelledError:
+            cancel.set()
+            raise
+
+    async def _astream(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: AsyncCallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> AsyncIterator[ChatGenerationChunk]:
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue = asyncio.Queue()
+        cancel = threading.Event()
+        progress = self._async_progress(run_manager, loop, cancel)
+
+        def post(item: tuple[str, Any]) -> None:
+            try:
+                loop.call_soon_threadsafe(queue.put_nowait, item)
+            except RuntimeError:  # loop closed
+                cancel.set()
+
+        def work() -> None:
+            try:
+                req = self._prepare(messages, stop, kwargs)
+                chunks = self._chunks(req, self._deltas(req, progress, cancel))
+                try:
+                    for chunk in chunks:
+                        if cancel.is_set():
+                            break
+                        post(("chunk", chunk))
+                finally:
+                    chunks.close()
+            except _Cancelled:
+                pass
+            except BaseException as err:  # noqa: BLE001 - handed to the consumer
+                post(("error", err))
+                return
+            post(("done", None))
+
+        worker = asyncio.ensure_future(asyncio.to_thread(work))
+        try:
+            while True:
+                kind, item = await queue.get()
+                if kind == "chunk":
+                    yield item
+                elif kind == "error":
+                    raise item
+                else:
+                    break
+        finally:
+            cancel.set()
+            if worker.done():
+                worker.result()
+
+
+# ---------------------------------------------------------------------------------- helpers
+def _render(engine: HomerModel, dicts: list[dict[str, Any]], document: str | None, tools: list | None) -> PromptParts:
+    """``engine.prepare_chat``; a template that refuses the turn order gets same-role turns merged."""
+    from jinja2 import TemplateError
+
+    try:
+        return engine.prepare_chat(dicts, document, tools=tools)
+    except TemplateError as first:
+        merged = merge_same_roles(dicts)
+        if merged == dicts:
+            raise ValueError(f"the chat template of {engine.name} cannot render these messages: {first}") from first
+        try:
+            return engine.prepare_chat(merged, document, tools=tools)
+        except TemplateError as err:
+            raise ValueError(f"the chat template of {engine.name} cannot render these messages: {err}") from err
+
+
+def _fits(engine: HomerModel, parts: PromptParts) -> bool:
+    try:
+        engine.plan(parts)
+    except ValueError:
+        return False
+    return True
+
+
+def _place_document(dicts: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Put the document placeholder before the text of the last user message (or add one)."""
+    dicts = [dict(m) for m in dicts]
+    if any(DOCUMENT_PLACEHOLDER in str(m.get("content", "")) for m in dicts):
+        return dicts  # the caller placed it
+    for m in reversed(dicts):
+        if m["role"] == "user":
+            text = m["content"]
+            m["content"] = f"{DOCUMENT_PLACEHOLDER}\n\n{text}" if text.strip() else DOCUMENT_PLACEHOLDER
+            return dicts
+    dicts.append({"role": "user", "content": DOCUMENT_PLACEHOLDER})
+    return dicts
+
+
+def _json_instruction(response_format: dict[str, Any]) -> str:
+    if not isinstance(response_format, dict) or response_format.get("type") not in ("json_schema", "json_object"):
+        raise ValueError(f"response_format must be {{'type': 'json_schema'|'json_object', ...}}, got {response_format!r}")
+    schema = response_format.get("schema")
+    if response_format["type"] == "json_schema" and schema:
+        return ("Answer with one JSON object that follows this JSON schema, and nothing else:\n"
+                + json.dumps(schema, ensure_ascii=False))
+    return "Answer with one JSON object, and nothing else."
+
+
+def _trim_json(text: str) -> str:
+    """The first complete JSON value of ``text`` (the model may keep writing after it)."""
+    try:
+        _, end = json.JSONDecoder().raw_decode(text)
+    except ValueError:
+        return text
+    return text[:end]

@@ -1,0 +1,333 @@
+"""Tool calling of HomerLLM with scripted model outputs: formats, parsing, forcing, agent loops."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from langchain_core.messages import AIMessage, AIMessageChunk, HumanMessage, SystemMessage, ToolMessage
+from langchain_core.tools import tool
+from langchain_homer import HomerLLM
+from langchain_homer.tools import (
+    ToolSpec,
+    close_json,
+    detect_tool_format,
+    forced_prefill,
+    marker_start,
+    normalize_tool_choice,
+    parse_tool_calls,
+)
+from pydantic import BaseModel, Field
+from test_langchain_support import ScriptedEngine, hermes_tokenizer
+from tiny import tiny_tokenizer
+
+
+@tool
+def get_weather(location: str) -> str:
+    """Get the weather at a location."""
+    return f"It is sunny in {location}."
+
+
+@tool
+def add(a: int, b: int) -> int:
+    """Add two integers."""
+    return a + b
+
+
+class Person(BaseModel):
+    """A person."""
+
+    name: str = Field(description="the name")
+    age: int = Field(description="the age in years")
+
+
+# ----------------------------------------------------------------------------------- parsing
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ('<tool_call>\n{"name": "add", "arguments": {"a": 1, "b": 2}}\n</tool_call>', [("add", {"a": 1, "b": 2})]),
+        ('<tool_call>[{"name": "add", "arguments": {"a": 1, "b": 2}}, {"name": "get_weather", '
+         '"arguments": {"location": "Oslo"}}]</tool_call>', [("add", {"a": 1, "b": 2}), ("get_weather", {"location": "Oslo"})]),
+        ('<tool_call>{"name": "add", "arguments": {"a": 1, "b": 2}}</tool_call>\n<tool_call>{"name": "add", '
+         '"arguments": {"a": 3, "b": 4}}</tool_call>', [("add", {"a": 1, "b": 2}), ("add", {"a": 3, "b": 4})]),
+        ('{"name": "add", "parameters": {"a": 1, "b": 2}}', [("add", {"a": 1, "b": 2})]),
+        ('<|python_tag|>{"name": "add", "parameters": {"a": 1, "b": 2}}', [("add", {"a": 1, "b": 2})]),
+        ('[TOOL_CALLS] [{"name": "add", "arguments": {"a": 1, "b": 2}}]', [("add", {"a": 1, "b": 2})]),
+        ('[TOOL_CALLS]add[ARGS]{"a": 1, "b": 2}', [("add", {"a": 1, "b": 2})]),
+        ('[{"name": "add", "arguments": "{\\"a\\": 1, \\"b\\": 2}"}]', [("add", {"a": 1, "b": 2})]),
+        ('<tool_call>{"name": "add", "arguments": {"a": 1, "b": 2', [("add", {"a": 1, "b": 2})]),  # truncated
+        ('<tool_call>{"type": "function", "function": {"name": "add", "arguments": {"a": 5}}}</tool_call>',
+         [("add", {"a": 5})]),
+        ('<tool_call>{"name": "get_weather", "arguments": {}}</tool_call>', [("get_weather", {})]),
+    ],
+)
+def test_parse_formats(text, expected):
+    parsed = parse_tool_calls(text, ["add", "get_weather"])
+    assert [(c["name"], c["args"]) for c in parsed.tool_calls] == expected
+    assert parsed.invalid_tool_calls == []
+    assert parsed.content == ""
+    assert len({c["id"] for c in parsed.tool_calls}) == len(expected)
+
+
+def test_parse_keeps_surrounding_text_and_ignores_plain_json():
+    parsed = parse_tool_calls('Let me check.\n<tool_call>{"name": "get_weather", "arguments": {"location": "Rome"}}'
+                              "</tool_call>", ["get_weather"])
+    assert parsed.content == "Let me check."
+    assert parsed.tool_calls[0]["args"] == {"location": "Rome"}
+    # bare JSON that does not name a bound tool is an ordinary answer
+    plain = parse_tool_calls('{"name": "Alice", "age": 3}', ["get_weather"])
+    assert plain.tool_calls == [] and plain.content == '{"name": "Alice", "age": 3}'
+    assert parse_tool_calls("The answer is 4.", ["add"]).content == "The answer is 4."
+    assert parse_tool_calls("<tool_call>[]</tool_call>", ["add"]).tool_calls == []
+
+
+def test_parse_malformed_goes_to_invalid_tool_calls():
+    parsed = parse_tool_calls("<tool_call>add(1, 2)</tool_call>", ["add"])
+    assert parsed.tool_calls == []
+    (bad,) = parsed.invalid_tool_calls
+    assert bad["args"] == "add(1, 2)" and "JSON" in bad["error"]
+    wrong_shape = parse_tool_calls('<tool_call>{"tool": "add"}</tool_call>', ["add"])
+    assert wrong_shape.invalid_tool_calls and not wrong_shape.tool_calls
+
+
+def test_close_json_and_markers():
+    assert json.loads(close_json('{"a": [1, 2, {"b": "x')) == {"a": [1, 2, {"b": "x"}]}
+    assert json.loads(close_json('{"a": 1,')) == {"a": 1}
+    assert marker_start("Sure. <tool", at_start_json=False) == (6, False)
+    assert marker_start("Sure. <tool_call>{", at_start_json=False) == (6, True)
+    assert marker_start('  {"name"', at_start_json=True) == (2, True)
+    assert marker_start("Hello there", at_start_json=True) == (None, False)
+
+
+def test_tool_choice_normalization():
+    names = ["add", "get_weather"]
+    assert normalize_tool_choice(None, names) is None
+    assert normalize_tool_choice("required", names) == "any"
+    assert normalize_tool_choice(True, names) == "any"
+    assert normalize_tool_choice({"type": "function", "function": {"name": "add"}}, names) == "add"
+    with pytest.raises(ValueError, match="not one of the bound tools"):
+        normalize_tool_choice("multiply", names)
+    with pytest.raises(ValueError):
+        normalize_tool_choice(3, names)
+
+
+def test_format_detection():
+    plain = detect_tool_format(tiny_tokenizer())
+    assert (plain.family, plain.native, plain.native_history) == ("json", False, False)
+    hermes = detect_tool_format(hermes_tokenizer())
+    assert (hermes.family, hermes.native, hermes.native_history) == ("hermes", True, True)
+
+
+def test_default_model_template_family():
+    """SmolLM2's template (as converted from the GGUF) ignores tools: the 'json' family is used."""
+    smol_template = (
+        "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}{{ '<|im_start|>system\n"
+        "You are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n' }}{% endif %}{{'<|im_start|>'"
+        " + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}"
+        "{{ '<|im_start|>assistant\n' }}{% endif %}"
+    )
+    tok = tiny_tokenizer()
+    tok.chat_template = smol_template
+    assert detect_tool_format(tok).family == "json"
+
+
+def test_forced_prefills():
+    spec = ToolSpec((_tool("add"),), "add")
+    assert forced_prefill(detect_tool_format(tiny_tokenizer()), spec) == '<tool_call>[{"name": "add", "arguments":'
+    assert forced_prefill(detect_tool_format(hermes_tokenizer()), spec) == '<tool_call>\n{"name": "add", "arguments":'
+    two = ToolSpec((_tool("add"), _tool("sub")), "any")
+    assert forced_prefill(detect_tool_format(tiny_tokenizer()), two) == '<tool_call>[{"name":'
+
+
+def _tool(name):
+    return {"type": "function", "function": {"name": name, "description": name, "parameters": {"type": "object",
+                                                                                              "properties": {}}}}
+
+
+# ----------------------------------------------------------------------------------- models
+def test_invoke_parses_tool_call_and_renders_tools():
+    engine = ScriptedEngine(['<tool_call>[{"name": "get_weather", "arguments": {"location": "Paris"}}]</tool_call>'])
+    llm = HomerLLM(engine=engine).bind_tools([get_weather, add])
+    msg = llm.invoke("What is the weather in Paris?")
+    assert msg.content == ""
+    assert [(c["name"], c["args"]) for c in msg.tool_calls] == [("get_weather", {"location": "Paris"})]
+    assert msg.tool_calls[0]["id"]
+    prompt = engine.prompt_text()
+    assert "<tools>" in prompt and '"name": "get_weather"' in prompt and '"name": "add"' in prompt
+    assert any(b["type"] == "tool_call" for b in msg.content_blocks)
+
+
+def test_auto_choice_plain_answer_has_no_calls():
+    engine = ScriptedEngine(["Hello! How can I help?"])
+    msg = HomerLLM(engine=engine).bind_tools([get_weather]).invoke("hi")
+    assert msg.content == "Hello! How can I help?" and msg.tool_calls == []
+
+
+def test_tool_choice_none_hides_tools():
+    engine = ScriptedEngine(["Just text."])
+    msg = HomerLLM(engine=engine).bind_tools([get_weather], tool_choice="none").invoke("hi")
+    assert msg.content == "Just text." and "<tools>" not in engine.prompt_text()
+
+
+def test_forced_named_choice_prefills_and_instructs():
+    engine = ScriptedEngine([' {"a": 2, "b": 5}}]</tool_call>'])
+    msg = HomerLLM(engine=engine).bind_tools([get_weather, add], tool_choice="add").invoke("Add 2 and 5")
+    assert [(c["name"], c["args"]) for c in msg.tool_calls] == [("add", {"a": 2, "b": 5})]
+    prompt = engine.prompt_text()
+    assert "You must answer with a call to the function add" in prompt
+    assert prompt.endswith('<|im_start|>assistant\n<tool_call>[{"name": "add", "arguments":')
+    assert "</tool_call>" in engine.configs[-1].stop
+
+
+def test_forced_any_with_several_tools_lets_model_pick_name():
+    engine = ScriptedEngine([' "get_weather", "arguments": {"location": "Oslo"}}]'])
+    msg = HomerLLM(engine=engine).bind_tools([get_weather, add], tool_choice="any").invoke("weather in Oslo")
+    assert msg.tool_calls[0]["name"] == "get_weather"
+    assert "one of these functions: get_weather, add" in engine.prompt_text()
+
+
+def test_forced_choice_without_parsable_call_is_a_clear_invalid_call():
+    engine = ScriptedEngine([" I do not know"])
+    msg = HomerLLM(engine=engine).bind_tools([add], tool_choice="add").invoke("Add")
+    assert msg.tool_calls == []
+    (bad,) = msg.invalid_tool_calls
+    assert bad["name"] is None or bad["name"] == "add"
+    assert bad["error"]
+
+
+def test_native_template_receives_tools_and_history():
+    engine = ScriptedEngine(["The sum is 3."], tokenizer=hermes_tokenizer())
+    llm = HomerLLM(engine=engine).bind_tools([add])
+    history = [
+        HumanMessage("What is 1 + 2?"),
+        AIMessage("", tool_calls=[{"name": "add", "args": {"a": 1, "b": 2}, "id": "c1", "type": "tool_call"}]),
+        ToolMessage("3", tool_call_id="c1"),
+    ]
+    msg = llm.invoke(history)
+    assert msg.content == "The sum is 3."
+    prompt = engine.prompt_text()
+    assert "# Tools" in prompt and '"name": "add"' in prompt
+    assert '<|im_start|>assistant\n<tool_call>\n{"name": "add", "arguments": {"a": 1, "b": 2}}' in prompt
+    assert "<|im_start|>tool\n3<|im_end|>" in prompt
+
+
+def test_fallback_template_renders_history_as_text():
+    engine = ScriptedEngine(["It is sunny."])
+    history = [
+        SystemMessage("Be brief."),
+        HumanMessage("Weather in Rome?"),
+        AIMessage([{"type": "text", "text": "Checking."},
+                   {"type": "tool_use", "id": "c9", "name": "get_weather", "input": {"location": "Rome"}}],
+                  tool_calls=[{"name": "get_weather", "args": {"location": "Rome"}, "id": "c9", "type": "tool_call"}]),
+        ToolMessage("sunny", tool_call_id="c9", status="error"),
+    ]
+    HomerLLM(engine=engine).bind_tools([get_weather]).invoke(history)
+    prompt = engine.prompt_text()
+    assert prompt.startswith("<|im_start|>system\nBe brief.\n\nYou can call functions.")
+    assert 'Checking.\n<tool_call>[{"name": "get_weather", "arguments": {"location": "Rome"}}]</tool_call>' in prompt
+    assert '<tool_response>\n{"name": "get_weather", "content": "Error: sunny"}\n</tool_response>' in prompt
+
+
+def test_tool_history_without_bound_tools_is_accepted():
+    engine = ScriptedEngine(["3"])
+    msg = HomerLLM(engine=engine).invoke([
+        HumanMessage("1+2?"),
+        AIMessage("", tool_calls=[{"name": "add", "args": {"a": 1, "b": 2}, "id": "x", "type": "tool_call"}]),
+        ToolMessage("3", tool_call_id="x", name="add"),
+    ])
+    assert msg.content == "3"
+
+
+def test_stream_holds_tool_call_and_emits_it_last():
+    out = 'Checking now. <tool_call>[{"name": "get_weather", "arguments": {"location": "Lima"}}]</tool_call>'
+    engine = ScriptedEngine([out])
+    chunks = list(HomerLLM(engine=engine).bind_tools([get_weather]).stream("Weather in Lima?"))
+    assert len(chunks) > 2
+    assert all("<tool" not in c.content for c in chunks)
+    assert chunks[-1].chunk_position == "last" and chunks[-1].tool_call_chunks
+    full = chunks[0]
+    for c in chunks[1:]:
+        full = full + c
+    assert isinstance(full, AIMessageChunk)
+    assert full.content == "Checking now."
+    assert [(c["name"], c["args"]) for c in full.tool_calls] == [("get_weather", {"location": "Lima"})]
+    assert full.usage_metadata["input_tokens"] == len(engine.prompts[-1])
+
+
+def test_stream_plain_text_with_tools_bound_streams_normally():
+    engine = ScriptedEngine(["No tool needed here."])
+    chunks = list(HomerLLM(engine=engine).bind_tools([get_weather]).stream("hi"))
+    assert "".join(c.content for c in chunks) == "No tool needed here."
+    assert len([c for c in chunks if c.content]) > 2
+
+
+async def test_astream_tool_call():
+    engine = ScriptedEngine(['<tool_call>[{"name": "add", "arguments": {"a": 1, "b": 1}}]</tool_call>'])
+    full = None
+    async for chunk in HomerLLM(engine=engine).bind_tools([add], tool_choice="auto").astream("1+1"):
+        full = chunk if full is None else full + chunk
+    assert full.tool_calls[0]["args"] == {"a": 1, "b": 1}
+
+
+def test_with_structured_output_via_tool():
+    engine = ScriptedEngine([' {"name": "Ada", "age": 36}}]</tool_call>'])
+    structured = HomerLLM(engine=engine).with_structured_output(Person)
+    assert structured.invoke("Ada is 36.") == Person(name="Ada", age=36)
+    assert engine.prompt_text().endswith('<tool_call>[{"name": "Person", "arguments":')
+    streamed = list(structured.stream("Ada is 36."))
+    assert streamed[-1] == Person(name="Ada", age=36)
+
+
+def test_with_structured_output_json_schema_and_json_mode():
+    engine = ScriptedEngine(['"name": "Bo", "age": 7} and some trailing words'])
+    structured = HomerLLM(engine=engine).with_structured_output(Person, method="json_schema")
+    assert structured.invoke("Bo is 7") == Person(name="Bo", age=7)
+    prompt = engine.prompt_text()
+    assert "follows this JSON schema" in prompt and prompt.endswith("assistant\n{")
+    as_dict = HomerLLM(engine=engine).with_structured_output(None, method="json_mode")
+    assert as_dict.invoke("Bo is 7") == {"name": "Bo", "age": 7}
+    raw = HomerLLM(engine=ScriptedEngine(["not json"])).with_structured_output(
+        Person, method="json_schema", include_raw=True).invoke("x")
+    assert raw["parsed"] is None and raw["parsing_error"] is not None
+
+
+def test_bind_tools_rejects_bad_choices():
+    llm = HomerLLM(engine=ScriptedEngine(["x"]))
+    with pytest.raises(ValueError, match="not one of the bound tools"):
+        llm.bind_tools([add], tool_choice="multiply")
+    with pytest.raises(ValueError, match="needs at least one tool"):
+        llm.bind_tools([], tool_choice="any")
+
+
+def test_agent_loop_with_create_agent():
+    from langchain.agents import create_agent
+
+    engine = ScriptedEngine([
+        '<tool_call>[{"name": "get_weather", "arguments": {"location": "Paris"}}]</tool_call>',
+        "It is sunny in Paris today.",
+    ])
+    agent = create_agent(model=HomerLLM(engine=engine), tools=[get_weather])
+    state = agent.invoke({"messages": [HumanMessage("What's the weather in Paris?")]})
+    messages = state["messages"]
+    assert isinstance(messages[1], AIMessage) and messages[1].tool_calls[0]["name"] == "get_weather"
+    assert isinstance(messages[2], ToolMessage) and messages[2].content == "It is sunny in Paris."
+    assert messages[-1].content == "It is sunny in Paris today."
+    second_prompt = engine.prompt_text(1)
+    assert '<tool_response>\n{"name": "get_weather", "content": "It is sunny in Paris."}' in second_prompt
+    assert '<tool_call>[{"name": "get_weather", "arguments": {"location": "Paris"}}]</tool_call>' in second_prompt
+
+
+def test_agent_loop_unknown_tool_gets_error_feedback():
+    from langchain.agents import create_agent
+
+    engine = ScriptedEngine([
+        '<tool_call>[{"name": "get_wether", "arguments": {"location": "Paris"}}]</tool_call>',
+        '<tool_call>[{"name": "get_weather", "arguments": {"location": "Paris"}}]</tool_call>',
+        "Sunny.",
+    ])
+    agent = create_agent(model=HomerLLM(engine=engine), tools=[get_weather])
+    state = agent.invoke({"messages": [HumanMessage("weather?")]})
+    tool_messages = [m for m in state["messages"] if isinstance(m, ToolMessage)]
+    assert tool_messages[0].status == "error" and "get_wether" in tool_messages[0].content
+    assert tool_messages[1].content == "It is sunny in Paris."
+    assert state["messages"][-1].content == "Sunny."
