@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from homer_llm.bench import cli, measure, runner
+from homer_llm.bench.analytic import plan_cost
 from homer_llm.bench.configs import (
     SHAPES,
     build_model,
@@ -19,7 +20,7 @@ from homer_llm.bench.configs import (
     weights_bytes,
 )
 from homer_llm.bench.report import doubling_lengths, format_length, format_table, parse_length
-from homer_llm.bench.runner import Bench, BenchSettings, is_oom, token_layers
+from homer_llm.bench.runner import Bench, BenchSettings, is_oom
 
 TINY = get_shape("tiny")
 
@@ -157,6 +158,7 @@ def test_cpu_mode_end_to_end_writes_table_json_and_plot(tmp_path, capsys, one_th
     assert rows["plain", 1024]["kv_peak_bytes"] == 1024 * TINY.kv_bytes_per_token(4)
     assert 0 < rows["homer", 1024]["work_fraction"] < 1  # pruned tokens skip the upper layers
     assert data["meta"]["config"]["name"] == "tiny" and data["meta"]["matmul_flops"] > 0
+    assert data["complete"] is True
     assert out_png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -170,7 +172,9 @@ def test_oom_is_a_result_and_longer_lengths_are_skipped(monkeypatch, one_thread)
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 32.00 GiB")
 
     monkeypatch.setattr(Bench, "_plain", exhausted)
-    report = _bench(lengths=(256, 512), warmup=1).run()
+    partial = []
+    report = _bench(lengths=(256, 512), warmup=1).run(on_result=partial.append)
+    assert [len(p.results) for p in partial] == [1, 2, 3, 4] and not partial[-1].complete
     status = {(r.method, r.length): r.status for r in report.results}
     assert status == {("plain", 256): "oom", ("plain", 512): "skipped", ("homer", 256): "ok", ("homer", 512): "ok"}
     assert calls == [256, 256]  # the warm-up and the first length; nothing after the OOM
@@ -216,7 +220,46 @@ def test_homer_kv_peak_grows_by_at_most_one_chunk_per_doubling(one_thread):
     assert [r.tree_height for r in report.results] == [2, 3, 4, 5]
 
 
-def test_token_layers_counts_the_dense_work_for_a_single_chunk():
-    bench_plan = runner.make_plan(8, 100, 8, chunk_len=128, cache_len=128, num_layers=8)
-    assert bench_plan.num_leaves == 1
-    assert token_layers(bench_plan) == 116 * 8
+def test_plan_cost_of_a_single_chunk_is_the_dense_work():
+    plan = runner.make_plan(8, 100, 8, chunk_len=128, cache_len=128, num_layers=8)
+    cost = plan_cost(plan, bytes_per_token_layer=10)
+    assert (cost.nodes, cost.prunes, cost.layer_calls) == (1, 0, 8)
+    assert cost.token_layers == 116 * 8 and cost.work_fraction == 1.0
+    assert cost.kv_peak_bytes == 116 * 8 * 10
+
+
+@pytest.mark.parametrize("context", [300, 1000, 2500])
+def test_plan_cost_replays_the_engine_peak_kv_and_prunes(monkeypatch, context, one_thread):
+    """The analytic replay (used for 7B-at-1M predictions) equals the engine's own accounting."""
+    from homer_llm import engine
+
+    model = build_model(TINY, device="cpu", dtype=torch.float32)
+    parts = runner.compat.model_parts(model)
+    plan = runner.make_plan(8, context, 8, chunk_len=128, cache_len=128, num_layers=TINY.layers)
+    scored = []
+    real_scores = engine._Pass.scores
+
+    def counting(self, *args, **kwargs):
+        scored.append(1)
+        return real_scores(self, *args, **kwargs)
+
+    monkeypatch.setattr(engine._Pass, "scores", counting)
+    ids = torch.randint(3, TINY.vocab, (context + 16,), generator=torch.Generator().manual_seed(context))
+    ctx = engine.compress(parts, plan, ids)
+    per_token_layer = TINY.kv_bytes_per_token(4) // TINY.layers
+    cost = plan_cost(plan, per_token_layer)
+    assert cost.kv_peak_bytes == ctx.stats.peak_kv_bytes
+    assert cost.prunes == len(scored)
+    assert cost.nodes == 2 * plan.num_leaves - 1
+
+
+def test_profile_counts_no_more_host_syncs_than_prunes(one_thread):
+    """Today engine.scores syncs once per pruning node (int(positions[-1])); nothing else may add one."""
+    from homer_llm.bench.profile import profile_homer
+
+    bench = _bench(lengths=(1024,), methods=("homer",))
+    summary = profile_homer(bench, 1024, rows=5)
+    cost = plan_cost(bench.plan(1024))
+    assert summary.nodes == cost.nodes and summary.layer_calls == cost.layer_calls
+    assert 0 < summary.host_syncs <= cost.prunes
+    assert "aten::" in summary.format()

@@ -1,7 +1,7 @@
 """``homer-llm bench``: plain prefill vs HOMER, memory and speed against input length.
 
-The main CLI imports this module lazily and calls ``add_arguments(subparser)`` then ``run(args)``;
-``python -m homer_llm.bench`` does the same on its own.
+The main CLI imports this module lazily and calls ``add_arguments(subparser)`` then ``run(args)``
+(it adds ``-v/--verbose`` itself); ``python -m homer_llm.bench`` does the same on its own.
 
 Examples:
     homer-llm bench --device cpu --config tiny --json out.json --plot out.png     # seconds, CI
@@ -53,12 +53,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="HOMER calibration table: zero (calibrated code path; default), none, random")
     parser.add_argument("--plain-logits", default="last", choices=("last", "all"),
                         help="plain prefill computes logits for the last token only (default) or all tokens")
+    parser.add_argument("--max-plain-length", default=None,
+                        help="do not run plain above this length (e.g. 16k on a CPU, where it takes hours)")
     parser.add_argument("--threads", type=int, default=None,
                         help="CPU threads for torch (default: torch's own; 1 is steadiest on a shared machine)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--profile", default=None, metavar="LENGTH",
+                        help="after the benchmark, profile one HOMER compression of LENGTH tokens "
+                        "(host syncs, kernel launches, top ops)")
+    parser.add_argument("--replot", default=None, metavar="JSON",
+                        help="run nothing: print the table of a saved JSON (and write --plot from it)")
     parser.add_argument("--json", dest="json_path", default=None, metavar="PATH", help="write the full results as JSON")
     parser.add_argument("--plot", dest="plot_path", default=None, metavar="PNG", help="write a plot against length")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")
 
 
 def _settings(args: argparse.Namespace):
@@ -91,17 +97,24 @@ def _settings(args: argparse.Namespace):
         chunk_len=args.chunk_len, warmup_layers=args.warmup_layers, repeats=repeats, warmup=args.warmup,
         budget_s=args.budget_s, decode_tokens=args.decode_tokens, bias=args.bias,
         plain_logits=args.plain_logits, seed=args.seed,
+        max_plain_length=parse_length(args.max_plain_length) if args.max_plain_length else None,
     )
 
 
 def run(args: argparse.Namespace) -> int:
     """Run the benchmark; print the table; write JSON/plot if asked. 0 on success, 2 on bad arguments,
     1 if a row could not run for a reason other than memory (e.g. a plan that cannot fit)."""
-    if args.verbose and not logging.getLogger().handlers:
+    if getattr(args, "verbose", 0) and not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
-    from .report import format_growth, format_header, format_table, summary_ratio, write_json, write_plot
+    from .report import load_json, parse_length, write_json, write_plot
     from .runner import Bench
 
+    if args.replot:
+        report = load_json(args.replot)
+        _print_report(report, sorted({r.length for r in report.results}))
+        if args.plot_path:
+            print(f"wrote {write_plot(report, args.plot_path)}")
+        return 0
     if args.threads is not None:
         if args.threads < 1:
             print(f"homer-llm bench: --threads must be >= 1, got {args.threads}", file=sys.stderr)
@@ -113,16 +126,16 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as err:
         print(f"homer-llm bench: {err}", file=sys.stderr)
         return 2
-    report = bench.run()
-    print(format_header(report))
-    print(format_table(report))
-    growth = format_growth(report)
-    if growth:
-        print(growth)
-    for length in settings.lengths:
-        line = summary_ratio(report, length)
-        if line:
-            print(line)
+    on_result = None
+    if args.json_path:
+        def on_result(partial) -> None:  # keep what was measured if the run is cut off
+            write_json(partial, args.json_path)
+    report = bench.run(on_result)
+    _print_report(report, settings.lengths)
+    if args.profile:
+        from .profile import profile_homer
+
+        print(profile_homer(bench, parse_length(args.profile)).format())
     errors = [r for r in report.results if r.status == "error"]
     for r in errors:
         print(f"{r.method} at {r.length}: {r.note}", file=sys.stderr)
@@ -133,7 +146,24 @@ def run(args: argparse.Namespace) -> int:
     return 1 if errors else 0
 
 
+def _print_report(report, lengths) -> None:
+    from .report import format_growth, format_header, format_table, summary_ratio
+
+    print(format_header(report))
+    if not report.complete:
+        print("# PARTIAL: the run stopped before every row was measured")
+    print(format_table(report))
+    growth = format_growth(report)
+    if growth:
+        print(growth)
+    for length in lengths:
+        line = summary_ratio(report, length)
+        if line:
+            print(line)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="homer-llm bench")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="log progress to stderr")
     add_arguments(parser)
     return run(parser.parse_args(argv))

@@ -173,7 +173,7 @@ def matmul_rate(device: torch.device, dtype: torch.dtype, size: int | None = Non
     times = [time_call(device, product)[0] for _ in range(repeats)]
     seconds = max(median(times), 1e-9)
     rate = 2 * size**3 / seconds
-    logger.info("matmul probe: %d^3 %s on %s: %.1f TFLOP/s", size, dtype, device, rate / 1e12)
+    logger.info("matmul probe: %d^3 %s on %s: %.1f GFLOP/s", size, dtype, device, rate / 1e9)
     return rate
 
 

@@ -65,7 +65,7 @@ def format_table(report: BenchReport) -> str:
     rows: list[tuple[str, ...]] = []
     for r in report.results:
         if r.status != "ok":
-            label = {"oom": "OOM", "skipped": "OOM (skip)", "error": "error"}.get(r.status, r.status)
+            label = {"oom": "OOM", "skipped": "OOM (skip)", "not_run": "not run", "error": "error"}.get(r.status, r.status)
             rows.append((r.method, format_length(r.length), label) + ("-",) * (len(header) - 3))
             continue
         rows.append((
@@ -135,6 +135,17 @@ def write_json(report: BenchReport, path: str | Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(report.to_dict(), indent=2, default=str) + "\n")
     return path
+
+
+def load_json(path: str | Path) -> BenchReport:
+    """A report written by ``write_json`` (complete or partial)."""
+    data = json.loads(Path(path).read_text())
+    rows = []
+    for r in data["results"]:
+        r = dict(r)
+        r["runs"] = tuple(r.get("runs") or ())
+        rows.append(BenchResult(**r))
+    return BenchReport(data["meta"], tuple(rows), complete=bool(data.get("complete", True)))
 
 
 def write_plot(report: BenchReport, path: str | Path) -> Path:

@@ -28,6 +28,7 @@ from .. import __version__, compat
 from ..engine import compress
 from ..generation import decode_step
 from ..schedule import Plan, make_plan
+from .analytic import plan_cost
 from .configs import ModelShape, build_model, count_parameters, layer_parameters, weights_bytes
 from .measure import device_name, free_memory, make_meter, matmul_rate, time_call
 
@@ -57,6 +58,8 @@ class BenchSettings:
             (uncalibrated path) or "random".
         plain_logits: "last" (``logits_to_keep=1``: only what generation needs) or "all" (the
             full [n, vocab] logits a bare ``model(ids)`` returns).
+        max_plain_length: plain rows above this length are not run (status "not_run"): for
+            machines where a long plain prefill would take hours rather than fail.
         seed: ids and weights seed.
     """
 
@@ -76,6 +79,7 @@ class BenchSettings:
     decode_tokens: int = 16
     bias: str = "zero"
     plain_logits: str = "last"
+    max_plain_length: int | None = None
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -107,7 +111,8 @@ class BenchResult:
     """One (method, length) row. Byte counts are ints; None where not measured.
 
     Attributes:
-        status: "ok", "oom", "skipped" (a shorter length already ran out of memory) or "error".
+        status: "ok", "oom", "skipped" (a shorter length already ran out of memory), "not_run"
+            (above ``max_plain_length``) or "error".
         note: the OOM/error message, or why it was skipped.
         seconds: median prefill/compression time; runs: every timed run.
         tokens_per_s: length / seconds.
@@ -148,11 +153,14 @@ class BenchResult:
 
 @dataclass(frozen=True)
 class BenchReport:
+    """Settings, environment and measured constants (``meta``), the rows, and whether all ran."""
+
     meta: dict[str, Any]
     results: tuple[BenchResult, ...]
+    complete: bool = True
 
     def to_dict(self) -> dict[str, Any]:
-        return {"meta": self.meta, "results": [asdict(r) for r in self.results]}
+        return {"meta": self.meta, "complete": self.complete, "results": [asdict(r) for r in self.results]}
 
 
 @dataclass
@@ -173,19 +181,6 @@ def is_oom(err: BaseException) -> bool:
         return True
     text = str(err)
     return isinstance(err, RuntimeError) and ("out of memory" in text or "ALLOC_FAILED" in text)
-
-
-def token_layers(plan: Plan) -> int:
-    """Tokens x layers HOMER runs under ``plan`` (dense prefill: length x layers)."""
-    P, S = plan.prefix_len, plan.suffix_len
-    total = 0
-    for node in plan.nodes():
-        if node.left is None or node.right is None:
-            ctx = node.natural_ctx
-        else:
-            ctx = node.left.keep_ctx + node.right.keep_ctx
-        total += (P + ctx + S) * (node.layer_end - node.layer_start)
-    return total
 
 
 def _cache_bytes(cache) -> int:
@@ -261,7 +256,7 @@ class Bench:
             dev_ids = ids.to(self.device)
             return (lambda: self._plain(dev_ids)), {}
         plan = self.plan(length)
-        work = token_layers(plan) / (length * self.parts.num_layers)
+        work = plan_cost(plan).work_fraction
         return (lambda: self._homer(ids, plan)), {"work_fraction": work}
 
     # ------------------------------------------------------------------ measuring
@@ -357,20 +352,33 @@ class Bench:
         logger.info("%s at %d tokens: %.3f s, peak %.1f MiB", method, length, sec, peak / 2**20)
         return result
 
-    def run(self) -> BenchReport:
+    def run(self, on_result: Callable[[BenchReport], None] | None = None) -> BenchReport:
+        """All (method, length) rows. ``on_result(partial_report)`` is called after each row, so a
+        run stopped by a time limit still leaves what it measured (e.g. JSON written row by row)."""
         results: list[BenchResult] = []
+        meta = self.meta()
+
+        def add(result: BenchResult) -> None:
+            results.append(result)
+            if on_result is not None:
+                on_result(BenchReport(meta, tuple(results), complete=False))
+
         for method in self.settings.methods:
             oom_at: int | None = None
             self.warm_up(method, self.settings.lengths[0])
             for length in self.settings.lengths:
                 if oom_at is not None:
-                    results.append(BenchResult(method, length, "skipped", note=f"out of memory at {oom_at} tokens"))
+                    add(BenchResult(method, length, "skipped", note=f"out of memory at {oom_at} tokens"))
+                    continue
+                cap = self.settings.max_plain_length
+                if method == "plain" and cap is not None and length > cap:
+                    add(BenchResult(method, length, "not_run", note=f"above max_plain_length={cap}"))
                     continue
                 result = self.measure(method, length)
                 if result.status == "oom":
                     oom_at = length
-                results.append(result)
-        return BenchReport(self.meta(), tuple(results))
+                add(result)
+        return BenchReport(meta, tuple(results))
 
     def meta(self) -> dict[str, Any]:
         s, shape = self.settings, self.settings.shape
@@ -396,5 +404,6 @@ class Bench:
                 "cache_len": self.chunk_len, "warmup_layers": s.warmup_layers, "bias": s.bias,
             },
             "repeats": s.repeats, "warmup": s.warmup, "budget_s": s.budget_s,
-            "decode_tokens": s.decode_tokens, "plain_logits": s.plain_logits, "seed": s.seed,
+            "decode_tokens": s.decode_tokens, "plain_logits": s.plain_logits,
+            "max_plain_length": s.max_plain_length, "seed": s.seed,
         }
