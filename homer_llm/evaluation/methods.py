@@ -1,0 +1,413 @@
+"""The long-context methods compared by the evaluation, all on the same loaded model.
+
+Each method answers a QASample (greedy text after the sample's answer prefix) and, where it makes
+sense, scores a PPLSample (per-token NLL of the target). Every method receives a Deadline and must
+stop with TimeBudgetExceeded once it has passed.
+
+    homer            HOMER, calibrated significance (the method)
+    homer-uncal      HOMER with B = 0 (no recency-bias correction)
+    homer-random     HOMER with random pruning (the paper's ablation)
+    homer-yarn       HOMER on a YaRN-scaled model (factor f) with chunk_len scaled by f
+    full             the plain model over the whole prompt, also beyond its window
+    truncate         the plain model over the prompt cut to the window: prefix and suffix kept,
+                     the END of the document kept (for perplexity: the last window of tokens)
+    yarn, ntk, linear  the plain model with transformers' RoPE scaling (YaRN, dynamic NTK,
+                     linear interpolation), factor = ceil(length / window) (at least 1) unless fixed
+    bm25             BM25 (bm25s) top-ranked passages of the document that fit the window, kept
+                     in document order (question answering only)
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+from dataclasses import dataclass, replace
+
+from homer_llm import compat
+from homer_llm.config import GenerationConfig, HomerConfig
+from homer_llm.generation import generate
+from homer_llm.model import HomerModel
+from homer_llm.prompt import DOCUMENT_PLACEHOLDER, PromptParts, split_chat, split_text
+
+from .perplexity import PPLSample
+from .rope import scaled_model
+from .runner import Deadline, plain_context, score_continuation, score_plain
+from .tasks import QASample
+
+logger = logging.getLogger(__name__)
+
+ANSWER_ROOM = 64
+"""Tokens of a length budget left for the answer: a length-L sample has an L - ANSWER_ROOM prompt."""
+
+ALL_METHODS = ("homer", "homer-uncal", "homer-random", "full", "truncate", "yarn", "ntk", "linear",
+               "homer-yarn", "bm25")
+
+
+class NotApplicable(Exception):
+    """The method has no meaning for this kind of sample (e.g. BM25 retrieval for perplexity)."""
+
+
+@dataclass
+class MethodResult:
+    """What one method produced for one sample.
+
+    Attributes:
+        text: generated answer (QA) or "" (perplexity).
+        nll: per-token NLL of the target (perplexity), else None.
+        input_tokens: prompt tokens the method was given before any reduction.
+        used_tokens: tokens the model actually attended to when answering (cache or prompt length).
+        reused: the result was copied from another method that ran the very same computation
+            (same model, RoPE setting and token ids: e.g. full, truncate, bm25 and factor-1 RoPE
+            scaling all reduce to the plain model inside the window).
+    """
+
+    text: str
+    input_tokens: int
+    used_tokens: int
+    nll: list[float] | None = None
+    reused: bool = False
+
+
+def build_parts(tokenizer, sample: QASample, document: str | None = None) -> PromptParts:
+    """Prompt parts for a QA sample: instruction + document + question, answer prefix in the suffix.
+
+    With a chat template the instruction, document and question form one user turn, and the
+    answer prefix follows the generation prompt; without one, a plain-text layout is used.
+    """
+    document = sample.document if document is None else document
+    if getattr(tokenizer, "chat_template", None):
+        content = f"{sample.instruction}\n\n{DOCUMENT_PLACEHOLDER}\n\n{sample.question}"
+        parts = split_chat(tokenizer, [{"role": "user", "content": content}], document)
+        answer = tuple(tokenizer(sample.answer_prefix, add_special_tokens=False)["input_ids"])
+        return PromptParts(parts.prefix, parts.context, parts.suffix + answer)
+    return split_text(tokenizer, f"{sample.instruction}\n\n", document,
+                      f"\n\nQuestion: {sample.question}\nAnswer: {sample.answer_prefix}")
+
+
+class EvalModel:
+    """The model under test and what every method shares: tokenizer, window, RoPE-scaled views."""
+
+    def __init__(self, homer: HomerModel) -> None:
+        self.homer = homer
+        self.tokenizer = homer.tokenizer
+        self.window = homer.window
+        self._views: dict[tuple[str, float], object] = {}
+        self._homers: dict[tuple, HomerModel] = {}
+        self._results: dict[tuple, MethodResult] = {}
+
+    def shared_result(self, key: tuple, compute) -> MethodResult:
+        """``compute()`` once per identical plain computation ``key``; later callers get a copy."""
+        if key in self._results:
+            return replace(self._results[key], reused=True)
+        if len(self._results) > 64:
+            self._results.clear()
+        result = compute()
+        self._results[key] = result
+        return result
+
+    @property
+    def parts(self) -> compat.ModelParts:
+        return self.homer.parts
+
+    def count(self, text: str) -> int:
+        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def view(self, kind: str, factor: float):
+        """A RoPE-scaled model sharing the weights (dynamic NTK is rebuilt every time: its rotary
+        module keeps state from the longest sequence it has seen)."""
+        if kind == "ntk":
+            return scaled_model(self.homer.model, kind, factor)
+        key = (kind, factor)
+        if key not in self._views:
+            self._views[key] = scaled_model(self.homer.model, kind, factor)
+        return self._views[key]
+
+    def homer_variant(
+        self, pruning: str, rope: tuple[str, float] | None = None, calibration_samples: int | None = None
+    ) -> HomerModel:
+        """A HomerModel over the same weights with another pruning rule, or on a RoPE-scaled view
+        with chunk_len scaled by the factor (and its own calibration table)."""
+        key = (pruning, rope, calibration_samples)
+        if key not in self._homers:
+            base = self.homer
+            if rope is None:
+                self._homers[key] = HomerModel(base.model, base.tokenizer, name=base.name,
+                                               homer=replace(base.homer, pruning=pruning))
+            else:
+                kind, factor = rope
+                chunk = int(base.chunk_len * factor)
+                config = HomerConfig(chunk_len=chunk, cache_len=None, warmup_layers=base.homer.warmup_layers,
+                                     pruning=pruning,
+                                     calibration_samples=calibration_samples or base.homer.calibration_samples,
+                                     seed=base.homer.seed)
+                self._homers[key] = HomerModel(self.view(kind, factor), base.tokenizer,
+                                               name=f"{base.name}+{kind}{factor:g}", homer=config)
+        return self._homers[key]
+
+    def generation_config(self, sample: QASample) -> GenerationConfig:
+        return GenerationConfig(max_new_tokens=sample.max_new_tokens, stop=("\n",))
+
+
+class Method:
+    """Base: a named method over an EvalModel. ``growth`` is a LOWER bound on how its cost grows
+    with length (time ~ length**growth), used only to skip runs certain to exceed the budget."""
+
+    name = ""
+    growth = 1.0
+
+    def __init__(self, model: EvalModel) -> None:
+        self.model = model
+
+    def setup(self) -> None:
+        """One-time work not counted in per-sample time (e.g. building a calibration table)."""
+
+    def answer(self, sample: QASample, deadline: Deadline) -> MethodResult:
+        raise NotImplementedError
+
+    def score(self, sample: PPLSample, deadline: Deadline) -> MethodResult:
+        raise NotApplicable(f"{self.name} does not score perplexity")
+
+
+class HomerMethod(Method):
+    growth = 1.0
+
+    def __init__(
+        self, model: EvalModel, name: str, pruning: str, rope: tuple[str, float] | None = None,
+        calibration_samples: int | None = None,
+    ) -> None:
+        super().__init__(model)
+        self.name, self.pruning, self.rope = name, pruning, rope
+        self.calibration_samples = calibration_samples
+
+    @property
+    def hm(self) -> HomerModel:
+        return self.model.homer_variant(self.pruning, self.rope, self.calibration_samples)
+
+    def setup(self) -> None:
+        self.hm.bias_table()
+
+    def answer(self, sample, deadline):
+        hm = self.hm
+        parts = build_parts(hm.tokenizer, sample)
+        context = hm.compress(parts, progress=deadline.progress)
+        out = hm.generate(context, self.model.generation_config(sample))
+        return MethodResult(out.text, len(parts), context.cache_tokens)
+
+    def score(self, sample, deadline):
+        hm = self.hm
+        bos = _bos(hm.tokenizer)
+        parts = PromptParts(bos, sample.context, ())  # the last context token becomes the query suffix
+        context = hm.compress(parts, progress=deadline.progress)
+        with hm.lock:
+            nll = score_continuation(hm.parts, context, sample.target, deadline=deadline)
+        return MethodResult("", len(parts), context.cache_tokens, nll.tolist())
+
+
+def _bos(tokenizer) -> tuple[int, ...]:
+    bos = getattr(tokenizer, "bos_token_id", None)
+    adds = bos is not None and tokenizer("a")["input_ids"][:1] == [bos]
+    return (bos,) if adds else ()
+
+
+class PlainMethod(Method):
+    """The plain model over a (possibly reduced) prompt; subclasses choose the prompt and RoPE."""
+
+    growth = 1.0
+
+    def model_parts(self, length: int) -> compat.ModelParts:
+        """The model to run for a sample of ``length`` tokens (RoPE variants scale with it)."""
+        return self.model.parts
+
+    def reduce(self, parts: PromptParts, sample: QASample) -> PromptParts:
+        return parts
+
+    def rope_key(self, length: int) -> tuple:
+        """Identity of the positional encoding used at ``length`` (for sharing identical runs)."""
+        return ("default",)
+
+    def answer(self, sample, deadline):
+        base = self.model.homer
+        parts = build_parts(base.tokenizer, sample)
+        reduced = self.reduce(parts, sample)
+        length = len(parts) + ANSWER_ROOM
+        config = self.model.generation_config(sample)
+
+        def compute() -> MethodResult:
+            model_parts = self.model_parts(length)
+            with base.lock:
+                context = plain_context(model_parts, reduced.ids, deadline=deadline)
+                out = generate(model_parts, base.tokenizer, context, config, base.eos_ids)
+            return MethodResult(out.text, len(parts), len(reduced))
+
+        key = ("qa", self.rope_key(length), reduced.ids, config)
+        return replace(self.model.shared_result(key, compute), input_tokens=len(parts))
+
+    def score(self, sample, deadline):
+        base = self.model.homer
+        ids = self.reduce_ids(_bos(base.tokenizer) + sample.context, len(sample.target))
+        length = len(sample.context) + len(sample.target)
+
+        def compute() -> MethodResult:
+            model_parts = self.model_parts(length)
+            with base.lock:
+                nll = score_plain(model_parts, ids, sample.target, deadline=deadline)
+            return MethodResult("", length, len(ids) + len(sample.target), nll.tolist())
+
+        key = ("ppl", self.rope_key(length), ids, sample.target)
+        return replace(self.model.shared_result(key, compute), input_tokens=length)
+
+    def reduce_ids(self, ids: tuple[int, ...], target_len: int) -> tuple[int, ...]:
+        return ids
+
+
+class FullMethod(PlainMethod):
+    name = "full"
+
+
+class TruncateMethod(PlainMethod):
+    name = "truncate"
+    growth = 0.0
+
+    def reduce(self, parts, sample):
+        room = self.model.window - ANSWER_ROOM - len(parts.prefix) - len(parts.suffix)
+        if room < 1:
+            raise ValueError(f"prompt affixes ({len(parts.prefix) + len(parts.suffix)} tokens) do not fit the window")
+        return PromptParts(parts.prefix, parts.context[-room:], parts.suffix)
+
+    def reduce_ids(self, ids, target_len):
+        bos = _bos(self.model.tokenizer)
+        keep = self.model.window - target_len - len(bos)
+        body = ids[len(bos):]
+        return bos + body[-keep:] if keep > 0 else bos
+
+
+class RopeMethod(PlainMethod):
+    """RoPE scaling through transformers' config; factor = ceil(length / window) unless fixed."""
+
+    def __init__(self, model: EvalModel, kind: str, factor: float | None = None) -> None:
+        super().__init__(model)
+        self.name, self.kind, self.factor = kind, kind, factor
+
+    def scale_for(self, length: int) -> float:
+        if self.factor is not None:
+            return self.factor
+        return float(max(1, math.ceil(length / self.model.window - 0.01)))
+
+    def model_parts(self, length):
+        factor = self.scale_for(length)
+        if factor == 1.0:
+            return self.model.parts  # factor 1 is the unscaled model (checked in the tests)
+        return compat.model_parts(self.model.view(self.kind, factor))
+
+    def rope_key(self, length):
+        factor = self.scale_for(length)
+        return ("default",) if factor == 1.0 else (self.kind, factor)
+
+
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+
+
+class Bm25Method(PlainMethod):
+    """Chunk retrieval: split the document into passages of about ``passage_tokens`` tokens, rank them
+    by BM25 (bm25s) against the question, keep the best that fit the window, in document order."""
+
+    name = "bm25"
+    growth = 0.0
+
+    def __init__(self, model: EvalModel, passage_tokens: int = 128) -> None:
+        super().__init__(model)
+        self.passage_tokens = passage_tokens
+        self._counts: dict[str, int] = {}
+
+    def _count(self, sentence: str) -> int:
+        if sentence not in self._counts:
+            self._counts[sentence] = self.model.count(" " + sentence)
+        return self._counts[sentence]
+
+    def passages(self, document: str) -> list[str]:
+        """Consecutive sentences grouped into passages of at most ``passage_tokens`` (one long
+        sentence makes its own passage)."""
+        out: list[str] = []
+        current: list[str] = []
+        size = 0
+        for sentence in (s for s in _SENTENCE_END.split(document) if s):
+            cost = self._count(sentence)
+            if current and size + cost > self.passage_tokens:
+                out.append(" ".join(current))
+                current, size = [], 0
+            current.append(sentence)
+            size += cost
+        if current:
+            out.append(" ".join(current))
+        return out
+
+    def rank(self, passages: list[str], query: str, budget: int) -> list[int]:
+        """Indices (ascending) of the best BM25 passages for ``query`` that fit ``budget`` tokens."""
+        import bm25s
+
+        tokens = bm25s.tokenize(passages, stopwords="en", show_progress=False)
+        retriever = bm25s.BM25()
+        retriever.index(tokens, show_progress=False)
+        query_tokens = bm25s.tokenize([query], stopwords="en", show_progress=False, return_ids=False)[0]
+        scores = retriever.get_scores(query_tokens) if query_tokens else [0.0] * len(passages)
+        # best score first; among equal scores prefer the later passage (nearest the question)
+        ranked = sorted(range(len(passages)), key=lambda i: (-float(scores[i]), -i))
+        chosen, used = [], 0
+        for i in ranked:
+            cost = sum(self._count(s) for s in _SENTENCE_END.split(passages[i]) if s)
+            if used + cost <= budget:
+                chosen.append(i)
+                used += cost
+        return sorted(chosen)
+
+    def select(self, document: str, query: str, budget: int) -> str:
+        """The retrieved document: best-scoring passages within ``budget`` tokens, in document order."""
+        passages = self.passages(document)
+        return " ".join(passages[i] for i in self.rank(passages, query, budget))
+
+    def reduce(self, parts, sample):
+        budget = self.model.window - ANSWER_ROOM - len(parts.prefix) - len(parts.suffix)
+        if len(parts.context) <= budget:
+            return parts
+        text = self.select(sample.document, sample.question, budget)
+        reduced = build_parts(self.model.tokenizer, sample, text)
+        # counting sentence by sentence can be off by a few tokens: never exceed the window
+        return PromptParts(reduced.prefix, reduced.context[-budget:] if budget > 0 else (), reduced.suffix)
+
+    def score(self, sample, deadline):
+        raise NotApplicable("bm25 retrieval needs a question; it does not apply to perplexity")
+
+
+def make_methods(
+    model: EvalModel,
+    names: list[str],
+    *,
+    rope_factor: float | None = None,
+    homer_yarn_factor: float = 2.0,
+    homer_yarn_calibration_samples: int | None = None,
+) -> list[Method]:
+    """Instantiate methods by name (see the module docstring).
+
+    Args:
+        rope_factor: fixed factor for yarn / ntk / linear (None: ceil(length / window) per length).
+        homer_yarn_factor: YaRN factor of homer-yarn; its chunk_len is the base chunk_len times it.
+        homer_yarn_calibration_samples: chunks for homer-yarn's own bias table (None: as homer).
+    """
+    builders = {
+        "homer": lambda: HomerMethod(model, "homer", "calibrated"),
+        "homer-uncal": lambda: HomerMethod(model, "homer-uncal", "uncalibrated"),
+        "homer-random": lambda: HomerMethod(model, "homer-random", "random"),
+        "homer-yarn": lambda: HomerMethod(model, "homer-yarn", "calibrated", ("yarn", homer_yarn_factor),
+                                          homer_yarn_calibration_samples),
+        "full": lambda: FullMethod(model),
+        "truncate": lambda: TruncateMethod(model),
+        "yarn": lambda: RopeMethod(model, "yarn", rope_factor),
+        "ntk": lambda: RopeMethod(model, "ntk", rope_factor),
+        "linear": lambda: RopeMethod(model, "linear", rope_factor),
+        "bm25": lambda: Bm25Method(model),
+    }
+    unknown = [n for n in names if n not in builders]
+    if unknown:
+        raise ValueError(f"unknown method(s) {unknown}; choose from {list(builders)}")
+    return [builders[n]() for n in names]

@@ -1,0 +1,191 @@
+"""Turn records into cells (method x length per task), a markdown table, JSON and a PNG plot."""
+
+from __future__ import annotations
+
+import json
+import platform
+from collections import Counter, defaultdict
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from .harness import OK, Record
+from .stats import perplexity_interval, wilson_interval
+
+
+@dataclass(frozen=True)
+class Cell:
+    """Aggregate of one (task, method, length).
+
+    Attributes:
+        n: samples that ran to completion (status ok).
+        value: accuracy in [0, 1] (QA) or perplexity (ppl); None when n == 0.
+        low, high: 95% interval (Wilson for accuracy; normal band on mean NLL for perplexity).
+        correct: right answers (QA only).
+        statuses: counts of every status seen, e.g. {"ok": 20} or {"ok": 1, "timeout": 1, "skipped": 18}.
+        seconds: mean seconds per completed sample.
+        note: the first failure reason, if any.
+    """
+
+    task: str
+    method: str
+    length: int
+    n: int
+    value: float | None
+    low: float | None
+    high: float | None
+    correct: int | None
+    statuses: dict[str, int]
+    seconds: float | None
+    used_tokens: float | None
+    note: str | None
+
+
+def cells(records: Iterable[Record]) -> list[Cell]:
+    groups: dict[tuple[str, str, int], list[Record]] = defaultdict(list)
+    for r in records:
+        groups[(r.task, r.method, r.length)].append(r)
+    out = []
+    for (task, method, length), group in groups.items():
+        ok = [r for r in group if r.status == OK]
+        statuses = dict(Counter(r.status for r in group))
+        note = next((r.error for r in group if r.status != OK and r.error), None)
+        seconds = sum(r.seconds or 0.0 for r in ok) / len(ok) if ok else None
+        used = sum(r.used_tokens or 0 for r in ok) / len(ok) if ok else None
+        value = low = high = None
+        correct = None
+        if ok and task == "ppl":
+            value, low, high = perplexity_interval([r.nll for r in ok if r.nll is not None])
+        elif ok:
+            correct = sum(bool(r.correct) for r in ok)
+            value = correct / len(ok)
+            low, high = wilson_interval(correct, len(ok))
+        out.append(Cell(task, method, length, len(ok), value, low, high, correct, statuses, seconds, used, note))
+    return out
+
+
+def _length_label(n: int) -> str:
+    return f"{n // 1024}k" if n % 1024 == 0 else str(n)
+
+
+def _cell_text(cell: Cell | None) -> str:
+    if cell is None:
+        return "—"
+    if cell.n == 0:
+        failed = [s for s in cell.statuses if s != OK]
+        return "/".join(sorted(failed)) or "—"
+    extra = [f"{s} {c}" for s, c in sorted(cell.statuses.items()) if s != OK]
+    tail = f" ({', '.join(extra)})" if extra else ""
+    if cell.task == "ppl":
+        return f"{cell.value:.2f} [{cell.low:.2f}–{cell.high:.2f}] n={cell.n}{tail}"
+    return f"{100 * cell.value:.0f}% ({cell.correct}/{cell.n}) [{100 * cell.low:.0f}–{100 * cell.high:.0f}]{tail}"
+
+
+def markdown_table(all_cells: list[Cell], methods: list[str], lengths: list[int], tasks: list[str]) -> str:
+    """One table per task: rows are methods, columns lengths; accuracy % (right/n) [Wilson 95%]
+    or perplexity [95% band] n=samples; failures (timeout, oom, skipped, n/a) are named."""
+    index = {(c.task, c.method, c.length): c for c in all_cells}
+    blocks = []
+    for task in tasks:
+        unit = "perplexity (lower is better)" if task == "ppl" else "accuracy"
+        head = f"### {task}: {unit}\n\n| method | " + " | ".join(_length_label(n) for n in lengths) + " |"
+        rule = "|---|" + "---|" * len(lengths)
+        rows = [f"| {m} | " + " | ".join(_cell_text(index.get((task, m, n))) for n in lengths) + " |" for m in methods]
+        blocks.append("\n".join([head, rule, *rows]))
+    return "\n\n".join(blocks) + "\n"
+
+
+def environment(model_name: str, device: str, dtype: str, window: int, chunk_len: int) -> dict:
+    """Date, device and versions for the report."""
+    import bm25s
+    import torch
+    import transformers
+
+    import homer_llm
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    if device.startswith("cuda") and torch.cuda.is_available():
+        hardware = torch.cuda.get_device_name(torch.device(device))
+    else:
+        hardware = f"{cpu}, {torch.get_num_threads()} torch threads"
+    return {
+        "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "model": model_name,
+        "window": window,
+        "chunk_len": chunk_len,
+        "device": device,
+        "hardware": hardware,
+        "dtype": dtype,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "bm25s": getattr(bm25s, "__version__", "?"),
+        "homer_llm": homer_llm.__version__,
+    }
+
+
+def to_json(meta: dict, records: list[Record], all_cells: list[Cell]) -> str:
+    return json.dumps({"meta": meta, "cells": [asdict(c) for c in all_cells], "records": [asdict(r) for r in records]},
+                      indent=1)
+
+
+def plot(all_cells: list[Cell], methods: list[str], tasks: list[str], path: Path, title: str = "") -> Path:
+    """Accuracy (with Wilson 95% bars) against length per QA task, and perplexity for ppl; PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tasks = [t for t in tasks if any(c.task == t for c in all_cells)] or tasks
+    cols = min(3, len(tasks))
+    rows = (len(tasks) + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(5.2 * cols, 3.8 * rows), squeeze=False)
+    for ax, task in zip(axes.flat, tasks, strict=False):
+        for method in methods:
+            pts = sorted((c for c in all_cells if c.task == task and c.method == method and c.n > 0),
+                         key=lambda c: c.length)
+            if not pts:
+                continue
+            xs = [c.length for c in pts]
+            scale = 1.0 if task == "ppl" else 100.0
+            ys = [scale * c.value for c in pts]
+            err = [[scale * (c.value - c.low) for c in pts], [scale * (c.high - c.value) for c in pts]]
+            style = "-o" if method.startswith("homer") else "--s"
+            ax.errorbar(xs, ys, yerr=err, fmt=style, capsize=3, label=method, markersize=4, linewidth=1.3)
+        ax.set_xscale("log", base=2)
+        lengths = sorted({c.length for c in all_cells if c.task == task})
+        ax.set_xticks(lengths, [_length_label(n) for n in lengths])
+        ax.set_xlabel("tokens")
+        if task == "ppl":
+            ax.set_yscale("log")
+            ax.set_ylabel("perplexity")
+        else:
+            ax.set_ylim(-3, 103)
+            ax.set_ylabel("accuracy %")
+        ax.set_title(task)
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(tasks):]:
+        ax.axis("off")
+    handles, labels = next(iter(axes.flat)).get_legend_handles_labels()
+    for ax in axes.flat:
+        h, lab = ax.get_legend_handles_labels()
+        if len(lab) > len(labels):
+            handles, labels = h, lab
+    if handles:
+        fig.legend(handles, labels, loc="lower center", ncol=min(5, len(labels)), fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout(rect=(0, 0.08, 1, 0.95 if title else 1))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -1,0 +1,44 @@
+"""Confidence intervals for the evaluation table: Wilson for accuracy, a t-style band for perplexity."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+Z95 = 1.959963984540054
+
+
+def wilson_interval(successes: int, n: int, z: float = Z95) -> tuple[float, float]:
+    """Wilson score interval for a binomial proportion (95% by default).
+
+    Returns (low, high) in [0, 1]; (0.0, 1.0) when ``n == 0`` (nothing is known).
+    """
+    if n < 0 or successes < 0 or successes > n:
+        raise ValueError(f"need 0 <= successes <= n, got successes={successes}, n={n}")
+    if n == 0:
+        return 0.0, 1.0
+    p = successes / n
+    denom = 1.0 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def perplexity_interval(mean_nlls: Sequence[float], z: float = Z95) -> tuple[float, float, float]:
+    """Perplexity of equal-length samples and a normal-approximation 95% band.
+
+    Args:
+        mean_nlls: per-sample mean negative log-likelihood (nats per token); every sample scores
+            the same number of tokens, so the pooled perplexity is exp(mean of these).
+    Returns:
+        (ppl, low, high); with a single sample the band collapses to the point.
+    """
+    n = len(mean_nlls)
+    if n == 0:
+        raise ValueError("perplexity of zero samples")
+    mean = sum(mean_nlls) / n
+    if n == 1:
+        return math.exp(mean), math.exp(mean), math.exp(mean)
+    var = sum((x - mean) ** 2 for x in mean_nlls) / (n - 1)
+    half = z * math.sqrt(var / n)
+    return math.exp(mean), math.exp(mean - half), math.exp(mean + half)

@@ -1,0 +1,316 @@
+"""Synthetic long-context tasks: seeded generators and answer checkers.
+
+Every question-answering task builds a haystack of filler sentences up to a token budget and hides
+one or more needles in it. Generation is deterministic per (task, seed, budget, index, depth): the
+random stream is seeded from those values, so every method in a run sees the very same sample.
+
+Tasks:
+    passkey      Mohtashami & Jaggi (2023): repeated filler, "The pass key is N. Remember it.
+                 N is the pass key." at a chosen depth; answer the number.
+    multikey     RULER-style: one target code among distractor codes for other names.
+    multivalue   RULER-style: four codes for the same name; all of them must be listed.
+    vartrack     RULER-style variable tracking: a chain of 4 assignments (5 variables) starting
+                 from a number, with a distractor chain; answer the number the last variable holds.
+
+Token budgets are met approximately: each distinct unit (sentence) is counted once with the
+model's tokenizer and the sum of the counts is taken as the document length.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+
+TokenCounter = Callable[[str], int]
+
+PASSKEY_FILLER = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again."
+
+# Neutral prose of this project's own writing, used as the haystack of the RULER-style tasks.
+PROSE = (
+    "The morning ferry left the harbour a few minutes after the bell rang.",
+    "A row of bicycles leaned against the railing outside the library.",
+    "Somebody had left a basket of apples on the bench by the fountain.",
+    "The baker opened the shutters and the smell of bread drifted down the street.",
+    "Clouds gathered over the hills, but the rain held off until the evening.",
+    "In the old market the stalls were arranged in long, narrow rows.",
+    "The teacher wrote the date on the board and waited for the class to settle.",
+    "Two gulls argued over a piece of bread near the end of the pier.",
+    "The train to the coast was late again, and nobody seemed surprised.",
+    "A small boat drifted past the lighthouse with its sail half raised.",
+    "The garden behind the house had grown wild during the summer.",
+    "Every evening the streetlights came on one by one along the avenue.",
+    "The museum kept its oldest maps in a cool room without windows.",
+    "A dog slept in the shade of the cart while the farmer sold potatoes.",
+    "The river was high after the spring thaw and moved quickly under the bridge.",
+    "On the top shelf stood a jar of buttons that nobody ever sorted.",
+    "The carpenter measured the board twice before he made the first cut.",
+    "Children chalked a long road of squares across the playground.",
+    "The postman knew every house on the hill by the colour of its door.",
+    "Snow had settled on the roofs, and the square was unusually quiet.",
+    "The café on the corner served soup in thick white bowls.",
+    "A line of ants marched patiently across the kitchen windowsill.",
+    "The choir practised the same hymn until the notes felt easy.",
+    "Far out at sea, a cargo ship crept along the horizon.",
+    "The orchard ladder stood against the tallest pear tree all week.",
+    "Old letters were tied with string and kept in a biscuit tin.",
+    "The hikers stopped at the ridge to look back at the valley.",
+    "A kettle whistled somewhere upstairs and then fell silent.",
+    "The bookshop owner recommended a novel about a lighthouse keeper.",
+    "Leaves collected in the gutter after the first autumn storm.",
+    "The tailor kept a row of pins in the lapel of his jacket.",
+    "Fishermen mended their nets on the quay while the tide came in.",
+    "The clock in the town hall ran five minutes fast for years.",
+    "A cat watched the sparrows from behind the kitchen curtain.",
+    "The village held a fair every August on the field by the church.",
+    "The road climbed in slow bends towards the pass between the mountains.",
+)
+
+_ADJECTIVES = (
+    "amber silver quiet rapid golden hollow crimson gentle frozen bright narrow distant ancient "
+    "velvet copper hidden lucky scarlet misty patient wooden rusty sunny stormy"
+).split()
+_NOUNS = (
+    "falcon harbor lantern meadow river compass garden orchard canyon beacon willow anchor "
+    "pebble thistle marble summit island forest glacier quarry cedar sparrow ember"
+).split()
+
+
+@dataclass(frozen=True)
+class QASample:
+    """One question-answering sample.
+
+    Attributes:
+        task, index: which task and which sample of a cell.
+        depth: where the (target) needle sits, 0.0 (start) .. 1.0 (end) of the document.
+        instruction: text before the document; document: the haystack with the needles;
+        question: text after the document; answer_prefix: the start of the assistant's answer,
+            given in the prompt so every method is scored on the same continuation.
+        expected: the number(s) the answer must contain.
+        needles: the sentences hidden in the document (for diagnostics and retrieval checks).
+        max_new_tokens: decoding budget.
+    """
+
+    task: str
+    index: int
+    depth: float
+    instruction: str
+    document: str
+    question: str
+    answer_prefix: str
+    expected: tuple[str, ...]
+    needles: tuple[str, ...]
+    max_new_tokens: int
+
+
+_NUMBER = re.compile(r"\d+")
+
+
+def numbers_in(text: str) -> list[str]:
+    """All runs of digits in ``text``, in order."""
+    return _NUMBER.findall(text)
+
+
+def check_first_number(expected: str, output: str) -> bool:
+    """True if the first number in ``output`` is exactly ``expected``."""
+    found = numbers_in(output)
+    return bool(found) and found[0] == expected
+
+
+def check_all_numbers(expected: tuple[str, ...], output: str) -> bool:
+    """True if every expected number appears (as a whole number) in ``output``."""
+    found = set(numbers_in(output))
+    return all(value in found for value in expected)
+
+
+class _Haystack:
+    """Units (sentences) with token counts, filled to a budget; needles go in at given depths."""
+
+    def __init__(self, count: TokenCounter) -> None:
+        self._count = count
+        self._cache: dict[str, int] = {}
+
+    def tokens(self, unit: str) -> int:
+        if unit not in self._cache:
+            self._cache[unit] = self._count(" " + unit)
+        return self._cache[unit]
+
+    def build(self, budget: int, filler: Callable[[], str], needles: list[tuple[float, str]]) -> str:
+        """Filler drawn from ``filler()`` up to ``budget`` tokens, with each (depth, needle) placed
+        at that fraction of the filler (needles keep their given order at equal depths)."""
+        room = budget - sum(self.tokens(n) for _, n in needles)
+        if room < 0:
+            raise ValueError(f"document budget of {budget} tokens cannot even hold the needles")
+        units: list[str] = []
+        used = 0
+        while True:
+            unit = filler()
+            cost = self.tokens(unit)
+            if used + cost > room:
+                break
+            units.append(unit)
+            used += cost
+        slots = [min(len(units), max(0, round(depth * len(units)))) for depth, _ in needles]
+        # insert from the back so earlier slots keep their meaning; stable for equal slots
+        order = sorted(range(len(needles)), key=lambda i: (slots[i], i), reverse=True)
+        for i in order:
+            units.insert(slots[i], needles[i][1])
+        return " ".join(units)
+
+
+def _rng(task: str, seed: int, budget: int, index: int) -> random.Random:
+    return random.Random(f"{task}|{seed}|{budget}|{index}")
+
+
+def _key(rng: random.Random, taken: set[str]) -> str:
+    while True:
+        key = f"{rng.choice(_ADJECTIVES)}-{rng.choice(_NOUNS)}"
+        if key not in taken:
+            taken.add(key)
+            return key
+
+
+def _distinct_numbers(rng: random.Random, count: int, digits: int) -> list[str]:
+    values: set[int] = set()
+    while len(values) < count:
+        values.add(rng.randint(10 ** (digits - 1), 10**digits - 1))
+    out = sorted(values)
+    rng.shuffle(out)
+    return [str(v) for v in out]
+
+
+class QATask:
+    """Base class: a named generator plus its checker. Subclasses set the texts and ``needles``."""
+
+    name = ""
+    instruction = ""
+    max_new_tokens = 16
+    shell_question = ""  # a representative question, used to size the prompt shell
+
+    def make(self, count: TokenCounter, budget: int, index: int, seed: int, depth: float) -> QASample:
+        """Generate sample ``index`` with a document of about ``budget`` tokens.
+
+        Args:
+            count: token counter of the model's tokenizer (text -> number of tokens).
+            budget: document tokens (the prompt shell and answer room are NOT included).
+            depth: target-needle depth in [0, 1].
+        """
+        if not 0.0 <= depth <= 1.0:
+            raise ValueError(f"depth must be in [0, 1], got {depth}")
+        if budget < 1:
+            raise ValueError(f"budget must be positive, got {budget}")
+        return self._make(_Haystack(count), budget, _rng(self.name, seed, budget, index), index, depth)
+
+    def _make(self, hay: _Haystack, budget: int, rng: random.Random, index: int, depth: float) -> QASample:
+        raise NotImplementedError
+
+    def check(self, sample: QASample, output: str) -> bool:
+        return check_first_number(sample.expected[0], output)
+
+
+class PasskeyTask(QATask):
+    name = "passkey"
+    instruction = (
+        "A pass key is hidden somewhere in the long text below, among many lines that do not matter. "
+        "Find the pass key and remember it: you will be asked for it at the end."
+    )
+    shell_question = "What is the pass key?"
+    max_new_tokens = 12
+
+    def _make(self, hay, budget, rng, index, depth):
+        key = str(rng.randint(10000, 99999))
+        needle = f"The pass key is {key}. Remember it. {key} is the pass key."
+        document = hay.build(budget, lambda: PASSKEY_FILLER, [(depth, needle)])
+        return QASample(self.name, index, depth, self.instruction, document, self.shell_question,
+                        "The pass key is", (key,), (needle,), self.max_new_tokens)
+
+
+class MultiKeyTask(QATask):
+    name = "multikey"
+    instruction = (
+        "The text below hides several secret codes, each one belonging to a different name. "
+        "Read it carefully: you will be asked for the code of one of the names."
+    )
+    shell_question = "What is the secret code for amber-falcon?"
+    max_new_tokens = 14
+    distractors = 3
+
+    def _make(self, hay, budget, rng, index, depth):
+        taken: set[str] = set()
+        keys = [_key(rng, taken) for _ in range(1 + self.distractors)]
+        values = _distinct_numbers(rng, len(keys), 7)
+        needles = [f"The secret code for {k} is {v}." for k, v in zip(keys, values, strict=True)]
+        placed = [(depth, needles[0])] + [(rng.random(), n) for n in needles[1:]]
+        document = hay.build(budget, lambda: rng.choice(PROSE), placed)
+        return QASample(self.name, index, depth, self.instruction, document,
+                        f"What is the secret code for {keys[0]}?", f"The secret code for {keys[0]} is",
+                        (values[0],), tuple(needles), self.max_new_tokens)
+
+
+class MultiValueTask(QATask):
+    name = "multivalue"
+    instruction = (
+        "The text below hides several secret codes that all belong to the same name. "
+        "Read it carefully: you will be asked to list every one of them."
+    )
+    shell_question = "List all the secret codes for amber-falcon."
+    max_new_tokens = 48
+    values = 4
+
+    def _make(self, hay, budget, rng, index, depth):
+        key = _key(rng, set())
+        values = _distinct_numbers(rng, self.values, 7)
+        needles = [f"The secret code for {key} is {v}." for v in values]
+        # the first value sits at the cell's depth, the others anywhere
+        placed = [(depth, needles[0])] + [(rng.random(), n) for n in needles[1:]]
+        document = hay.build(budget, lambda: rng.choice(PROSE), placed)
+        return QASample(self.name, index, depth, self.instruction, document,
+                        f"List all the secret codes for {key}.", f"The secret codes for {key} are",
+                        tuple(values), tuple(needles), self.max_new_tokens)
+
+    def check(self, sample: QASample, output: str) -> bool:
+        return check_all_numbers(sample.expected, output)
+
+
+class VariableTrackingTask(QATask):
+    name = "vartrack"
+    instruction = (
+        "The text below contains variable assignments hidden among unrelated sentences. "
+        "Follow the chain of assignments: you will be asked which number one variable holds."
+    )
+    shell_question = "Which number does VAR ABCDE hold?"
+    max_new_tokens = 12
+    hops = 4
+
+    def _make(self, hay, budget, rng, index, depth):
+        taken: set[str] = set()
+
+        def name() -> str:
+            while True:
+                word = "".join(rng.choice("ABCDEFGHIJKLMNOPQRSTUVWXYZ") for _ in range(5))
+                if word not in taken:
+                    taken.add(word)
+                    return word
+
+        value, other = _distinct_numbers(rng, 2, 5)
+        chains = []
+        for start in (value, other):
+            names = [name() for _ in range(self.hops + 1)]
+            lines = [f"VAR {names[0]} = {start}."]
+            lines += [f"VAR {b} = VAR {a}." for a, b in zip(names, names[1:], strict=False)]
+            chains.append((names, lines))
+        (names, lines), (_, distractor) = chains
+        # the target chain starts at the cell's depth and its links follow in order after it;
+        # the distractor chain is spread anywhere (in order)
+        target_depths = sorted([depth] + [rng.uniform(depth, 1.0) for _ in range(self.hops)])
+        other_depths = sorted(rng.random() for _ in distractor)
+        placed = list(zip(target_depths, lines, strict=True)) + list(zip(other_depths, distractor, strict=True))
+        document = hay.build(budget, lambda: rng.choice(PROSE), placed)
+        last = names[-1]
+        return QASample(self.name, index, depth, self.instruction, document,
+                        f"Which number does VAR {last} hold?", f"VAR {last} holds the number",
+                        (value,), tuple(lines + distractor), self.max_new_tokens)
+
+
+QA_TASKS: dict[str, QATask] = {t.name: t for t in (PasskeyTask(), MultiKeyTask(), MultiValueTask(), VariableTrackingTask())}

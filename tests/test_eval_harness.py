@@ -1,0 +1,240 @@
+"""The evaluation harness end to end on a tiny model: CLI flow from a saved model folder, every
+method, table / JSON / plot outputs, and failure handling (out of memory, time limits, errors,
+global budget, resume) with stand-in methods."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import pytest
+import torch
+from tiny import tiny_model
+
+from homer_llm import HomerModel
+from homer_llm.evaluation import cli as eval_cli
+from homer_llm.evaluation.harness import EvalSettings, load_records, run_eval
+from homer_llm.evaluation.methods import ALL_METHODS, EvalModel, Method, MethodResult
+from homer_llm.evaluation.report import cells, markdown_table
+from homer_llm.evaluation.runner import TimeBudgetExceeded
+from homer_llm.evaluation.tasks import QA_TASKS
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny models run faster on one thread, and the CI machine is shared."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
+def essays(tmp_path):
+    from homer_llm.calibration import generic_text
+
+    folder = tmp_path / "essays"
+    folder.mkdir()
+    for i in range(3):
+        (folder / f"e{i}.txt").write_text(generic_text(900, i))
+    return folder
+
+
+@pytest.fixture
+def model_dir(tmp_path, tokenizer):
+    """A tiny llama (window 1024, 8 layers) saved like a real checkpoint, tokenizer included."""
+    model = tiny_model("llama", vocab=len(tokenizer), window=1024, layers=8)
+    folder = tmp_path / "tiny-llama"
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def _args(**overrides) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    eval_cli.add_arguments(parser)
+    argv = []
+    for key, value in overrides.items():
+        flag = "--" + key.replace("_", "-")
+        argv += [flag] if value is True else [flag, str(value)]
+    return parser.parse_args(argv)
+
+
+def test_cli_end_to_end_on_a_saved_tiny_model(model_dir, essays, tmp_path, capsys):
+    out = tmp_path / "out"
+    args = _args(model=model_dir, device="cpu", methods="all", tasks="passkey,ppl", lengths="1x,2x",
+                 samples=1, essays=essays, ppl_tokens=32, out=out, quiet=True, calibration_samples=2)
+    assert eval_cli.run(args) == 0
+    printed = capsys.readouterr().out
+    assert "### passkey: accuracy" in printed and "### ppl: perplexity" in printed
+
+    result = json.loads((out / "results.json").read_text())
+    meta = result["meta"]
+    assert meta["window"] == 1024 and meta["chunk_len"] == 512 and meta["torch"] and meta["date"]
+    cells_by_key = {(c["task"], c["method"], c["length"]): c for c in result["cells"]}
+    for task in ("passkey", "ppl"):
+        for method in ALL_METHODS:
+            for length in (1024, 2048):
+                cell = cells_by_key[(task, method, length)]
+                if task == "ppl" and method == "bm25":
+                    assert cell["statuses"] == {"n/a": 1}
+                    continue
+                assert cell["statuses"] == {"ok": 1}, (task, method, length, cell["note"])
+                assert cell["n"] == 1
+                if task == "ppl":
+                    assert 1.0 < cell["value"] < 1000.0  # a random tiny model is near-uniform
+                else:
+                    assert cell["value"] in (0.0, 1.0) and 0.0 <= cell["low"] <= cell["high"] <= 1.0
+    records = result["records"]
+    assert len(records) == len(load_records(out / "records.jsonl")) == 2 * len(ALL_METHODS) * 2
+    by = {(r["task"], r["method"], r["length"]): r for r in records}
+    # HOMER compresses beyond one chunk; truncation and retrieval stay within the window
+    assert by[("passkey", "homer", 2048)]["used_tokens"] <= 512
+    assert by[("passkey", "truncate", 2048)]["used_tokens"] <= 1024 - 64
+    assert by[("passkey", "bm25", 2048)]["used_tokens"] <= 1024 - 64
+    assert by[("passkey", "full", 2048)]["used_tokens"] == by[("passkey", "full", 2048)]["input_tokens"] > 1024
+    # the haystack grows by whole filler units (89 characters here), so the fit is within one unit
+    assert 1024 - 64 - 89 <= by[("passkey", "full", 1024)]["input_tokens"] <= 1024 - 64
+    assert by[("ppl", "full", 2048)]["used_tokens"] == 2048 and by[("ppl", "truncate", 2048)]["used_tokens"] == 1024
+    # inside the window full, truncate, bm25 and factor-1 RoPE scaling are one computation, run once
+    assert not by[("passkey", "full", 1024)]["reused"]
+    assert all(by[("passkey", m, 1024)]["reused"] for m in ("truncate", "bm25", "yarn", "ntk", "linear"))
+    assert not any(by[("passkey", m, 2048)]["reused"] for m in ("truncate", "bm25", "yarn", "ntk", "linear"))
+    assert by[("passkey", "truncate", 1024)]["output"] == by[("passkey", "full", 1024)]["output"]
+    # at one window, truncation changes nothing: it scores exactly like the full model
+    assert by[("ppl", "truncate", 1024)]["nll"] == pytest.approx(by[("ppl", "full", 1024)]["nll"], abs=1e-5)
+
+    png = (out / "accuracy.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
+    table = (out / "results.md").read_text()
+    assert "| homer-yarn |" in table and "| 1k | 2k |" in table
+
+
+def test_cli_json_output_and_bad_flags(model_dir, capsys):
+    args = _args(model=model_dir, methods="truncate", tasks="passkey", lengths="1x", samples=2, json=True,
+                 quiet=True, depths="0,100")
+    assert eval_cli.run(args) == 0
+    payload = json.loads(capsys.readouterr().out)
+    assert [r["depth"] for r in payload["records"]] == [0.0, 1.0]
+    assert eval_cli.run(_args(model=model_dir, methods="nope", quiet=True)) == 2
+    assert eval_cli.run(_args(model=model_dir, lengths="2q", quiet=True)) == 2
+    assert "unknown method" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- failure handling with stand-ins
+class Oracle(Method):
+    """Reads the answer off the sample: checks that answers reach the checker and the table."""
+
+    name = "oracle"
+    growth = 0.0
+
+    def answer(self, sample, deadline):
+        return MethodResult(" " + ", ".join(sample.expected), 0, 0)
+
+
+class OutOfMemoryAbove(Method):
+    name = "oom"
+
+    def __init__(self, model, limit):
+        super().__init__(model)
+        self.limit, self.calls = limit, []
+
+    def answer(self, sample, deadline):
+        size = len(sample.document)
+        self.calls.append(size)
+        if size > self.limit:
+            raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 10 GB")
+        return MethodResult("0", 0, 0)
+
+
+class Slow(Method):
+    name = "slow"
+
+    def __init__(self, model):
+        super().__init__(model)
+        self.calls = 0
+
+    def answer(self, sample, deadline):
+        self.calls += 1
+        while True:
+            time.sleep(0.01)
+            deadline.check()
+
+
+class Broken(Method):
+    name = "broken"
+
+    def answer(self, sample, deadline):
+        raise KeyError("a bug in a method")
+
+
+@pytest.fixture
+def small_eval(tiny_homer):
+    return EvalModel(tiny_homer)
+
+
+def test_failures_are_recorded_and_block_longer_lengths(small_eval, tmp_path):
+    oom = OutOfMemoryAbove(small_eval, limit=1500)
+    slow = Slow(small_eval)
+    methods = [Oracle(small_eval), oom, slow, Broken(small_eval)]
+    settings = EvalSettings(tasks=("passkey", "multivalue", "vartrack"), methods=tuple(m.name for m in methods),
+                            lengths=(1024, 2048, 4096), samples=2, call_seconds=0.2)
+    log = tmp_path / "records.jsonl"
+    records, info = run_eval(small_eval, methods, settings, records_path=log)
+    table = {c.task + c.method + str(c.length): c for c in cells(records)}
+    for length in (1024, 2048, 4096):
+        oracle = table[f"passkeyoracle{length}"]
+        assert oracle.value == 1.0 and oracle.n == 2
+        assert table[f"multivalueoracle{length}"].value == 1.0
+        assert table[f"passkeybroken{length}"].statuses == {"error": 2}
+    assert table["passkeyoom1024"].statuses == {"ok": 2}
+    assert table["passkeyoom2048"].statuses["oom"] == 1  # first failure, then not retried
+    assert table["passkeyoom4096"].statuses == {"skipped": 2}
+    assert table["passkeyslow1024"].statuses == {"timeout": 1, "skipped": 1}
+    assert slow.calls == 1  # blocked at every length after the first timeout
+    assert info["blocked"]["slow"]["from_length"] == 1024
+    assert table["vartrackoracle2048"].value == 1.0
+    assert len(load_records(log)) == len(records) == 3 * 3 * 2 * 4
+    text = markdown_table(cells(records), [m.name for m in methods], [1024, 2048, 4096], ["passkey"])
+    assert "| oracle | 100% (2/2)" in text and "timeout" in text and "oom" in text
+
+    # resume: nothing is run again
+    again, _ = run_eval(small_eval, [Oracle(small_eval), oom, slow], settings, previous=load_records(log))
+    assert slow.calls == 1 and len(again) == len(records)
+
+
+def test_global_budget_stops_the_run(small_eval):
+    methods = [Slow(small_eval), Oracle(small_eval)]
+    settings = EvalSettings(tasks=("passkey",), methods=("slow", "oracle"), lengths=(1024, 2048), samples=3,
+                            max_seconds=0.3)
+    records, info = run_eval(small_eval, methods, settings)
+    assert info["budget_exhausted"]
+    assert records[-1].status == "budget" and len(records) < 3 * 2 * 2
+
+
+def test_timeout_exception_is_the_deadline_type():
+    assert issubclass(TimeBudgetExceeded, RuntimeError)
+
+
+def test_homer_sees_the_same_sample_as_every_method(small_eval):
+    seen = {}
+
+    class Spy(Method):
+        def __init__(self, model, name):
+            super().__init__(model)
+            self.name = name
+
+        def answer(self, sample, deadline):
+            seen.setdefault((sample.index, len(sample.document)), set()).add(sample.document)
+            return MethodResult("", 0, 0)
+
+    methods = [Spy(small_eval, "a"), Spy(small_eval, "b")]
+    run_eval(small_eval, methods, EvalSettings(tasks=("multikey",), methods=("a", "b"), lengths=(1500,), samples=2))
+    assert len(seen) == 2 and all(len(docs) == 1 for docs in seen.values())
+    assert QA_TASKS["multikey"].name == "multikey"
+
+
+def test_homer_model_loads_from_the_saved_folder(model_dir):
+    hm = HomerModel.load(model_dir, device="cpu")
+    assert hm.window == 1024 and hm.chunk_len == 512
