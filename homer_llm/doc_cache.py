@@ -267,7 +267,8 @@ class DocumentCache:
         disk_max_bytes: disk tier budget (None: unbounded); oldest-accessed files go first.
         mode: reuse mode used by ``get_or_compress``: "agnostic", "leaf" or "exact" (see
             ``homer_llm.reuse``).
-        generic_suffix: the question-independent suffix of "agnostic" mode.
+        generic_suffix: the question-independent suffix of "agnostic" mode (None:
+            ``reuse.GENERIC_SUFFIX``).
         suffix_budget: suffix tokens reserved per leaf in "leaf" mode.
         namespace: salt mixed into every key (separate tenants, experiments).
     """
@@ -280,7 +281,7 @@ class DocumentCache:
         disk_dir: str | Path | None = None,
         disk_max_bytes: int | None = None,
         mode: str = "agnostic",
-        generic_suffix: str = reuse.GENERIC_SUFFIX,
+        generic_suffix: str | None = None,
         suffix_budget: int = reuse.DEFAULT_SUFFIX_BUDGET,
         namespace: str = "",
     ) -> None:
@@ -296,7 +297,7 @@ class DocumentCache:
         self.cpu_max_bytes = cpu_max_bytes
         self.disk_dir = Path(disk_dir) if disk_dir is not None else None
         self.disk_max_bytes = disk_max_bytes
-        self.generic_suffix = generic_suffix
+        self.generic_suffix = reuse.GENERIC_SUFFIX if generic_suffix is None else generic_suffix
         self.suffix_budget = suffix_budget
         self.namespace = namespace
         self._mem: OrderedDict[str, _Entry] = OrderedDict()
