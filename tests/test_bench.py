@@ -19,7 +19,7 @@ from homer_llm.bench.configs import (
     meta_model,
     weights_bytes,
 )
-from homer_llm.bench.report import doubling_lengths, format_length, format_table, parse_length
+from homer_llm.bench.report import doubling_lengths, format_length, format_table, load_json, parse_length
 from homer_llm.bench.runner import Bench, BenchSettings, is_oom
 
 TINY = get_shape("tiny")
@@ -160,6 +160,11 @@ def test_cpu_mode_end_to_end_writes_table_json_and_plot(tmp_path, capsys, one_th
     assert data["meta"]["config"]["name"] == "tiny" and data["meta"]["matmul_flops"] > 0
     assert data["complete"] is True
     assert out_png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # a saved run can be printed and plotted again without running anything
+    again = tmp_path / "again.png"
+    assert cli.main(["--replot", str(out_json), "--plot", str(again)]) == 0
+    assert format_table(load_json(out_json)) in capsys.readouterr().out
+    assert again.read_bytes()[:4] == b"\x89PNG"
 
 
 def test_oom_is_a_result_and_longer_lengths_are_skipped(monkeypatch, one_thread):
@@ -257,9 +262,9 @@ def test_profile_counts_no_more_host_syncs_than_prunes(one_thread):
     """Today engine.scores syncs once per pruning node (int(positions[-1])); nothing else may add one."""
     from homer_llm.bench.profile import profile_homer
 
-    bench = _bench(lengths=(1024,), methods=("homer",))
-    summary = profile_homer(bench, 1024, rows=5)
-    cost = plan_cost(bench.plan(1024))
+    bench = _bench(lengths=(512,), methods=("homer",))
+    summary = profile_homer(bench, 512, rows=5)
+    cost = plan_cost(bench.plan(512))
     assert summary.nodes == cost.nodes and summary.layer_calls == cost.layer_calls
     assert 0 < summary.host_syncs <= cost.prunes
     assert "aten::" in summary.format()

@@ -291,7 +291,7 @@ class Bench:
                 logger.info("warm-up of %s at %d ran out of memory", method, length)
                 break
             finally:
-                free_memory(self.device)
+                free_memory(self.device, full=False)
 
     def measure(self, method: str, length: int) -> BenchResult:
         """Time, meter and decode one (method, length); OOM becomes a result."""
@@ -304,11 +304,12 @@ class Bench:
         peak = over = reserved = 0
         prefill: _Prefill | None = None
         failure: BaseException | None = None
+        free_memory(self.device)
         try:
             with torch.inference_mode():
                 for _ in range(s.repeats):
                     prefill = None
-                    free_memory(self.device)
+                    free_memory(self.device, full=False)
                     self.meter.start()
                     seconds, prefill = time_call(self.device, fn)
                     self.meter.stop()
@@ -348,7 +349,7 @@ class Bench:
             tree_height=prefill.extra.get("tree_height"), num_leaves=prefill.extra.get("num_leaves"),
         )
         prefill = None
-        free_memory(self.device)
+        free_memory(self.device, full=False)
         logger.info("%s at %d tokens: %.3f s, peak %.1f MiB", method, length, sec, peak / 2**20)
         return result
 
