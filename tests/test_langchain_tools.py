@@ -9,6 +9,7 @@ from langchain_core.messages import AIMessage, AIMessageChunk, HumanMessage, Sys
 from langchain_core.tools import tool
 from langchain_homer import HomerLLM
 from langchain_homer.tools import (
+    ToolFormat,
     ToolSpec,
     close_json,
     detect_tool_format,
@@ -18,7 +19,7 @@ from langchain_homer.tools import (
     parse_tool_calls,
 )
 from pydantic import BaseModel, Field
-from test_langchain_support import ScriptedEngine, hermes_tokenizer
+from test_langchain_support import ScriptedEngine, hermes_tokenizer, shared_tiny_engine
 from tiny import tiny_tokenizer
 
 
@@ -132,16 +133,26 @@ def test_default_model_template_family():
 
 
 def test_forced_prefills():
-    spec = ToolSpec((_tool("add"),), "add")
-    assert forced_prefill(detect_tool_format(tiny_tokenizer()), spec) == '<tool_call>[{"name": "add", "arguments":'
-    assert forced_prefill(detect_tool_format(hermes_tokenizer()), spec) == '<tool_call>\n{"name": "add", "arguments":'
+    plain, hermes = detect_tool_format(tiny_tokenizer()), detect_tool_format(hermes_tokenizer())
+    spec = ToolSpec((_tool("add", a="integer", b="integer"),), "add")
+    assert forced_prefill(plain, spec) == '<tool_call>[{"name": "add", "arguments": {"a":'
+    assert forced_prefill(hermes, spec) == '<tool_call>\n{"name": "add", "arguments": {"a":'
+    assert forced_prefill(plain, ToolSpec((_tool("f", city="string"),), "f")).endswith('{"city": "')
+    llama = ToolFormat("llama3", True, True)
+    assert forced_prefill(llama, spec) == '{"name": "add", "parameters": {"a":'
+    mistral_args = ToolFormat("mistral", True, True, mistral_args=True)
+    assert forced_prefill(mistral_args, spec) == '[TOOL_CALLS]add[ARGS]{"a":'
+    no_args = ToolSpec((_tool("ping"),), "any")  # "any" with one tool names it
+    assert forced_prefill(plain, no_args) == '<tool_call>[{"name": "ping", "arguments": {}'
     two = ToolSpec((_tool("add"), _tool("sub")), "any")
-    assert forced_prefill(detect_tool_format(tiny_tokenizer()), two) == '<tool_call>[{"name":'
+    assert forced_prefill(plain, two) == '<tool_call>[{"name":'
 
 
-def _tool(name):
-    return {"type": "function", "function": {"name": name, "description": name, "parameters": {"type": "object",
-                                                                                              "properties": {}}}}
+def _tool(name, **params):
+    props = {k: {"type": v} for k, v in params.items()}
+    return {"type": "function", "function": {"name": name, "description": name,
+                                             "parameters": {"type": "object", "properties": props,
+                                                            "required": list(params)}}}
 
 
 # ----------------------------------------------------------------------------------- models
@@ -153,7 +164,8 @@ def test_invoke_parses_tool_call_and_renders_tools():
     assert [(c["name"], c["args"]) for c in msg.tool_calls] == [("get_weather", {"location": "Paris"})]
     assert msg.tool_calls[0]["id"]
     prompt = engine.prompt_text()
-    assert "<tools>" in prompt and '"name": "get_weather"' in prompt and '"name": "add"' in prompt
+    assert "- get_weather(location: string): Get the weather at a location." in prompt
+    assert "- add(a: integer, b: integer): Add two integers." in prompt
     assert any(b["type"] == "tool_call" for b in msg.content_blocks)
 
 
@@ -166,24 +178,61 @@ def test_auto_choice_plain_answer_has_no_calls():
 def test_tool_choice_none_hides_tools():
     engine = ScriptedEngine(["Just text."])
     msg = HomerLLM(engine=engine).bind_tools([get_weather], tool_choice="none").invoke("hi")
-    assert msg.content == "Just text." and "<tools>" not in engine.prompt_text()
+    assert msg.content == "Just text." and "get_weather" not in engine.prompt_text()
 
 
 def test_forced_named_choice_prefills_and_instructs():
-    engine = ScriptedEngine([' {"a": 2, "b": 5}}]</tool_call>'])
+    engine = ScriptedEngine([' 2, "b": 5}}]</tool_call>'])
     msg = HomerLLM(engine=engine).bind_tools([get_weather, add], tool_choice="add").invoke("Add 2 and 5")
     assert [(c["name"], c["args"]) for c in msg.tool_calls] == [("add", {"a": 2, "b": 5})]
     prompt = engine.prompt_text()
     assert "You must answer with a call to the function add" in prompt
-    assert prompt.endswith('<|im_start|>assistant\n<tool_call>[{"name": "add", "arguments":')
+    assert prompt.endswith('<|im_start|>assistant\n<tool_call>[{"name": "add", "arguments": {"a":')
     assert "</tool_call>" in engine.configs[-1].stop
 
 
-def test_forced_any_with_several_tools_lets_model_pick_name():
-    engine = ScriptedEngine([' "get_weather", "arguments": {"location": "Oslo"}}]'])
+def test_forced_any_with_several_tools_scores_the_names(monkeypatch):
+    import langchain_homer.chat_models as chat_models
+
+    picked = []
+
+    def fake_choose(engine, context, texts):
+        picked.append(list(texts))
+        return 0  # get_weather
+
+    monkeypatch.setattr(chat_models, "choose", fake_choose)
+    engine = ScriptedEngine(['Oslo"}}]</tool_call>'], real_compress=True)
     msg = HomerLLM(engine=engine).bind_tools([get_weather, add], tool_choice="any").invoke("weather in Oslo")
-    assert msg.tool_calls[0]["name"] == "get_weather"
+    assert picked == [[' "get_weather",', ' "add",']]
+    assert [(c["name"], c["args"]) for c in msg.tool_calls] == [("get_weather", {"location": "Oslo"})]
+    assert engine.prompt_text().endswith('<|im_start|>assistant\n<tool_call>[{"name":')  # name written after scoring
     assert "one of these functions: get_weather, add" in engine.prompt_text()
+    written = len(engine.tokenizer(' "get_weather", "arguments": {"location": "')["input_ids"])
+    assert msg.usage_metadata["input_tokens"] == len(engine.prompts[-1]) + written
+
+
+def test_forced_any_with_the_real_scorer_picks_a_bound_tool():
+    engine = ScriptedEngine([' 1}}]</tool_call>'], real_compress=True)
+    msg = HomerLLM(engine=engine).bind_tools([get_weather, add], tool_choice="any").invoke("x")
+    assert msg.tool_calls and msg.tool_calls[0]["name"] in ("get_weather", "add")
+
+
+def test_continuation_logprobs_match_the_plain_model():
+    import torch
+    from langchain_homer.scoring import continuation_logprobs
+
+    engine = shared_tiny_engine()
+    parts = engine.prepare_chat([{"role": "user", "content": "pick one"}])
+    context = engine.compress(parts)  # one chunk: the plain path
+    continuations = [[40, 41, 42], [40, 43], [50]]
+    scores = continuation_logprobs(engine, context, continuations)
+    for ids, got in zip(continuations, scores, strict=True):
+        with torch.no_grad():
+            logits = engine.model(torch.tensor([list(parts.ids) + ids])).logits[0].float()
+        logp = torch.log_softmax(logits, dim=-1)
+        start = len(parts.ids) - 1
+        expected = [float(logp[start + i, t]) for i, t in enumerate(ids)]
+        assert got == pytest.approx(expected, abs=1e-4)
 
 
 def test_forced_choice_without_parsable_call_is_a_clear_invalid_call():
@@ -223,7 +272,7 @@ def test_fallback_template_renders_history_as_text():
     ]
     HomerLLM(engine=engine).bind_tools([get_weather]).invoke(history)
     prompt = engine.prompt_text()
-    assert prompt.startswith("<|im_start|>system\nBe brief.\n\nYou can call functions.")
+    assert prompt.startswith("<|im_start|>system\nBe brief.\n\nYou can call these functions:\n- get_weather(")
     assert 'Checking.\n<tool_call>[{"name": "get_weather", "arguments": {"location": "Rome"}}]</tool_call>' in prompt
     assert '<tool_response>\n{"name": "get_weather", "content": "Error: sunny"}\n</tool_response>' in prompt
 
@@ -270,20 +319,21 @@ async def test_astream_tool_call():
 
 
 def test_with_structured_output_via_tool():
-    engine = ScriptedEngine([' {"name": "Ada", "age": 36}}]</tool_call>'])
+    engine = ScriptedEngine(['Ada", "age": 36}}]</tool_call>'])
     structured = HomerLLM(engine=engine).with_structured_output(Person)
     assert structured.invoke("Ada is 36.") == Person(name="Ada", age=36)
-    assert engine.prompt_text().endswith('<tool_call>[{"name": "Person", "arguments":')
+    assert engine.prompt_text().endswith('<tool_call>[{"name": "Person", "arguments": {"name": "')
     streamed = list(structured.stream("Ada is 36."))
     assert streamed[-1] == Person(name="Ada", age=36)
 
 
 def test_with_structured_output_json_schema_and_json_mode():
-    engine = ScriptedEngine(['"name": "Bo", "age": 7} and some trailing words'])
+    engine = ScriptedEngine(['Bo", "age": 7} and some trailing words'])
     structured = HomerLLM(engine=engine).with_structured_output(Person, method="json_schema")
     assert structured.invoke("Bo is 7") == Person(name="Bo", age=7)
     prompt = engine.prompt_text()
-    assert "follows this JSON schema" in prompt and prompt.endswith("assistant\n{")
+    assert "follows this JSON schema" in prompt and prompt.endswith('assistant\n{"name": "')
+    engine = ScriptedEngine(['"name": "Bo", "age": 7}'])
     as_dict = HomerLLM(engine=engine).with_structured_output(None, method="json_mode")
     assert as_dict.invoke("Bo is 7") == {"name": "Bo", "age": 7}
     raw = HomerLLM(engine=ScriptedEngine(["not json"])).with_structured_output(
@@ -331,3 +381,20 @@ def test_agent_loop_unknown_tool_gets_error_feedback():
     assert tool_messages[0].status == "error" and "get_wether" in tool_messages[0].content
     assert tool_messages[1].content == "It is sunny in Paris."
     assert state["messages"][-1].content == "Sunny."
+
+
+def test_signature_listing():
+    from langchain_homer.tools import signature
+
+    tool_dict = {"type": "function", "function": {
+        "name": "search", "description": "Search notes.",
+        "parameters": {"type": "object", "required": ["query"], "properties": {
+            "query": {"type": "string", "description": "what to look for"},
+            "tags": {"type": "array", "items": {"type": "string"}},
+            "order": {"enum": ["new", "old"]},
+        }},
+    }}
+    assert signature(tool_dict) == (
+        '- search(query: string, tags?: array of string, order?: "new" | "old"): Search notes.\n'
+        "    query: what to look for"
+    )

@@ -49,18 +49,23 @@ from langchain_core.utils.pydantic import is_basemodel_subclass
 from pydantic import ConfigDict, Field, SecretStr, field_validator, model_validator
 
 from homer_llm import DOCUMENT_PLACEHOLDER, GenerationConfig, HomerConfig, HomerModel, PromptParts
+from homer_llm.generation import extend_context
 
 from .documents import find_document_span, join_documents
 from .messages import add_system, merge_same_roles, to_chat_dicts, tool_instructions
+from .scoring import choose
 from .tools import (
     ParsedOutput,
     ToolFormat,
     ToolSpec,
     detect_tool_format,
+    first_argument,
     forced_prefill,
     forced_stop,
     marker_start,
+    name_candidates,
     normalize_tool_choice,
+    object_opening,
     parse_tool_calls,
 )
 
@@ -96,6 +101,8 @@ class _Request:
     spec: ToolSpec | None
     fmt: ToolFormat
     prefill: str = ""
+    choose_name: bool = False
+    extension_tokens: int = 0
     json_mode: bool = False
     document_tokens: int = 0
     cache_read: int = 0
@@ -345,7 +352,8 @@ class HomerLLM(BaseChatModel):
         """Structured output through a forced tool call (default), or JSON text.
 
         ``method="json_schema"`` asks for one JSON object following the schema and pre-writes its
-        opening brace; ``"json_mode"`` asks for any JSON object. Pydantic classes are validated.
+        opening up to the first value (``tools.object_opening``); ``"json_mode"`` asks for a JSON
+        object (described by the schema when one is given). Pydantic classes are validated.
         """
         if method == "function_calling":
             if schema is None:
@@ -358,7 +366,8 @@ class HomerLLM(BaseChatModel):
         if method == "json_schema" and schema is None:
             raise ValueError("method='json_schema' needs a schema")
         json_schema = convert_to_json_schema(schema) if schema is not None else None
-        response_format = {"type": "json_schema", "schema": json_schema} if method == "json_schema" else {"type": "json_object"}
+        # json_mode only promises a JSON object; a local model still gets the schema as guidance when given
+        response_format = {"type": "json_schema", "schema": json_schema} if json_schema else {"type": "json_object"}
         llm = self.bind(
             response_format=response_format,
             ls_structured_output_format={"kwargs": {"method": method}, "schema": schema},
@@ -405,9 +414,10 @@ class HomerLLM(BaseChatModel):
         if response_format is not None:
             json_mode = True
             instructions.append(_json_instruction(response_format))
-            prefill = "{"
+            schema = response_format.get("schema") if response_format["type"] == "json_schema" else None
+            prefill = object_opening(schema) if first_argument(schema) else "{"
         elif spec is not None and spec.forced:
-            prefill = forced_prefill(fmt, spec)
+            prefill = forced_prefill(fmt, spec)  # up to the name when several tools may be called
         system_text = "\n\n".join(t for t in instructions if t) or None
         native_tools = list(spec.tools) if spec is not None and spec.active and fmt.native else None
 
@@ -435,8 +445,9 @@ class HomerLLM(BaseChatModel):
             max_new_tokens=int(max_new), temperature=float(gen["temperature"]), top_p=float(gen["top_p"]),
             top_k=int(gen["top_k"]), seed=gen["seed"], stop=tuple(dict.fromkeys(stops)),
         )
-        return _Request(engine, parts, config, spec, fmt, prefill=prefill, json_mode=json_mode,
-                        document_tokens=document_tokens)
+        choose_name = spec is not None and spec.forced and spec.forced_name is None
+        return _Request(engine, parts, config, spec, fmt, prefill=prefill, choose_name=choose_name,
+                        json_mode=json_mode, document_tokens=document_tokens)
 
     def _build_parts(
         self, engine: HomerModel, dicts: list[dict[str, Any]], system_text: str | None, documents: Any,
@@ -501,6 +512,8 @@ class HomerLLM(BaseChatModel):
     ) -> Iterator[str]:
         """Text deltas of the generation; ``req.result`` holds the Generation once finished."""
         context = self._compress(req, progress)
+        if req.choose_name:
+            context = self._write_tool_name(req, context)
         stream = req.engine.stream(context, req.config)
         inner = iter(stream)
         try:
@@ -513,6 +526,22 @@ class HomerLLM(BaseChatModel):
             close = getattr(inner, "close", None)
             if close is not None:
                 close()
+
+    @staticmethod
+    def _write_tool_name(req: _Request, context: Any) -> Any:
+        """Forced call among several tools: the model scores each name, the best is written for it."""
+        assert req.spec is not None
+        names = list(req.spec.names)
+        best = names[choose(req.engine, context, name_candidates(req.fmt, names))]
+        full = forced_prefill(req.fmt, req.spec, best)
+        rest = full[len(req.prefill):]
+        ids = list(req.engine.tokenizer(rest, add_special_tokens=False)["input_ids"])
+        with req.engine.lock:
+            context = extend_context(req.engine.parts, context, ids)
+        req.prefill = full
+        req.extension_tokens = len(ids)
+        logger.debug("forced tool call: the model chose %s among %s", best, names)
+        return context
 
     def _message_fields(self, req: _Request, text: str) -> tuple[str, ParsedOutput | None]:
         """(content, parsed tool calls or None) of the finished output ``text`` (prefill excluded)."""
@@ -532,10 +561,11 @@ class HomerLLM(BaseChatModel):
 
     def _usage(self, req: _Request) -> dict[str, Any]:
         output = len(req.result.token_ids) if req.result is not None else 0
+        inputs = len(req.parts) + req.extension_tokens
         return {
-            "input_tokens": len(req.parts),
+            "input_tokens": inputs,
             "output_tokens": output,
-            "total_tokens": len(req.parts) + output,
+            "total_tokens": inputs + output,
             "input_token_details": {"cache_read": req.cache_read, "cache_creation": req.cache_creation},
         }
 

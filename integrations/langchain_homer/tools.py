@@ -182,15 +182,49 @@ def _detect(tokenizer) -> ToolFormat:
 
 
 # ------------------------------------------------------------------------------------ prompts
+def _type_name(schema: dict[str, Any]) -> str:
+    if "enum" in schema:
+        return " | ".join(json.dumps(v, ensure_ascii=False) for v in schema["enum"])
+    kind = schema.get("type")
+    if isinstance(kind, list):
+        return " | ".join(str(k) for k in kind)
+    if kind == "array" and isinstance(schema.get("items"), dict):
+        return f"array of {_type_name(schema['items'])}"
+    if kind:
+        return str(kind)
+    options = schema.get("anyOf") or schema.get("oneOf")
+    if options:
+        return " | ".join(_type_name(o) for o in options if isinstance(o, dict))
+    return "any"
+
+
+def signature(tool: dict[str, Any]) -> str:
+    """One tool as a compact line: ``- name(arg: type, opt?: type): description``, then argument notes."""
+    fn = tool["function"]
+    params = fn.get("parameters") or {}
+    props = params.get("properties") or {}
+    required = set(params.get("required") or [])
+    args = ", ".join(f"{k}{'' if k in required else '?'}: {_type_name(v)}" for k, v in props.items())
+    line = f"- {fn['name']}({args})"
+    if fn.get("description"):
+        line += f": {fn['description'].strip()}"
+    notes = [f"    {k}: {v['description'].strip()}" for k, v in props.items()
+             if isinstance(v, dict) and v.get("description")]
+    return "\n".join([line, *notes])
+
+
 def tools_system_prompt(tools: Sequence[dict[str, Any]]) -> str:
-    """The system text that describes ``tools`` to a model whose template cannot (family "json")."""
-    listing = "\n".join(json.dumps(t["function"], ensure_ascii=False) for t in tools)
+    """The system text that describes ``tools`` to a model whose template cannot (family "json").
+
+    Tools are listed as compact signatures rather than JSON schemas: small models asked to
+    answer in JSON tend to copy a schema they were shown instead of filling in values.
+    """
+    listing = "\n".join(signature(t) for t in tools)
     return (
-        "You can call functions. The available functions are listed below as JSON schemas:\n"
-        f"<tools>\n{listing}\n</tools>\n\n"
-        "To call functions, answer with only this, and nothing else:\n"
-        '<tool_call>[{"name": "function_name", "arguments": {"argument_name": "value"}}]</tool_call>\n'
-        "Put one object per call in the list. If no function is needed, answer the user normally."
+        f"You can call these functions:\n{listing}\n\n"
+        "To call a function, answer with only:\n"
+        '<tool_call>[{"name": "function name", "arguments": {"argument": value}}]</tool_call>\n'
+        "If no function is needed, answer the user normally."
     )
 
 
@@ -204,21 +238,63 @@ def choice_instruction(spec: ToolSpec) -> str | None:
     return f"You must answer with a call to the function {spec.choice}. Do not answer in prose."
 
 
-def forced_prefill(fmt: ToolFormat, spec: ToolSpec) -> str:
+def first_argument(schema: dict[str, Any] | None) -> str | None:
+    """The property a JSON object for ``schema`` starts with: the first required one, else the first."""
+    schema = schema or {}
+    props = schema.get("properties") or {}
+    required = [r for r in schema.get("required") or [] if r in props]
+    names = required or list(props)
+    return names[0] if names else None
+
+
+def object_opening(schema: dict[str, Any] | None) -> str:
+    """The start of a JSON object for ``schema``, up to its first value's opening character.
+
+    ``{"city": "`` for a string first property, ``{"tags": [`` / ``{"opts": {`` for arrays and
+    objects, ``{"n":`` otherwise, ``{}`` without properties: a small model then only writes values.
+    """
+    first = first_argument(schema)
+    if first is None:
+        return "{}"
+    kind = ((schema or {}).get("properties") or {}).get(first, {}).get("type")
+    opening = {"string": ' "', "array": " [", "object": " {"}.get(kind, "") if isinstance(kind, str) else ""
+    return "{" + json.dumps(first, ensure_ascii=False) + ":" + opening
+
+
+_CALL_HEADS = {"hermes": '<tool_call>\n{"name":', "llama3": '{"name":', "mistral": '[TOOL_CALLS][{"name":',
+               "json": '<tool_call>[{"name":'}
+
+
+def name_prefix(fmt: ToolFormat) -> str:
+    """The prefill before the tool name when several tools may be forced."""
+    return "[TOOL_CALLS]" if fmt.family == "mistral" and fmt.mistral_args else _CALL_HEADS[fmt.family]
+
+
+def name_candidates(fmt: ToolFormat, names: Sequence[str]) -> list[str]:
+    """The text each candidate name adds after ``name_prefix`` (closing quote included)."""
+    if fmt.family == "mistral" and fmt.mistral_args:
+        return [f"{n}[ARGS]" for n in names]
+    return [f" {json.dumps(n, ensure_ascii=False)}," for n in names]
+
+
+def forced_prefill(fmt: ToolFormat, spec: ToolSpec, name: str | None = None) -> str:
     """The beginning of the assistant turn written for the model when a call is forced.
 
-    With a known tool name the prefill ends right before the arguments object; otherwise right
-    before the name. It never ends with a space (BPE tokenizers attach spaces to the next word).
+    With a known tool name the prefill runs into the arguments object up to its first value
+    (``object_opening``: ``{"location": "``), or closes it (``{}``) for a tool without
+    parameters, so even a small model only has to write values; with several candidate tools (and no ``name`` chosen yet) it ends
+    right before the name. It never ends with a bare space (BPE tokenizers attach spaces to the
+    next word).
     """
-    name = spec.forced_name
-    args_key = "parameters" if fmt.family == "llama3" else "arguments"
-    if fmt.family == "mistral" and fmt.mistral_args:
-        return f"[TOOL_CALLS]{name}[ARGS]" if name else "[TOOL_CALLS]"
-    head = {"hermes": '<tool_call>\n{"name":', "llama3": '{"name":', "mistral": '[TOOL_CALLS][{"name":',
-            "json": '<tool_call>[{"name":'}[fmt.family]
+    name = name or spec.forced_name
     if name is None:
-        return head
-    return f'{head} {json.dumps(name, ensure_ascii=False)}, "{args_key}":'
+        return name_prefix(fmt)
+    tool = next(t for t in spec.tools if t["function"]["name"] == name)
+    args = object_opening(tool["function"].get("parameters"))
+    if fmt.family == "mistral" and fmt.mistral_args:
+        return f"[TOOL_CALLS]{name}[ARGS]{args}"
+    args_key = "parameters" if fmt.family == "llama3" else "arguments"
+    return f'{_CALL_HEADS[fmt.family]} {json.dumps(name, ensure_ascii=False)}, "{args_key}": {args}'
 
 
 def forced_stop(fmt: ToolFormat) -> tuple[str, ...]:
