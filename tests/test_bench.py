@@ -268,3 +268,13 @@ def test_profile_counts_no_more_host_syncs_than_prunes(one_thread):
     assert summary.nodes == cost.nodes and summary.layer_calls == cost.layer_calls
     assert 0 < summary.host_syncs <= cost.prunes
     assert "aten::" in summary.format()
+
+
+def test_gpu_script_is_valid_bash():
+    import subprocess
+    from pathlib import Path
+
+    script = Path(__file__).parent.parent / "benchmarks" / "gpu_bench.sh"
+    subprocess.run(["bash", "-n", str(script)], check=True)
+    text = script.read_text()
+    assert "--device \"$DEVICE\"" in text and "--json" in text and "$OUT" in text
