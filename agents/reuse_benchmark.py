@@ -95,6 +95,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--device", default=None)
     p.add_argument("--max-new-tokens", type=int, default=24)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads (1 is fastest on a busy shared CPU; default: torch's choice)")
     p.add_argument("--out", default=None, help="JSON-lines file the records are appended to")
     p.add_argument("--summary-only", action="store_true", help="only print the table of an existing --out")
     args = p.parse_args(argv)
@@ -106,6 +108,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         records = [json.loads(line) for line in Path(args.out).read_text().splitlines() if line.strip()]
         print(summarize(records))
         return 0
+    if args.threads is not None:
+        import torch
+
+        torch.set_num_threads(args.threads)
     engine = HomerModel.load(args.model, device=args.device)
     config = GenerationConfig(max_new_tokens=args.max_new_tokens)
     records: list[dict] = []

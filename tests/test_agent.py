@@ -214,3 +214,10 @@ def test_registry_ids_are_content_ids(tmp_path):
     assert reg.open(a).id == reg.open(b).id == document_id("same text") and len(reg) == 1
     with pytest.raises(KeyError, match="unknown document id"):
         reg.get("doc-1")
+
+
+def test_cli_exits_2_on_a_missing_document_and_still_prints_stats_last(tmp_path, capsys):
+    code = document_agent.main(["--document", str(tmp_path / "missing.txt"), "--question", "Q?", "--quiet"])
+    assert code == 2
+    out = capsys.readouterr().out.strip().splitlines()
+    assert "no such file" in out[0] and json.loads(out[-1])["misses"] == 0
