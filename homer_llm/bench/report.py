@@ -57,7 +57,7 @@ def format_table(report: BenchReport) -> str:
     """A fixed-width table, one row per (method, length)."""
     unit, scale = _unit(report)
     mem_label = "peak" if report.meta.get("device_type") == "cuda" else "peak RSS"
-    over_label = "over weights" if report.meta.get("device_type") == "cuda" else "run growth"
+    over_label = "over weights" if report.meta.get("device_type") == "cuda" else "over idle"
     header = (
         "method", "length", "status", "prefill s", "tok/s", f"{mem_label} {unit}", f"{over_label} {unit}",
         f"KV peak {unit}", "cache tok", "decode ms/tok", "x floor", "work", "H",
@@ -121,7 +121,8 @@ def format_growth(report: BenchReport) -> str:
     unit, scale = _unit(report)
     lines = []
     for method in dict.fromkeys(r.method for r in report.results):
-        for key, label in (("peak_over_weights_bytes", "peak over weights"), ("kv_peak_bytes", "K/V peak")):
+        over = "peak over weights" if unit == "GiB" else "peak over idle RSS"
+        for key, label in (("peak_over_weights_bytes", over), ("kv_peak_bytes", "K/V peak")):
             steps = growth(report.results, method, key)
             if not steps:
                 continue
@@ -160,7 +161,7 @@ def write_plot(report: BenchReport, path: str | Path) -> Path:
 
     unit, scale = _unit(report)
     panels = (
-        ("peak_over_weights_bytes", f"peak memory over weights ({unit})", scale),
+        ("peak_over_weights_bytes", f"peak memory over {'weights' if unit == 'GiB' else 'idle RSS'} ({unit})", scale),
         ("seconds", "prefill / compression (s)", 1.0),
         ("decode_ms", "decode (ms/token)", 1.0),
     )
@@ -205,4 +206,5 @@ def summary_ratio(report: BenchReport, length: int) -> str | None:
     p, h = rows["plain"], rows["homer"]
     mem = (h.peak_over_weights_bytes or 0) / max(p.peak_over_weights_bytes or 1, 1)
     time_ratio = (h.seconds or math.nan) / (p.seconds or math.nan)
-    return f"homer/plain at {format_length(length)}: memory over weights x{mem:.2f}, time x{time_ratio:.2f}"
+    what = "over weights" if report.meta.get("device_type") == "cuda" else "over idle RSS"
+    return f"homer/plain at {format_length(length)}: peak memory {what} x{mem:.2f}, time x{time_ratio:.2f}"

@@ -30,7 +30,7 @@ from ..generation import decode_step
 from ..schedule import Plan, make_plan
 from .analytic import plan_cost
 from .configs import ModelShape, build_model, count_parameters, layer_parameters, weights_bytes
-from .measure import device_name, free_memory, make_meter, matmul_rate, time_call
+from .measure import device_name, free_memory, make_meter, matmul_rate, rss_bytes, time_call
 
 logger = logging.getLogger(__name__)
 
@@ -117,8 +117,9 @@ class BenchResult:
         seconds: median prefill/compression time; runs: every timed run.
         tokens_per_s: length / seconds.
         peak_bytes: CUDA max allocated (weights included), or the process's peak RSS on the CPU.
-        peak_over_weights_bytes: CUDA: peak minus weight bytes; CPU: peak RSS minus RSS just
-            before the run (the run's own growth; weights are already in the baseline).
+        peak_over_weights_bytes: CUDA: peak minus weight bytes; CPU: peak RSS minus the idle RSS
+            measured once after the model was built (weights, interpreter and libraries), the
+            same baseline for every row (``meta["rss_idle_bytes"]``).
         reserved_bytes: CUDA allocator peak reserve (None on the CPU).
         kv_peak_bytes: HOMER: the engine's CompressionStats.peak_kv_bytes (all K/V alive at once);
             plain: the full cache, length x per-token K/V bytes.
@@ -212,6 +213,8 @@ class Bench:
         self.weights_bytes = weights_bytes(self.model)
         self.layer_params = layer_parameters(self.model)
         self.meter = make_meter(self.device)
+        free_memory(self.device)
+        self.rss_idle = rss_bytes()
         self.rate = matmul_rate(self.device, settings.dtype)
         self.bias = self._bias_table()
 
@@ -319,7 +322,7 @@ class Bench:
                     if self.device.type == "cuda":
                         over = max(over, self.meter.peak - self.weights_bytes)
                     else:
-                        over = max(over, self.meter.peak - self.meter.baseline)
+                        over = max(over, self.meter.peak - self.rss_idle)
                     if sum(runs) >= s.budget_s:
                         break
                 assert prefill is not None
@@ -400,6 +403,7 @@ class Bench:
             "kv_bytes_per_token": shape.kv_bytes_per_token(torch.finfo(s.dtype).bits // 8),
             "matmul_flops": self.rate,
             "memory_kind": self.meter.kind,
+            "rss_idle_bytes": self.rss_idle,
             "homer": {
                 "prefix_len": s.prefix_len, "suffix_len": s.suffix_len, "chunk_len": self.chunk_len,
                 "cache_len": self.chunk_len, "warmup_layers": s.warmup_layers, "bias": s.bias,
