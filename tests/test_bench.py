@@ -278,3 +278,13 @@ def test_gpu_script_is_valid_bash():
     subprocess.run(["bash", "-n", str(script)], check=True)
     text = script.read_text()
     assert "--device \"$DEVICE\"" in text and "--json" in text and "$OUT" in text
+
+
+def test_a_plan_that_cannot_fit_is_an_error_row_not_a_crash(one_thread, capsys):
+    """tiny has 8 layers: 64k tokens need a tree of height 10, more than the layers allow."""
+    report = _bench(methods=("homer",), lengths=(65536,), warmup=1).run()
+    (row,) = report.results
+    assert row.status == "error" and "needs a merge tree of height" in row.note
+    code = cli.main(["--device", "cpu", "--config", "tiny", "--methods", "homer", "--lengths", "64k",
+                     "--decode-tokens", "0"])
+    assert code == 1 and "error" in capsys.readouterr().out

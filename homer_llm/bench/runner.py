@@ -283,6 +283,9 @@ class Bench:
         for _ in range(self.settings.warmup):
             try:
                 fn, _ = self._method(method, length)
+            except ValueError:
+                return  # the plan cannot fit: measure() reports it as an error row
+            try:
                 with torch.inference_mode():
                     out = fn()
                     if self.settings.decode_tokens:
