@@ -160,7 +160,8 @@ class _Pass:
         keys = state.kv[layer][0]
         logits = last_query_logits(query, keys, compat.attention_scaling(parts, layer))
         bias_row = None if self.bias is None else self.bias[layer]
-        query_position = int(state.positions[-1])
+        # The last token of every node is the last suffix token: its id is known without a host sync.
+        query_position = self.plan.next_position - 1
         return calibrated_scores(logits, state.positions, query_position, bias_row)
 
 
