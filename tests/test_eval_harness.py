@@ -17,7 +17,7 @@ from homer_llm.evaluation import cli as eval_cli
 from homer_llm.evaluation.harness import EvalSettings, load_records, run_eval
 from homer_llm.evaluation.methods import ALL_METHODS, EvalModel, Method, MethodResult
 from homer_llm.evaluation.report import cells, markdown_table
-from homer_llm.evaluation.runner import TimeBudgetExceeded
+from homer_llm.evaluation.runner import Deadline, TimeBudgetExceeded
 from homer_llm.evaluation.tasks import QA_TASKS
 
 
@@ -91,6 +91,7 @@ def test_cli_end_to_end_on_a_saved_tiny_model(model_dir, essays, tmp_path, capsy
     by = {(r["task"], r["method"], r["length"]): r for r in records}
     # HOMER compresses beyond one chunk; truncation and retrieval stay within the window
     assert by[("passkey", "homer", 2048)]["used_tokens"] <= 512
+    assert 512 < by[("passkey", "homer-yarn", 2048)]["used_tokens"] <= 1024  # YaRN x2: chunk_len x2
     assert by[("passkey", "truncate", 2048)]["used_tokens"] <= 1024 - 64
     assert by[("passkey", "bm25", 2048)]["used_tokens"] <= 1024 - 64
     assert by[("passkey", "full", 2048)]["used_tokens"] == by[("passkey", "full", 2048)]["input_tokens"] > 1024
@@ -111,14 +112,24 @@ def test_cli_end_to_end_on_a_saved_tiny_model(model_dir, essays, tmp_path, capsy
     assert "| homer-yarn |" in table and "| 1k | 2k |" in table
 
 
-def test_cli_json_output_and_bad_flags(model_dir, capsys):
+def test_cli_json_output_report_only_and_bad_flags(model_dir, tmp_path, capsys):
+    out = tmp_path / "out"
     args = _args(model=model_dir, methods="truncate", tasks="passkey", lengths="1x", samples=2, json=True,
-                 quiet=True, depths="0,100")
+                 quiet=True, depths="0,100", out=out, threads=1)
     assert eval_cli.run(args) == 0
     payload = json.loads(capsys.readouterr().out)
     assert [r["depth"] for r in payload["records"]] == [0.0, 1.0]
+    assert payload["meta"]["settings"]["depths"] == [0.0, 1.0]
+    # --report-only rebuilds the outputs from records.jsonl without running anything
+    (out / "results.json").unlink()
+    again = _args(model=model_dir, out=out, report_only=True, json=True, quiet=True)
+    assert eval_cli.run(again) == 0
+    rebuilt = json.loads(capsys.readouterr().out)
+    assert rebuilt["records"] == payload["records"] and rebuilt["meta"]["settings"]["depths"] == [0.0, 1.0]
+    assert (out / "results.json").exists() and (out / "accuracy.png").exists()
     assert eval_cli.run(_args(model=model_dir, methods="nope", quiet=True)) == 2
     assert eval_cli.run(_args(model=model_dir, lengths="2q", quiet=True)) == 2
+    assert eval_cli.run(_args(model=model_dir, report_only=True, quiet=True)) == 2
     assert "unknown method" in capsys.readouterr().err
 
 
@@ -213,7 +224,12 @@ def test_global_budget_stops_the_run(small_eval):
     assert records[-1].status == "budget" and len(records) < 3 * 2 * 2
 
 
-def test_timeout_exception_is_the_deadline_type():
+def test_deadline_heartbeat_and_type():
+    beats = []
+    deadline = Deadline(None, heartbeat=lambda done, total: beats.append((done, total)), every=0.0)
+    deadline.progress(1, 4)
+    deadline.progress(2, 4)
+    assert beats == [(1, 4), (2, 4)]
     assert issubclass(TimeBudgetExceeded, RuntimeError)
 
 

@@ -221,6 +221,11 @@ def test_bm25_keeps_the_needle_within_budget(eval_model):
     assert chosen == sorted(chosen) and len(chosen) < len(passages)
     assert any(sample.needles[0] in passages[i] for i in chosen)
     assert text == " ".join(passages[i] for i in chosen)
+    # only matching passages are retrieved: for a pass key that is the needle's passage alone
+    assert all("pass key" in passages[i] for i in chosen)
+    # no match at all: the end of the document is kept, like truncation
+    fallback = method.rank(passages, "zebra xylophone", 300)
+    assert fallback and fallback[-1] == len(passages) - 1 and fallback == list(range(fallback[0], len(passages)))
 
 
 # ---------------------------------------------------------------- rope views

@@ -11,6 +11,7 @@ and ``accuracy.png`` under ``--out``; progress goes to stderr.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 from pathlib import Path
@@ -99,6 +100,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--plot", default=None, help="PNG path for the plot (default: OUT/accuracy.png)")
     parser.add_argument("--json", action="store_true", help="print the JSON result to stdout instead of the table")
     parser.add_argument("--resume", action="store_true", help="skip runs already in OUT/records.jsonl")
+    parser.add_argument("--report-only", action="store_true",
+                        help="run nothing: rebuild the table, JSON and plot from OUT/records.jsonl (e.g. of a run "
+                             "still going in the background)")
     parser.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
 
 
@@ -118,8 +122,8 @@ def run(args: argparse.Namespace) -> int:
         methods = _names(args.methods, ALL_METHODS, "method(s)")
         tasks = _names(args.tasks, ALL_TASKS, "task(s)")
         depths = parse_depths(args.depths)
-        if args.resume and not args.out:
-            raise ValueError("--resume needs --out (the folder holding records.jsonl)")
+        if (args.resume or args.report_only) and not args.out:
+            raise ValueError("--resume and --report-only need --out (the folder holding records.jsonl)")
         if args.threads is not None:
             import torch
 
@@ -149,18 +153,32 @@ def run(args: argparse.Namespace) -> int:
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         records_path = out / "records.jsonl"
-        if args.resume:
+        if args.resume and not args.report_only:
             previous = load_records(records_path)
             say(f"resuming: {len(previous)} earlier records")
-        elif records_path.exists():
+        elif records_path.exists() and not args.report_only:
             records_path.unlink()
-    say(f"model {hm.name}: window {hm.window}, chunk_len {hm.chunk_len}; lengths {list(lengths)}; "
-        f"{len(methods)} methods x {len(tasks)} tasks x {args.samples} samples")
-    records, info = run_eval(model, instances, settings, progress=say, records_path=records_path, previous=previous)
+    run_settings = {**vars(settings), "depths": list(settings.depths)}
+    if args.report_only:
+        assert out is not None and records_path is not None
+        records = load_records(records_path)
+        info = {"report_only": True, "records": len(records)}
+        if (out / "settings.json").exists():
+            run_settings = json.loads((out / "settings.json").read_text())
+        methods = tuple(m for m in methods if any(r.method == m for r in records)) or methods
+        tasks = tuple(t for t in tasks if any(r.task == t for r in records)) or tasks
+        lengths = tuple(sorted({r.length for r in records})) or lengths
+    else:
+        if out is not None:
+            (out / "settings.json").write_text(json.dumps(run_settings, indent=1))
+        say(f"model {hm.name}: window {hm.window}, chunk_len {hm.chunk_len}; lengths {list(lengths)}; "
+            f"{len(methods)} methods x {len(tasks)} tasks x {args.samples} samples")
+        records, info = run_eval(model, instances, settings, progress=say, records_path=records_path,
+                                 previous=previous)
 
     dtype = str(next(hm.model.parameters()).dtype).replace("torch.", "")
     meta = environment(hm.name, str(hm.device), dtype, hm.window, hm.chunk_len)
-    meta.update({"settings": {**vars(settings), "depths": list(settings.depths)}, "run": info,
+    meta.update({"settings": run_settings, "run": info,
                  "homer": {"chunk_len": hm.chunk_len, "cache_len": hm.homer.cache_len,
                            "warmup_layers": hm.homer.warmup_layers, "calibration_samples": hm.homer.calibration_samples,
                            "homer_yarn_factor": args.homer_yarn_factor,

@@ -316,7 +316,10 @@ def run_eval(
                                 continue
                         budget_cut = remaining is not None and (limit is None or remaining < limit)
                         seconds = remaining if budget_cut else limit
-                        record = run_one(method, sample, task, length, Deadline(seconds))
+                        label = f"{task} {length} #{index} {method.name}"
+                        beat = (lambda done, total, label=label:  # noqa: E731
+                                say(f"  ... {label}: {done}/{total} layer passes"))
+                        record = run_one(method, sample, task, length, Deadline(seconds, heartbeat=beat))
                         if record.status == TIMEOUT and budget_cut:
                             record.status = BUDGET
                         emit(record)

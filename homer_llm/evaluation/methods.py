@@ -13,8 +13,8 @@ stop with TimeBudgetExceeded once it has passed.
                      the END of the document kept (for perplexity: the last window of tokens)
     yarn, ntk, linear  the plain model with transformers' RoPE scaling (YaRN, dynamic NTK,
                      linear interpolation), factor = ceil(length / window) (at least 1) unless fixed
-    bm25             BM25 (bm25s) top-ranked passages of the document that fit the window, kept
-                     in document order (question answering only)
+    bm25             BM25 (bm25s) top-ranked passages (those matching the question) that fit the
+                     window, kept in document order (question answering only)
 """
 
 from __future__ import annotations
@@ -310,7 +310,8 @@ _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 
 class Bm25Method(PlainMethod):
     """Chunk retrieval: split the document into passages of about ``passage_tokens`` tokens, rank them
-    by BM25 (bm25s) against the question, keep the best that fit the window, in document order."""
+    by BM25 (bm25s) against the question, keep the best matching ones that fit the window, in
+    document order. Used only when the document does not fit the window (otherwise: the plain model)."""
 
     name = "bm25"
     growth = 0.0
@@ -351,8 +352,12 @@ class Bm25Method(PlainMethod):
         retriever.index(tokens, show_progress=False)
         query_tokens = bm25s.tokenize([query], stopwords="en", show_progress=False, return_ids=False)[0]
         scores = retriever.get_scores(query_tokens) if query_tokens else [0.0] * len(passages)
-        # best score first; among equal scores prefer the later passage (nearest the question)
-        ranked = sorted(range(len(passages)), key=lambda i: (-float(scores[i]), -i))
+        # only passages that match the query are retrieved, best first (ties: the later passage);
+        # padding the window with non-matching passages would only add distraction. With no match
+        # at all, the last passages are kept (then this equals truncation).
+        matched = [i for i in range(len(passages)) if float(scores[i]) > 0.0]
+        pool = matched or list(range(len(passages)))
+        ranked = sorted(pool, key=lambda i: (-float(scores[i]), -i))
         chosen, used = [], 0
         for i in ranked:
             cost = sum(self._count(s) for s in _SENTENCE_END.split(passages[i]) if s)

@@ -13,7 +13,7 @@ logits, which is right for a question but not for perplexity, hence this helper.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -31,12 +31,17 @@ class Deadline:
     ``progress`` has the engine's progress signature, so it can be handed to ``HomerModel.compress``.
     """
 
-    def __init__(self, seconds: float | None) -> None:
+    def __init__(
+        self, seconds: float | None, heartbeat: Callable[[int, int], None] | None = None, every: float = 60.0
+    ) -> None:
+        """``heartbeat(done, total)``, if given, is called from ``progress`` at most every ``every`` s."""
         if seconds is not None and seconds <= 0:
             raise ValueError(f"deadline seconds must be positive or None, got {seconds}")
         self.seconds = seconds
         self.start = time.perf_counter()
         self.end = None if seconds is None else self.start + seconds
+        self.heartbeat, self.every = heartbeat, every
+        self._last_beat = self.start
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.start
@@ -47,6 +52,9 @@ class Deadline:
 
     def progress(self, done: int, total: int) -> None:
         self.check()
+        if self.heartbeat is not None and time.perf_counter() - self._last_beat >= self.every:
+            self._last_beat = time.perf_counter()
+            self.heartbeat(done, total)
 
 
 def _logits(parts: compat.ModelParts, hidden: torch.Tensor) -> torch.Tensor:
@@ -88,7 +96,7 @@ def prefill(
             kv.append(layer_kv)
         del layer_kv
         if deadline is not None:
-            deadline.check()
+            deadline.progress(index + 1, parts.num_layers)
     return kv, _logits(parts, hidden[:, -logits_last:])
 
 

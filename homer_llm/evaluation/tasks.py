@@ -186,7 +186,6 @@ class QATask:
     name = ""
     instruction = ""
     max_new_tokens = 16
-    shell_question = ""  # a representative question, used to size the prompt shell
 
     def make(self, count: TokenCounter, budget: int, index: int, seed: int, depth: float) -> QASample:
         """Generate sample ``index`` with a document of about ``budget`` tokens.
@@ -215,14 +214,14 @@ class PasskeyTask(QATask):
         "A pass key is hidden somewhere in the long text below, among many lines that do not matter. "
         "Find the pass key and remember it: you will be asked for it at the end."
     )
-    shell_question = "What is the pass key?"
+    question = "What is the pass key? Reply with the number only."
     max_new_tokens = 12
 
     def _make(self, hay, budget, rng, index, depth):
         key = str(rng.randint(10000, 99999))
         needle = f"The pass key is {key}. Remember it. {key} is the pass key."
         document = hay.build(budget, lambda: PASSKEY_FILLER, [(depth, needle)])
-        return QASample(self.name, index, depth, self.instruction, document, self.shell_question,
+        return QASample(self.name, index, depth, self.instruction, document, self.question,
                         "The pass key is", (key,), (needle,), self.max_new_tokens)
 
 
@@ -232,7 +231,6 @@ class MultiKeyTask(QATask):
         "The text below hides several secret codes, each one belonging to a different name. "
         "Read it carefully: you will be asked for the code of one of the names."
     )
-    shell_question = "What is the secret code for amber-falcon?"
     max_new_tokens = 14
     distractors = 3
 
@@ -244,7 +242,7 @@ class MultiKeyTask(QATask):
         placed = [(depth, needles[0])] + [(rng.random(), n) for n in needles[1:]]
         document = hay.build(budget, lambda: rng.choice(PROSE), placed)
         return QASample(self.name, index, depth, self.instruction, document,
-                        f"What is the secret code for {keys[0]}?", f"The secret code for {keys[0]} is",
+                        f"What is the secret code for {keys[0]}? Reply with the number only.", f"The secret code for {keys[0]} is",
                         (values[0],), tuple(needles), self.max_new_tokens)
 
 
@@ -254,7 +252,6 @@ class MultiValueTask(QATask):
         "The text below hides several secret codes that all belong to the same name. "
         "Read it carefully: you will be asked to list every one of them."
     )
-    shell_question = "List all the secret codes for amber-falcon."
     max_new_tokens = 48
     values = 4
 
@@ -266,7 +263,7 @@ class MultiValueTask(QATask):
         placed = [(depth, needles[0])] + [(rng.random(), n) for n in needles[1:]]
         document = hay.build(budget, lambda: rng.choice(PROSE), placed)
         return QASample(self.name, index, depth, self.instruction, document,
-                        f"List all the secret codes for {key}.", f"The secret codes for {key} are",
+                        f"List all the secret codes for {key}. Reply with the numbers only, separated by commas.", f"The secret codes for {key} are",
                         tuple(values), tuple(needles), self.max_new_tokens)
 
     def check(self, sample: QASample, output: str) -> bool:
@@ -279,7 +276,6 @@ class VariableTrackingTask(QATask):
         "The text below contains variable assignments hidden among unrelated sentences. "
         "Follow the chain of assignments: you will be asked which number one variable holds."
     )
-    shell_question = "Which number does VAR ABCDE hold?"
     max_new_tokens = 12
     hops = 4
 
@@ -309,7 +305,7 @@ class VariableTrackingTask(QATask):
         document = hay.build(budget, lambda: rng.choice(PROSE), placed)
         last = names[-1]
         return QASample(self.name, index, depth, self.instruction, document,
-                        f"Which number does VAR {last} hold?", f"VAR {last} holds the number",
+                        f"Which number does VAR {last} hold? Reply with the number only.", f"VAR {last} holds the number",
                         (value,), tuple(lines + distractor), self.max_new_tokens)
 
 

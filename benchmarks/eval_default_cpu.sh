@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Long-context quality of the default model (SmolLM2-135M-Instruct, 8k window) on a CPU, in stages
+# that share one results folder (--resume skips what is already there), most informative first.
+# Every stage has a wall-clock budget; a stage cut short is resumed by running it again.
+# Render the table / JSON / plot from whatever has run so far (also while a stage is running):
+#   .venv/bin/homer-llm eval --out results/eval-cpu --report-only
+# Measured cost on a busy shared 2-core Xeon (fp32, 1 torch thread), passkey, seconds per sample:
+#   HOMER 146 / 220 / ... at 8k / 16k / ...; plain 8k prefill 189; plain 16k 606 (so plain 32k and
+#   64k, and the RoPE-scaled plain baselines there, are out of reach of a CPU budget).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-results/eval-cpu}
+EVAL=(.venv/bin/homer-llm eval --out "$OUT" --resume --threads 1 --lengths 8k,16k,32k,64k --depths 50,25,75,0,100)
+STAGE=${1:-all}
+
+# 1. passkey: the plain model (inside the window, and at 2x), then HOMER against truncation and
+#    BM25 retrieval at every length, one sample per length
+if [[ $STAGE == 1 || $STAGE == all ]]; then
+  "${EVAL[@]}" --tasks passkey --methods full --lengths 8k,16k --samples 1 --call-seconds 1500 --max-seconds 2400
+  "${EVAL[@]}" --tasks passkey --methods homer,truncate,bm25 --samples 1 --call-seconds 2000 --max-seconds 3600
+fi
+# 2. passkey: RoPE scaling baselines (affordable at 2x only), HOMER ablations, HOMER + YaRN
+#    (a one-sample bias table for its 8k-token YaRN chunks: eight would cost ~25 CPU minutes)
+if [[ $STAGE == 2 || $STAGE == all ]]; then
+  "${EVAL[@]}" --tasks passkey --methods yarn,ntk,linear --lengths 8k,16k --samples 1 --call-seconds 900 --max-seconds 2400
+  "${EVAL[@]}" --tasks passkey --methods homer-uncal,homer-random,homer-yarn --samples 1 \
+    --yarn-calibration-samples 1 --call-seconds 2000 --max-seconds 5400
+fi
+# 3. more samples and the other tasks, as far as the budget goes
+if [[ $STAGE == 3 || $STAGE == all ]]; then
+  "${EVAL[@]}" --tasks passkey,vartrack,multikey,multivalue,ppl \
+    --methods homer,truncate,bm25,full,yarn,ntk,linear,homer-uncal,homer-random,homer-yarn \
+    --samples 20 --yarn-calibration-samples 1 --call-seconds 900 --max-seconds 14400
+fi
+.venv/bin/homer-llm eval --out "$OUT" --report-only
