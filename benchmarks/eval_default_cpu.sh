@@ -5,8 +5,9 @@
 # Render the table / JSON / plot from whatever has run so far (also while a stage is running):
 #   .venv/bin/homer-llm eval --out results/eval-cpu --report-only
 # Measured cost on a busy shared 2-core Xeon (fp32, 1 torch thread), passkey, seconds per sample:
-#   HOMER 146 / 220 / ... at 8k / 16k / ...; plain 8k prefill 189; plain 16k 606 (so plain 32k and
-#   64k, and the RoPE-scaled plain baselines there, are out of reach of a CPU budget).
+#   HOMER 146 / 220 / 367 / 432 at 8k / 16k / 32k / 64k; plain 8k prefill 189; plain 16k 606 (so
+#   plain 32k and 64k, and the RoPE-scaled plain baselines there, are out of reach of a CPU budget).
+# Results so far: benchmarks/eval_results_cpu.md
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-results/eval-cpu}

@@ -158,7 +158,9 @@ def run(args: argparse.Namespace) -> int:
             say(f"resuming: {len(previous)} earlier records")
         elif records_path.exists() and not args.report_only:
             records_path.unlink()
-    run_settings = {**vars(settings), "depths": list(settings.depths)}
+    import torch
+
+    run_settings = {**vars(settings), "depths": list(settings.depths), "torch_threads": torch.get_num_threads()}
     if args.report_only:
         assert out is not None and records_path is not None
         records = load_records(records_path)
@@ -177,13 +179,13 @@ def run(args: argparse.Namespace) -> int:
                                  previous=previous)
 
     dtype = str(next(hm.model.parameters()).dtype).replace("torch.", "")
-    meta = environment(hm.name, str(hm.device), dtype, hm.window, hm.chunk_len)
+    meta = environment(hm.name, str(hm.device), dtype, hm.window, hm.chunk_len, run_settings.get("torch_threads"))
     meta.update({"settings": run_settings, "run": info,
                  "homer": {"chunk_len": hm.chunk_len, "cache_len": hm.homer.cache_len,
                            "warmup_layers": hm.homer.warmup_layers, "calibration_samples": hm.homer.calibration_samples,
                            "homer_yarn_factor": args.homer_yarn_factor,
                            "homer_yarn_calibration_samples": args.yarn_calibration_samples or hm.homer.calibration_samples,
-                           "torch_threads": __import__("torch").get_num_threads(), "rope_factor": args.rope_factor or "ceil(length/window)"}})
+                           "rope_factor": args.rope_factor or "ceil(length/window)"}})
     all_cells = cells(records)
     table = markdown_table(all_cells, list(methods), list(lengths), list(tasks))
     header = (f"{meta['model']} (window {meta['window']}), {meta['hardware']}, {meta['dtype']}, "

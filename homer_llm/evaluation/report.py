@@ -96,8 +96,10 @@ def markdown_table(all_cells: list[Cell], methods: list[str], lengths: list[int]
     return "\n\n".join(blocks) + "\n"
 
 
-def environment(model_name: str, device: str, dtype: str, window: int, chunk_len: int) -> dict:
-    """Date, device and versions for the report."""
+def environment(
+    model_name: str, device: str, dtype: str, window: int, chunk_len: int, threads: int | None = None
+) -> dict:
+    """Date, device and versions for the report (``threads``: torch CPU threads of the run)."""
     import bm25s
     import torch
     import transformers
@@ -115,7 +117,7 @@ def environment(model_name: str, device: str, dtype: str, window: int, chunk_len
     if device.startswith("cuda") and torch.cuda.is_available():
         hardware = torch.cuda.get_device_name(torch.device(device))
     else:
-        hardware = f"{cpu}, {torch.get_num_threads()} torch threads"
+        hardware = f"{cpu}, {threads or torch.get_num_threads()} torch threads"
     return {
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "model": model_name,
