@@ -23,7 +23,7 @@ fi
 # 2. passkey: RoPE scaling baselines (affordable at 2x only), HOMER ablations, HOMER + YaRN
 #    (a one-sample bias table for its 8k-token YaRN chunks: eight would cost ~25 CPU minutes)
 if [[ $STAGE == 2 || $STAGE == all ]]; then
-  "${EVAL[@]}" --tasks passkey --methods yarn,ntk,linear --lengths 8k,16k --samples 1 --call-seconds 900 --max-seconds 2400
+  "${EVAL[@]}" --tasks passkey --methods yarn,ntk,linear --lengths 8k,16k --samples 1 --call-seconds 1500 --max-seconds 4000
   "${EVAL[@]}" --tasks passkey --methods homer-uncal,homer-random,homer-yarn --samples 1 \
     --yarn-calibration-samples 1 --call-seconds 2000 --max-seconds 5400
 fi
