@@ -98,6 +98,8 @@ def add_ask_arguments(parser: argparse.ArgumentParser) -> None:
                        help="weights dtype (auto: bfloat16 on CUDA, float32 on CPU)")
     model.add_argument("--attn", default="sdpa", choices=["sdpa", "eager", "flash_attention_2"],
                        help="attention backend")
+    model.add_argument("--threads", type=_positive_int, default=None, metavar="N",
+                       help="CPU threads for torch (default: torch's choice; 1 is faster on a busy machine)")
     homer = parser.add_argument_group("HOMER")
     homer.add_argument("--chunk-len", type=_positive_int, default=None, metavar="M",
                        help="longest chunk any forward pass sees (default: half the model window)")
@@ -174,6 +176,18 @@ def run_ask(args: argparse.Namespace) -> int:
 
     import torch
 
+    threads = torch.get_num_threads()
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    try:
+        return _ask(args, document)
+    finally:
+        torch.set_num_threads(threads)  # main() may run in-process (tests, notebooks)
+
+
+def _ask(args: argparse.Namespace, document: str) -> int:
+    import torch
+
     from .config import GenerationConfig, HomerConfig
     from .model import HomerModel, resolve_device
 
@@ -236,6 +250,7 @@ def run_ask(args: argparse.Namespace) -> int:
         "device": str(hm.device),
         "dtype": str(next(hm.model.parameters()).dtype).removeprefix("torch."),
         "attn": args.attn,
+        "threads": torch.get_num_threads(),
         "versions": _versions(__version__),
     }
     print(json.dumps(report))

@@ -302,3 +302,12 @@ def test_other_lazy_modules_are_not_imported(monkeypatch):
     parser = cli.build_parser("ask")
     assert "homer_llm._must_not_import" not in sys.modules
     assert "eval" in parser.format_help()
+
+
+def test_threads_option_is_reported_and_restored(capsys, short_doc, tiny_dir):
+    before = torch.get_num_threads()
+    code, out, err = run(capsys, "ask", "--model", tiny_dir, "--document", short_doc, "--threads", "1",
+                         "--max-new-tokens", "2", "--json", "--no-progress", "Q?")
+    assert code == 0, err
+    assert json.loads(out)["threads"] == 1
+    assert torch.get_num_threads() == before
