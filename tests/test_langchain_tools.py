@@ -57,6 +57,8 @@ class Person(BaseModel):
         ('[TOOL_CALLS]add[ARGS]{"a": 1, "b": 2}', [("add", {"a": 1, "b": 2})]),
         ('[{"name": "add", "arguments": "{\\"a\\": 1, \\"b\\": 2}"}]', [("add", {"a": 1, "b": 2})]),
         ('<tool_call>{"name": "add", "arguments": {"a": 1, "b": 2', [("add", {"a": 1, "b": 2})]),  # truncated
+        # a stray brace written by SmolLM2-135M (observed on the unicode standard test)
+        ('<tool_call>[{"name": "add", "arguments": {"a": "你好"}}}]</tool_call>', [("add", {"a": "你好"})]),
         ('<tool_call>{"type": "function", "function": {"name": "add", "arguments": {"a": 5}}}</tool_call>',
          [("add", {"a": 5})]),
         ('<tool_call>{"name": "get_weather", "arguments": {}}</tool_call>', [("get_weather", {})]),

@@ -421,10 +421,8 @@ class HomerLLM(BaseChatModel):
         system_text = "\n\n".join(t for t in instructions if t) or None
         native_tools = list(spec.tools) if spec is not None and spec.active and fmt.native else None
 
-        parts, document_tokens = self._build_parts(engine, dicts, system_text, documents, native_tools)
-        if prefill:
-            ids = tuple(engine.tokenizer(prefill, add_special_tokens=False)["input_ids"])
-            parts = PromptParts(parts.prefix, parts.context, parts.suffix + ids)
+        tail = tuple(engine.tokenizer(prefill, add_special_tokens=False)["input_ids"]) if prefill else ()
+        parts, document_tokens = self._build_parts(engine, dicts, system_text, documents, native_tools, tail)
         try:
             engine.plan(parts)
         except ValueError as err:
@@ -451,19 +449,24 @@ class HomerLLM(BaseChatModel):
 
     def _build_parts(
         self, engine: HomerModel, dicts: list[dict[str, Any]], system_text: str | None, documents: Any,
-        tools: list | None,
+        tools: list | None, tail: tuple[int, ...] = (),
     ) -> tuple[PromptParts, int]:
         """Prompt parts with the context found (explicit documents, or the long span), or plain.
 
         ``system_text`` (tool and JSON instructions) is added after the document search, so it
-        is never mistaken for the document and never compressed.
+        is never mistaken for the document and never compressed. ``tail`` (the ids of a
+        pre-written start of the answer) ends the suffix.
         """
+
+        def render(messages: list[dict[str, Any]], document: str | None) -> PromptParts:
+            parts = _render(engine, add_system(messages, system_text), document, tools)
+            return PromptParts(parts.prefix, parts.context, parts.suffix + tail) if tail else parts
+
         if documents is not None and not (isinstance(documents, Sequence) and not isinstance(documents, str)
                                           and len(documents) == 0):
-            document = join_documents(documents)
-            parts = _render(engine, add_system(_place_document(dicts), system_text), document, tools)
+            parts = render(_place_document(dicts), join_documents(documents))
             return parts, len(parts.context)
-        parts = _render(engine, add_system(dicts, system_text), None, tools)
+        parts = render(dicts, None)
         if _fits(engine, parts):
             return parts, 0
         edge = self.edge_tokens if self.edge_tokens is not None else min(256, engine.chunk_len // 8)
@@ -479,7 +482,7 @@ class HomerLLM(BaseChatModel):
                     span.message_index)
         dicts = [dict(m) for m in dicts]
         dicts[span.message_index]["content"] = text[:span.start] + DOCUMENT_PLACEHOLDER + text[span.end:]
-        found = _render(engine, add_system(dicts, system_text), text[span.start:span.end], tools)
+        found = render(dicts, text[span.start:span.end])
         try:
             engine.plan(found)
         except ValueError as err:

@@ -333,33 +333,59 @@ def new_call_id() -> str:
 
 def close_json(text: str) -> str:
     """Close the strings, arrays and objects a truncated JSON text left open (best effort)."""
+    return repair_json(text)[0]
+
+
+def repair_json(text: str) -> tuple[str, int]:
+    """Best-effort repair of the JSON value at the start of ``text`` written by a small model.
+
+    Closing brackets that match nothing open are dropped (``{"a": 1}}]`` inside a list), and
+    whatever is still open when the text ends (truncated output) is closed. Returns the repaired
+    text of the first value and how many characters of ``text`` it used.
+    """
     stack: list[str] = []
+    out: list[str] = []
     in_string = escape = False
-    for ch in text:
+    used = len(text)
+    for i, ch in enumerate(text):
         if in_string:
+            out.append(ch)
             if escape:
                 escape = False
             elif ch == "\\":
                 escape = True
             elif ch == '"':
                 in_string = False
-        elif ch == '"':
+            continue
+        if ch == '"':
             in_string = True
         elif ch in "{[":
             stack.append("}" if ch == "{" else "]")
-        elif ch in "}]" and stack:
+        elif ch in "}]":
+            if not stack or stack[-1] != ch:
+                continue  # a stray closer
             stack.pop()
-    out = text + ('"' if in_string else "")
-    out = out.rstrip()
-    if out.endswith((",", ":")):
-        out = out[:-1] if out.endswith(",") else out + " null"
-    return out + "".join(reversed(stack))
+            if not stack:
+                out.append(ch)
+                used = i + 1
+                break
+        out.append(ch)
+    repaired = "".join(out)
+    if stack or in_string:
+        repaired += '"' if in_string else ""
+        repaired = repaired.rstrip()
+        if repaired.endswith(","):
+            repaired = repaired[:-1]
+        elif repaired.endswith(":"):
+            repaired += " null"
+        repaired += "".join(reversed(stack))
+    return repaired, used
 
 
 def _decode_first(text: str) -> tuple[Any, int]:
     """Decode the JSON value at the start of ``text`` (after whitespace): (value, end offset).
 
-    A truncated value is closed with ``close_json`` (then the end offset is ``len(text)``).
+    A malformed or truncated value is repaired with ``repair_json`` first.
 
     Raises:
         ValueError: no JSON value there.
@@ -369,8 +395,8 @@ def _decode_first(text: str) -> tuple[Any, int]:
         value, end = _DECODER.raw_decode(text, start)
         return value, end
     except ValueError:
-        value = json.loads(close_json(text[start:]))
-        return value, len(text)
+        repaired, used = repair_json(text[start:])
+        return json.loads(repaired), start + used
 
 
 def _as_calls(value: Any) -> list[dict[str, Any]] | None:

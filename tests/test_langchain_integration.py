@@ -1,0 +1,139 @@
+"""HomerLLM on the embedded default model (SmolLM2-135M-Instruct) on CPU: slow tests.
+
+- LangChain's ChatModelIntegrationTests: everything that does not need a model able to decide
+  on its own to call a tool passes; the rest is marked xfail with the observed reason.
+- A ``ChatPromptTemplate | HomerLLM() | StrOutputParser()`` chain over a ~32k-token document with
+  a buried 5-digit passkey returns the passkey, by invoke and by streaming (several chunks).
+
+Run with ``pytest tests/test_langchain_integration.py -m slow`` (minutes on a CPU).
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from typing import Any
+
+import pytest
+from langchain_core.messages import AIMessage
+from langchain_core.output_parsers import StrOutputParser
+from langchain_core.prompts import ChatPromptTemplate
+from langchain_homer import HomerLLM
+from langchain_tests.integration_tests import ChatModelIntegrationTests
+
+pytestmark = pytest.mark.slow
+
+_NO_AUTONOMOUS_TOOLS = (
+    "SmolLM2-135M-Instruct does not decide on its own to call a tool: with tool_choice=None it answers "
+    "in prose (observed: 'The weather in San Francisco, CA, is typically ...'); forced calls work"
+)
+
+
+class TestHomerLLMStandardIntegration(ChatModelIntegrationTests):
+    """langchain-tests' ChatModelIntegrationTests on the default model, CPU, greedy decoding."""
+
+    @property
+    def chat_model_class(self) -> type[HomerLLM]:
+        return HomerLLM
+
+    @property
+    def chat_model_params(self) -> dict[str, Any]:
+        return {"max_tokens": 48}
+
+    @property
+    def supports_json_mode(self) -> bool:
+        return True
+
+    @property
+    def supported_usage_metadata_details(self) -> dict:
+        return {"invoke": ["cache_read_input", "cache_creation_input"],
+                "stream": ["cache_read_input", "cache_creation_input"]}
+
+    def _cached(self, *, stream: bool, hit: bool) -> AIMessage:
+        from homer_llm.doc_cache import DocumentCache
+
+        llm = HomerLLM(max_tokens=8, document_cache=DocumentCache(mode="exact"))
+        doc = "The museum opens at nine and closes at five. Tickets cost twelve euros."
+        for _ in range(2 if hit else 1):
+            if stream:
+                full = None
+                for chunk in llm.stream("When does the museum open?", documents=[doc]):
+                    full = chunk if full is None else full + chunk
+                message = full
+            else:
+                message = llm.invoke("When does the museum open?", documents=[doc])
+        details = message.usage_metadata["input_token_details"]
+        assert (details["cache_read"] > 0) if hit else (details["cache_creation"] > 0)
+        return message
+
+    def invoke_with_cache_read_input(self, *, stream: bool = False) -> AIMessage:
+        return self._cached(stream=stream, hit=True)
+
+    def invoke_with_cache_creation_input(self, *, stream: bool = False) -> AIMessage:
+        return self._cached(stream=stream, hit=False)
+
+    @pytest.mark.xfail(reason=_NO_AUTONOMOUS_TOOLS, strict=False)
+    @pytest.mark.parametrize("model", [{}, {"output_version": "v1"}], indirect=True)
+    def test_agent_loop(self, model) -> None:
+        super().test_agent_loop(model)
+
+
+# --------------------------------------------------------------------------------- passkey
+_SUBJECTS = ("A farmer", "The river", "An old clock", "The wind", "A small boat", "The teacher", "A grey cat",
+             "The market", "A lamp", "The garden")
+_ACTIONS = ("waited near", "moved past", "looked at", "rested beside", "hummed about", "wandered toward",
+            "listened to", "drifted by")
+_OBJECTS = ("the quiet hill", "the wooden gate", "the long road", "the open field", "the stone wall",
+            "the bright window", "the narrow lane", "the sleeping town")
+
+
+def passkey_document(tokens: int, key: int, depth: float, count, seed: int = 0) -> str:
+    """Filler sentences (no digits) of about ``tokens`` tokens with the passkey line at ``depth``."""
+    rng = random.Random(seed)
+    sentences: list[str] = []
+    total = 0
+    while total < tokens:
+        batch = [f"{rng.choice(_SUBJECTS)} {rng.choice(_ACTIONS)} {rng.choice(_OBJECTS)}." for _ in range(200)]
+        sentences.extend(batch)
+        total += count(" ".join(batch))
+    while count(" ".join(sentences)) > tokens:
+        sentences = sentences[:-20]
+    sentences.insert(int(len(sentences) * depth), f"The pass key is {key}. Remember it. {key} is the pass key.")
+    return " ".join(sentences)
+
+
+PASSKEY_PROMPT = ChatPromptTemplate.from_messages([
+    ("human",
+     "There is an important piece of information hidden inside a lot of irrelevant text. Find it and "
+     "memorize it.\n\n{document}\n\nWhat is the pass key? Answer with the number only."),
+])
+
+
+@pytest.fixture(scope="module")
+def passkey_case():
+    llm = HomerLLM(max_tokens=12)
+    key = 48213
+    document = passkey_document(32000, key, depth=0.37, count=llm.get_num_tokens)
+    return llm, key, document
+
+
+def test_passkey_chain_invoke_32k(passkey_case):
+    llm, key, document = passkey_case
+    chain = PASSKEY_PROMPT | llm | StrOutputParser()
+    start = time.perf_counter()
+    answer = chain.invoke({"document": document})
+    seconds = time.perf_counter() - start
+    print(f"\npasskey invoke: {llm.get_num_tokens(document)} document tokens, {seconds:.1f} s, answer {answer!r}")
+    assert str(key) in answer
+
+
+def test_passkey_chain_stream_32k(passkey_case):
+    llm, key, document = passkey_case
+    chain = PASSKEY_PROMPT | llm | StrOutputParser()
+    start = time.perf_counter()
+    chunks = list(chain.stream({"document": document}))
+    seconds = time.perf_counter() - start
+    text = "".join(chunks)
+    print(f"\npasskey stream: {len(chunks)} chunks, {seconds:.1f} s, answer {text!r}")
+    assert str(key) in text
+    assert len([c for c in chunks if c]) >= 3
