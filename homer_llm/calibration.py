@@ -65,6 +65,11 @@ def calibration_parts(tokenizer, chunk_len: int, index: int, seed: int = 0) -> P
     else:
         shell = split_text(tokenizer, "Read this document.\n\n", "", f"\n\n{question}\nAnswer:")
     room = chunk_len - len(shell.prefix) - len(shell.suffix)
+    if room < 4:
+        raise ValueError(
+            f"chunk_len {chunk_len} is too short to calibrate: the calibration prompt's template alone "
+            f"takes {len(shell.prefix) + len(shell.suffix)} tokens; raise chunk_len or use pruning='uncalibrated'"
+        )
     ids: list[int] = []
     words = 400
     while len(ids) < room:

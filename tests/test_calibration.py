@@ -30,6 +30,13 @@ def test_calibration_parts_fill_one_chunk(tokenizer):
     assert parts.suffix and parts.prefix
 
 
+def test_calibration_refuses_a_chunk_shorter_than_its_template(tokenizer):
+    import pytest
+
+    with pytest.raises(ValueError, match="too short to calibrate"):
+        calibration_parts(tokenizer, 40, 0)
+
+
 def test_smoothing_keeps_constants_and_short_range():
     table = torch.full((2, 64), 3.0)
     assert torch.allclose(smooth_over_distance(table), table)
