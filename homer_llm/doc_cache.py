@@ -401,9 +401,7 @@ class DocumentCache:
         """
         with self._lock:
             value = self.get(key, device)
-            entry = self._mem.get(key)
-            if entry is not None:
-                entry.pins += 1
+            entry = self._pin(key) if value is not None else None
         try:
             yield value
         finally:
@@ -462,26 +460,31 @@ class DocumentCache:
 
     @contextmanager
     def _use(self, key: str, engine: Any, compute) -> Iterator[tuple[CacheValue, bool]]:
-        """Single-flight get-or-compute of ``key``, pinned while the caller's block runs."""
-        device = engine.device
+        """Single-flight get-or-compute of ``key``; the entry stays pinned while the caller's block
+        runs (the per-key lock is released before it, so hits on one document do not queue here)."""
         with self._key_lock(key):
-            with self.pinned(key, device) as value:
-                if value is not None:
-                    yield value, True
-                    return
-            value = compute()
-            self.put(key, value)
             with self._lock:
-                entry = self._mem.get(key)
-                if entry is not None:
-                    entry.pins += 1
+                value = self.get(key, engine.device)
+                hit = value is not None
+                entry = self._pin(key) if hit else None
+            if not hit:
+                value = compute()
+                self.put(key, value)
+                with self._lock:
+                    entry = self._pin(key)
         try:
-            yield value, False
+            yield value, hit
         finally:
             if entry is not None:
                 with self._lock:
                     entry.pins -= 1
                     self._enforce()
+
+    def _pin(self, key: str) -> _Entry | None:
+        entry = self._mem.get(key)
+        if entry is not None:
+            entry.pins += 1
+        return entry
 
     @contextmanager
     def _key_lock(self, key: str) -> Iterator[None]:
