@@ -150,7 +150,13 @@ class HomerModel:
     @classmethod
     def shared(cls, model: str | Path | None = None, **kwargs: Any) -> HomerModel:
         """A process-wide instance per (model, settings): loaded once, reused by every caller."""
-        key = (str(model), tuple(sorted((k, repr(v)) for k, v in kwargs.items())))
+        # Settings equal to the defaults do not split the key: passing dtype="auto" or
+        # homer=HomerConfig() shares the engine of a caller that passed nothing.
+        defaults = {"device": None, "dtype": None, "attn_implementation": "sdpa", "homer": None}
+        explicit = {k: v for k, v in kwargs.items()
+                    if not (k in defaults and (v == defaults[k] or (k == "dtype" and v == "auto")
+                                               or (k == "homer" and v == HomerConfig())))}
+        key = (str(model), tuple(sorted((k, repr(v)) for k, v in explicit.items())))
         with cls._shared_lock:
             if key not in cls._shared:
                 cls._shared[key] = cls.load(model, **kwargs)

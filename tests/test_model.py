@@ -99,5 +99,7 @@ def test_model_from_folder_round_trip(tmp_path, tokenizer):
     hm = HomerModel.load(tmp_path / "m", dtype="float32")
     assert hm.window == 256 and hm.chunk_len == 128
     assert HomerModel.shared(tmp_path / "m", dtype="float32") is HomerModel.shared(tmp_path / "m", dtype="float32")
+    same = HomerModel.shared(tmp_path / "m", dtype="float32", attn_implementation="sdpa", homer=HomerConfig())
+    assert same is HomerModel.shared(tmp_path / "m", dtype="float32")
     ans = hm.ask("words " * 80, "q?", config=GenerationConfig(max_new_tokens=3))
     assert ans.cache_tokens == 128
