@@ -7,6 +7,7 @@ and siblings merge layer by layer up a binary tree into one compact standard KV 
 
 from .compat import UnsupportedModelError
 from .config import GenerationConfig, HomerConfig
+from .doc_cache import DocumentCache
 from .engine import CompressedContext, CompressionStats
 from .generation import Generation, TextStream
 from .model import Answer, HomerModel, check_document
@@ -18,6 +19,7 @@ __all__ = [
     "Answer",
     "CompressedContext",
     "CompressionStats",
+    "DocumentCache",
     "Generation",
     "GenerationConfig",
     "HomerConfig",

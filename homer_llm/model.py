@@ -147,16 +147,23 @@ class HomerModel:
             lm.to(device)
         return cls(lm, tokenizer, name=path if model is not None else "SmolLM2-135M-Instruct", homer=homer)
 
-    @classmethod
-    def shared(cls, model: str | Path | None = None, **kwargs: Any) -> HomerModel:
-        """A process-wide instance per (model, settings): loaded once, reused by every caller."""
-        # Settings equal to the defaults do not split the key: passing dtype="auto" or
-        # homer=HomerConfig() shares the engine of a caller that passed nothing.
+    @staticmethod
+    def shared_key(model: str | Path | None = None, **kwargs: Any) -> tuple:
+        """The key of :meth:`shared`: the model and the settings that differ from the defaults.
+
+        Settings equal to the defaults do not split the key, so passing dtype="auto" or
+        homer=HomerConfig() shares the engine of a caller that passed nothing.
+        """
         defaults = {"device": None, "dtype": None, "attn_implementation": "sdpa", "homer": None}
         explicit = {k: v for k, v in kwargs.items()
                     if not (k in defaults and (v == defaults[k] or (k == "dtype" and v == "auto")
                                                or (k == "homer" and v == HomerConfig())))}
-        key = (str(model), tuple(sorted((k, repr(v)) for k, v in explicit.items())))
+        return (str(model), tuple(sorted((k, repr(v)) for k, v in explicit.items())))
+
+    @classmethod
+    def shared(cls, model: str | Path | None = None, **kwargs: Any) -> HomerModel:
+        """A process-wide instance per (model, settings): loaded once, reused by every caller."""
+        key = cls.shared_key(model, **kwargs)
         with cls._shared_lock:
             if key not in cls._shared:
                 cls._shared[key] = cls.load(model, **kwargs)

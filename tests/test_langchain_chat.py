@@ -46,7 +46,9 @@ def test_construction_is_lazy_and_default_model_is_shared(monkeypatch):
     llm = HomerLLM()
     assert calls == []  # nothing loads at construction
     assert llm.invoke("hello").content == "hi there"
-    assert calls == [(None, {})]  # the embedded default, with no settings: the key every adapter shares
+    # the embedded default, with default settings: the key every adapter shares
+    assert len(calls) == 1 and calls[0][0] is None
+    assert HomerModel.shared_key(None, **calls[0][1]) == HomerModel.shared_key(None)
     HomerLLM(device="cpu", dtype="bfloat16", chunk_len=64).invoke("x")
     model, kwargs = calls[-1]
     assert model is None and kwargs["device"] == "cpu" and kwargs["dtype"] == "bfloat16"

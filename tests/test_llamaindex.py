@@ -97,7 +97,7 @@ def test_settings_llm_accepts_it_without_loading(monkeypatch):
         Settings._llm = previous
 
 
-def test_lazy_shared_engine_passes_only_set_options(monkeypatch, engine):
+def test_lazy_shared_engine_loads_once_per_settings(monkeypatch, engine):
     calls = []
 
     def fake_load(cls, model=None, **kwargs):
@@ -109,9 +109,11 @@ def test_lazy_shared_engine_passes_only_set_options(monkeypatch, engine):
     a, b = HomerLLM(), HomerLLM()
     assert a._engine is None
     assert a.engine is b.engine is engine
-    assert calls == [(None, {})]  # loaded once, through HomerModel.shared, with no stray None options
+    # loaded once, through HomerModel.shared, with the default settings
+    assert len(calls) == 1 and calls[0][0] is None
+    assert HomerModel.shared_key(None, **calls[0][1]) == HomerModel.shared_key(None)
     assert HomerLLM(model="m", device="cpu", dtype="bfloat16").engine is engine
-    assert calls[-1] == ("m", {"device": "cpu", "dtype": "bfloat16"})
+    assert calls[-1][0] == "m" and calls[-1][1]["device"] == "cpu" and calls[-1][1]["dtype"] == "bfloat16"
     # explicit defaults are the same settings: no second load
     assert HomerLLM(dtype="auto", attn_implementation="sdpa", homer=HomerConfig()).engine is engine
     assert len(calls) == 2

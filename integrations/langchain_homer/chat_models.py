@@ -265,18 +265,10 @@ class HomerLLM(BaseChatModel):
 
     # ------------------------------------------------------------------ engine
     def _load_kwargs(self) -> dict[str, Any]:
-        """Only non-default settings, so equal settings share one engine across adapters."""
-        kwargs: dict[str, Any] = {}
-        if self.device is not None:
-            kwargs["device"] = self.device
-        if self.dtype is not None and self.dtype != "auto":
-            kwargs["dtype"] = self.dtype
-        if self.attn_implementation != "sdpa":
-            kwargs["attn_implementation"] = self.attn_implementation
-        homer = self._homer_config()
-        if homer != HomerConfig():
-            kwargs["homer"] = homer
-        return kwargs
+        """The load settings; HomerModel.shared keys on the non-default ones, so equal settings
+        share one engine with the LlamaIndex adapter."""
+        return {"device": self.device, "dtype": self.dtype,
+                "attn_implementation": self.attn_implementation, "homer": self._homer_config()}
 
     def get_engine(self, model: str | None = None) -> HomerModel:
         """The engine for this model (or a per-call ``model`` override), loading it on first use.

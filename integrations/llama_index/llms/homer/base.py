@@ -152,17 +152,10 @@ class HomerLLM(CustomLLM):
         return self._engine
 
     def _load_kwargs(self) -> dict[str, Any]:
-        """Only non-default settings: equal settings give the LangChain adapter's shared-engine key."""
-        kwargs: dict[str, Any] = {}
-        if self.device is not None:
-            kwargs["device"] = self.device
-        if self.dtype is not None and self.dtype != "auto":
-            kwargs["dtype"] = self.dtype
-        if self.attn_implementation is not None and self.attn_implementation != "sdpa":
-            kwargs["attn_implementation"] = self.attn_implementation
-        if self.homer is not None and self.homer != HomerConfig():
-            kwargs["homer"] = self.homer
-        return kwargs
+        """The load settings; HomerModel.shared keys on the non-default ones, so equal settings
+        share one engine with the LangChain adapter."""
+        return {"device": self.device, "dtype": self.dtype,
+                "attn_implementation": self.attn_implementation or "sdpa", "homer": self.homer}
 
     @property
     def document_cache(self) -> Any:
