@@ -180,6 +180,9 @@ def run(args: argparse.Namespace) -> int:
 
     dtype = str(next(hm.model.parameters()).dtype).replace("torch.", "")
     meta = environment(hm.name, str(hm.device), dtype, hm.window, hm.chunk_len, run_settings.get("torch_threads"))
+    stamps = sorted(r.finished for r in records if r.finished)
+    if stamps:  # the time the records were made, not the time this report was rendered
+        meta["date"] = f"records from {stamps[0][:16]} to {stamps[-1][:16]} UTC"
     meta.update({"settings": run_settings, "run": info,
                  "homer": {"chunk_len": hm.chunk_len, "cache_len": hm.homer.cache_len,
                            "warmup_layers": hm.homer.warmup_layers, "calibration_samples": hm.homer.calibration_samples,

@@ -16,6 +16,7 @@ import time
 import traceback
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 
 import torch
@@ -100,6 +101,7 @@ class Record:
     expected: list[str] | None = None
     error: str | None = None
     reused: bool = False
+    finished: str | None = None  # UTC time the record was made (ISO 8601); None in older records
 
     @property
     def key(self) -> tuple[str, str, int, int]:
@@ -214,6 +216,7 @@ def run_one(method: Method, sample: QASample | PPLSample, task: str, length: int
             logger.debug("method %s failed:\n%s", method.name, traceback.format_exc())
     finally:
         base.seconds = round(time.perf_counter() - start, 3)
+        base.finished = datetime.now(UTC).isoformat(timespec="seconds")
     return base
 
 
