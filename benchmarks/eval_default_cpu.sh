@@ -27,6 +27,14 @@ if [[ $STAGE == 2 || $STAGE == all ]]; then
   "${EVAL[@]}" --tasks passkey --methods homer-uncal,homer-random,homer-yarn --samples 1 \
     --yarn-calibration-samples 1 --call-seconds 2000 --max-seconds 5400
 fi
+# 4. the cells issue 3's targets compare, with several samples (one 1-thread job, ~2 CPU hours):
+#    in-window accuracy (8k) against 4x (32k), variable tracking against BM25, perplexity at 8x
+if [[ $STAGE == 4 ]]; then
+  "${EVAL[@]}" --tasks passkey --methods homer,bm25,truncate,full --lengths 8k --samples 5 --call-seconds 900 --max-seconds 2400
+  "${EVAL[@]}" --tasks passkey --methods homer,bm25,truncate --lengths 32k --samples 5 --call-seconds 900 --max-seconds 2700
+  "${EVAL[@]}" --tasks vartrack --methods homer,bm25 --lengths 16k --samples 3 --call-seconds 900 --max-seconds 1500
+  "${EVAL[@]}" --tasks ppl --methods homer,truncate --lengths 64k --samples 1 --call-seconds 1500 --max-seconds 1800
+fi
 # 3. more samples and the other tasks, as far as the budget goes
 if [[ $STAGE == 3 || $STAGE == all ]]; then
   "${EVAL[@]}" --tasks passkey,vartrack,multikey,multivalue,ppl \

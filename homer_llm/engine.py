@@ -80,8 +80,13 @@ def _layer_passes(node: Node) -> int:
     return own + _layer_passes(node.left) + _layer_passes(node.right)
 
 
-class _Pass:
-    """One compression: holds what every node needs, and the live-memory bookkeeping."""
+class TreePass:
+    """One depth-first compression: holds what every node needs, and the live-memory bookkeeping.
+
+    Extension point: a subclass may override :meth:`leaf` to produce a leaf's pruned state some
+    other way (``homer_llm.reuse`` rebuilds leaves from cached question-independent states); the
+    merge order, the upper levels and the memory accounting stay the engine's.
+    """
 
     def __init__(
         self,
@@ -116,17 +121,42 @@ class _Pass:
         hidden = compat.embed(self.parts, leaf_ids)
         return ChunkState(hidden, positions, (), P, S)
 
+    def leaf(self, node: Node) -> ChunkState:
+        """The leaf's state after its layers [node.layer_start, node.layer_end) and its pruning."""
+        return self.run_layers(self.leaf_input(node), node)
+
     def run(self, node: Node) -> ChunkState:
+        """The state of ``node`` after its layers and pruning, children first (depth-first)."""
         if node.left is None or node.right is None:
-            state = self.leaf_input(node)
-        else:
-            left = self.run(node.left)
-            self.waiting.append(left)
-            right = self.run(node.right)
-            self.waiting.pop()
-            state = merge(left, right)
-            del left, right
+            return self.leaf(node)
+        left = self.run(node.left)
+        self.waiting.append(left)
+        right = self.run(node.right)
+        self.waiting.pop()
+        state = merge(left, right)
+        del left, right
         return self.run_layers(state, node)
+
+    def note_live(self, state: ChunkState) -> None:
+        """Track the peak of live K/V: this node's plus the finished left siblings waiting."""
+        live = state.kv_bytes() + sum(s.kv_bytes() for s in self.waiting)
+        self.peak_kv = max(self.peak_kv, live)
+
+    def finish(self, start: float) -> CompressedContext:
+        """Run the whole tree and package the root as the compressed context (``start``: perf_counter)."""
+        plan = self.plan
+        root = self.run(plan.root)
+        logits = compat.final_logits(self.parts, root.hidden[:, -1:])
+        stats = CompressionStats(
+            input_tokens=plan.prefix_len + plan.context_len + plan.suffix_len,
+            cache_tokens=root.length,
+            tree_height=plan.height,
+            num_leaves=plan.num_leaves,
+            peak_kv_bytes=self.peak_kv,
+            seconds=time.perf_counter() - start,
+        )
+        logger.debug("HOMER pass: %s", stats)
+        return CompressedContext(root.kv, plan.next_position, logits, stats)
 
     def run_layers(self, state: ChunkState, node: Node) -> ChunkState:
         parts = self.parts
@@ -143,8 +173,7 @@ class _Pass:
             self.done += 1
             if self.progress is not None:
                 self.progress(self.done, self.total)
-        live = state.kv_bytes() + sum(s.kv_bytes() for s in self.waiting)
-        self.peak_kv = max(self.peak_kv, live)
+        self.note_live(state)
         if node.keep_ctx >= state.context_len:
             return state
         scores = self.scores(state, last, hidden_last, pos_emb)
@@ -188,17 +217,4 @@ def compress(
     if ids.numel() != expected:
         raise ValueError(f"plan is for {expected} tokens, got {ids.numel()}")
     start = time.perf_counter()
-    run = _Pass(parts, plan, ids, bias, random_generator, progress)
-    root = run.run(plan.root)
-    logits = compat.final_logits(parts, root.hidden[:, -1:])
-    seconds = time.perf_counter() - start
-    stats = CompressionStats(
-        input_tokens=expected,
-        cache_tokens=root.length,
-        tree_height=plan.height,
-        num_leaves=plan.num_leaves,
-        peak_kv_bytes=run.peak_kv,
-        seconds=seconds,
-    )
-    logger.debug("HOMER pass: %s", stats)
-    return CompressedContext(root.kv, plan.next_position, logits, stats)
+    return TreePass(parts, plan, ids, bias, random_generator, progress).finish(start)

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 
 from . import compat
-from .engine import CompressedContext, CompressionStats, Progress, _Pass
+from .engine import CompressedContext, Progress, TreePass
 from .generation import extend_context
 from .prompt import PromptParts
 from .schedule import Node, Plan, make_plan
@@ -219,7 +219,7 @@ def build_leaf_states(
     return LeafStates(tuple(kv_out), tuple(hidden_out), P, len(parts.context), suffix_budget)
 
 
-class _ReusePass(_Pass):
+class _ReusePass(TreePass):
     """The engine's depth-first pass, with leaves rebuilt from cached question-independent states."""
 
     def __init__(self, engine: Any, plan: Plan, ids: torch.Tensor, leaves: LeafStates, progress: Progress | None):
@@ -227,12 +227,7 @@ class _ReusePass(_Pass):
         self.leaves = leaves
         self.leaf_index = {node.leaf_start: j for j, node in enumerate(_leaf_nodes(plan))}
 
-    def run(self, node: Node) -> ChunkState:
-        if node.is_leaf:
-            return self.leaf_from_cache(node)
-        return super().run(node)
-
-    def leaf_from_cache(self, node: Node) -> ChunkState:
+    def leaf(self, node: Node) -> ChunkState:
         """Prefill the suffix on top of the cached leaf, then prune it with the question's query."""
         parts, plan = self.parts, self.plan
         j = self.leaf_index[node.leaf_start]
@@ -258,8 +253,7 @@ class _ReusePass(_Pass):
         positions = torch.cat([torch.arange(past_len), suffix_pos]).to(parts.embed_device)
         full_hidden = torch.cat([cached_hidden, hidden.to(cached_hidden.device)], dim=1)
         state = ChunkState(full_hidden, positions, kv, P, S)
-        live = state.kv_bytes() + sum(s.kv_bytes() for s in self.waiting)
-        self.peak_kv = max(self.peak_kv, live)
+        self.note_live(state)
         if node.keep_ctx >= state.context_len:
             return state
         scores = self.scores(state, last, hidden_last, pos_emb)
@@ -287,18 +281,7 @@ def compress_from_leaves(
     ids = torch.tensor(parts.ids, dtype=torch.long)
     start = time.perf_counter()
     with engine.lock:
-        run = _ReusePass(engine, plan, ids, leaves, progress)
-        root = run.run(plan.root)
-        logits = compat.final_logits(engine.parts, root.hidden[:, -1:])
-    stats = CompressionStats(
-        input_tokens=len(parts),
-        cache_tokens=root.length,
-        tree_height=plan.height,
-        num_leaves=plan.num_leaves,
-        peak_kv_bytes=run.peak_kv,
-        seconds=time.perf_counter() - start,
-    )
-    return CompressedContext(root.kv, plan.next_position, logits, stats)
+        return _ReusePass(engine, plan, ids, leaves, progress).finish(start)
 
 
 @torch.inference_mode()

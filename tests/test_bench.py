@@ -242,13 +242,13 @@ def test_plan_cost_replays_the_engine_peak_kv_and_prunes(monkeypatch, context, o
     parts = runner.compat.model_parts(model)
     plan = runner.make_plan(8, context, 8, chunk_len=128, cache_len=128, num_layers=TINY.layers)
     scored = []
-    real_scores = engine._Pass.scores
+    real_scores = engine.TreePass.scores
 
     def counting(self, *args, **kwargs):
         scored.append(1)
         return real_scores(self, *args, **kwargs)
 
-    monkeypatch.setattr(engine._Pass, "scores", counting)
+    monkeypatch.setattr(engine.TreePass, "scores", counting)
     ids = torch.randint(3, TINY.vocab, (context + 16,), generator=torch.Generator().manual_seed(context))
     ctx = engine.compress(parts, plan, ids)
     per_token_layer = TINY.kv_bytes_per_token(4) // TINY.layers

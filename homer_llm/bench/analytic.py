@@ -37,7 +37,7 @@ class PlanCost:
 
 
 def plan_cost(plan: Plan, bytes_per_token_layer: int = 0) -> PlanCost:
-    """Replay engine._Pass over ``plan`` with token counts instead of tensors.
+    """Replay engine.TreePass over ``plan`` with token counts instead of tensors.
 
     Depth-first: a finished (pruned) left sibling waits while its right sibling is computed. After
     a node's layers the live K/V is the node's cache (its tokens x every layer from 0 to the node's
