@@ -135,6 +135,23 @@ def test_wilson_interval_known_values():
         wilson_interval(3, 2)
 
 
+def test_wilson_interval_brackets_the_estimate():
+    # 0/3 once gave a lower bound of ~1e-17 > 0 and the plot's error bars failed on it
+    for n in range(1, 60):
+        for k in range(n + 1):
+            lo, hi = wilson_interval(k, n)
+            assert 0.0 <= lo <= k / n <= hi <= 1.0, (k, n, lo, hi)
+
+
+def test_plot_accepts_all_wrong_and_all_right_cells(tmp_path):
+    from homer_llm.evaluation.harness import Record
+    from homer_llm.evaluation.report import cells, plot
+
+    records = [Record("vartrack", m, 16384, i, "ok", correct=(m == "bm25")) for m in ("homer", "bm25") for i in range(3)]
+    out = plot(cells(records), ["homer", "bm25"], ["vartrack"], tmp_path / "a.png")
+    assert out.exists() and out.stat().st_size > 0
+
+
 def test_perplexity_interval():
     ppl, lo, hi = perplexity_interval([math.log(10.0)])
     assert ppl == pytest.approx(10.0) and lo == hi == ppl

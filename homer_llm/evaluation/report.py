@@ -159,7 +159,7 @@ def plot(all_cells: list[Cell], methods: list[str], tasks: list[str], path: Path
             xs = [c.length for c in pts]
             scale = 1.0 if task == "ppl" else 100.0
             ys = [scale * c.value for c in pts]
-            err = [[scale * (c.value - c.low) for c in pts], [scale * (c.high - c.value) for c in pts]]
+            err = [[scale * max(0.0, c.value - c.low) for c in pts], [scale * max(0.0, c.high - c.value) for c in pts]]
             style = "-o" if method.startswith("homer") else "--s"
             ax.errorbar(xs, ys, yerr=err, fmt=style, capsize=3, label=method, markersize=4, linewidth=1.3)
         ax.set_xscale("log", base=2)

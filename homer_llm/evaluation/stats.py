@@ -21,7 +21,8 @@ def wilson_interval(successes: int, n: int, z: float = Z95) -> tuple[float, floa
     denom = 1.0 + z * z / n
     centre = (p + z * z / (2 * n)) / denom
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return max(0.0, centre - half), min(1.0, centre + half)
+    # min/max with p: rounding must not put the bound on the wrong side of the estimate (0/n, n/n)
+    return min(p, max(0.0, centre - half)), max(p, min(1.0, centre + half))
 
 
 def perplexity_interval(mean_nlls: Sequence[float], z: float = Z95) -> tuple[float, float, float]:
