@@ -35,6 +35,16 @@ if [[ $STAGE == 4 ]]; then
   "${EVAL[@]}" --tasks vartrack --methods homer,bm25 --lengths 16k --samples 3 --call-seconds 900 --max-seconds 1500
   "${EVAL[@]}" --tasks ppl --methods homer,truncate --lengths 64k --samples 1 --call-seconds 1500 --max-seconds 1800
 fi
+# 5. the rest of the matrix that a CPU session affords, as two 1-thread jobs (5a and 5b can run at once)
+if [[ $STAGE == 5a ]]; then
+  "${EVAL[@]}" --tasks ppl --methods homer,truncate --lengths 64k --samples 1 --call-seconds 1500 --max-seconds 1800
+  "${EVAL[@]}" --tasks passkey --methods homer-uncal,homer-random --lengths 32k --samples 5 --call-seconds 900 --max-seconds 1800
+  "${EVAL[@]}" --tasks multikey,multivalue --methods homer,bm25 --lengths 16k --samples 3 --call-seconds 900 --max-seconds 1200
+fi
+if [[ $STAGE == 5b ]]; then
+  "${EVAL[@]}" --tasks passkey --methods homer,bm25,truncate --lengths 16k,64k --samples 5 --call-seconds 900 --max-seconds 2400
+  "${EVAL[@]}" --tasks passkey --methods yarn,ntk,linear --lengths 16k --samples 3 --call-seconds 900 --max-seconds 2700
+fi
 # 3. more samples and the other tasks, as far as the budget goes
 if [[ $STAGE == 3 || $STAGE == all ]]; then
   "${EVAL[@]}" --tasks passkey,vartrack,multikey,multivalue,ppl \

@@ -90,6 +90,10 @@ def add_ask_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--plain", action="store_true",
                         help="no HOMER: run the plain model on the whole prompt, even beyond its window")
     parser.add_argument("--system", default=None, metavar="TEXT", help="system prompt")
+    parser.add_argument("--answer-prefix", default=None, metavar="TEXT",
+                        help="start the answer with TEXT (printed as part of it). HOMER prunes by the "
+                             "attention of the prompt's last token, so a prefix naming what is sought "
+                             "(e.g. 'The pass key is') steers what survives compression")
     model = parser.add_argument_group("model")
     model.add_argument("--model", default=None, metavar="PATH_OR_ID",
                        help="local model folder or hub id (default: embedded SmolLM2-135M-Instruct)")
@@ -199,15 +203,16 @@ def _ask(args: argparse.Namespace, document: str) -> int:
     hm = HomerModel.load(args.model, device=device, dtype=args.dtype, attn_implementation=args.attn, homer=homer)
     load_seconds = time.perf_counter() - started
     config = GenerationConfig(max_new_tokens=args.max_new_tokens, temperature=args.temperature, seed=args.seed)
-    parts = hm.prepare_question(document, args.question, system=args.system)
+    parts = hm.prepare_question(document, args.question, system=args.system, answer_prefix=args.answer_prefix)
 
     progress = _Progress(enabled=not args.no_progress)
     started = time.perf_counter()
     try:
         if args.plain:
             result = plain_answer(hm, parts.ids, config)
+            result["answer"] = ((args.answer_prefix or "") + result.pop("raw_text")).strip()
         else:
-            answer = hm.answer(parts, config, progress=progress)
+            answer = hm.answer(parts, config, progress=progress, answer_prefix=args.answer_prefix)
             result = {
                 "answer": answer.text,
                 "input_tokens": answer.input_tokens,
@@ -329,7 +334,7 @@ def plain_answer(hm, ids: Sequence[int], config) -> dict[str, Any]:
         decode = time.perf_counter() - start
     text_ids = tokens[:-1] if reason == "stop" else tokens
     return {
-        "answer": tokenizer.decode(text_ids, skip_special_tokens=True).strip(),
+        "raw_text": tokenizer.decode(text_ids, skip_special_tokens=True),
         "input_tokens": len(ids),
         "cache_tokens": len(ids),
         "output_tokens": len(tokens),

@@ -204,18 +204,33 @@ class HomerModel:
             raise ValueError(f"model {self.name!r} has no chat template, so tools cannot be rendered")
         return _raw_chat(self.tokenizer, messages, document)
 
-    def prepare_question(self, document: str, question: str, *, system: str | None = None) -> PromptParts:
-        """The standard document-QA prompt: the document, then the question, in one user turn."""
+    def prepare_question(
+        self, document: str, question: str, *, system: str | None = None, answer_prefix: str | None = None
+    ) -> PromptParts:
+        """The standard document-QA prompt: the document, then the question, in one user turn.
+
+        Args:
+            answer_prefix: text the assistant's answer starts with (appended after the generation
+                prompt, so it is the end of the suffix). HOMER scores tokens by the attention of the
+                prompt's last token, so a prefix naming what is sought (e.g. "The pass key is")
+                steers which document tokens survive pruning.
+        """
         from .prompt import DOCUMENT_PLACEHOLDER
 
         check_document(document)
-        if not question or not question.strip():
-            raise ValueError("the question is empty")
+        if not isinstance(question, str) or not question.strip():
+            raise ValueError(f"the question is empty: {question!r}")
+        if answer_prefix is not None and not isinstance(answer_prefix, str):
+            raise TypeError(f"answer_prefix must be str or None, got {type(answer_prefix).__name__}")
         messages: list[dict[str, Any]] = []
         if system:
             messages.append({"role": "system", "content": system})
         messages.append({"role": "user", "content": f"{DOCUMENT_PLACEHOLDER}\n\n{question.strip()}"})
-        return self.prepare_chat(messages, document)
+        parts = self.prepare_chat(messages, document)
+        if answer_prefix:
+            primed = tuple(self.tokenizer(answer_prefix, add_special_tokens=False)["input_ids"])
+            parts = PromptParts(parts.prefix, parts.context, parts.suffix + primed)
+        return parts
 
     # ------------------------------------------------------------------ the method
     def plan(self, parts: PromptParts) -> Plan:
@@ -284,21 +299,32 @@ class HomerModel:
             return generate(self.parts, self.tokenizer, context, config or GenerationConfig(), self.eos_ids)
 
     def answer(
-        self, parts: PromptParts, config: GenerationConfig | None = None, *, progress: Progress | None = None
+        self, parts: PromptParts, config: GenerationConfig | None = None, *,
+        progress: Progress | None = None, answer_prefix: str | None = None,
     ) -> Answer:
-        """Compress, then generate; with token counts and timings."""
+        """Compress, then generate; with token counts and timings.
+
+        ``answer_prefix``: the text ``parts`` already end with (see :meth:`prepare_question`); it
+        is put back in front of the generated text so the answer reads whole.
+        """
         context = self.compress(parts, progress=progress)
         out = self.generate(context, config)
         s = context.stats
-        return Answer(out.text.strip(), s.input_tokens, s.cache_tokens, len(out.token_ids), out.finish_reason,
+        text = ((answer_prefix or "") + out.text).strip()
+        return Answer(text, s.input_tokens, s.cache_tokens, len(out.token_ids), out.finish_reason,
                       s.seconds, out.seconds, s.peak_kv_bytes, s.tree_height)
 
     def ask(
-        self, document: str, question: str, *, system: str | None = None,
+        self, document: str, question: str, *, system: str | None = None, answer_prefix: str | None = None,
         config: GenerationConfig | None = None, progress: Progress | None = None,
     ) -> Answer:
-        """Answer ``question`` about ``document`` (the whole document goes into the context)."""
-        return self.answer(self.prepare_question(document, question, system=system), config, progress=progress)
+        """Answer ``question`` about ``document`` (the whole document goes into the context).
+
+        ``answer_prefix``: optional start of the answer (see :meth:`prepare_question`); the returned
+        text includes it.
+        """
+        parts = self.prepare_question(document, question, system=system, answer_prefix=answer_prefix)
+        return self.answer(parts, config, progress=progress, answer_prefix=answer_prefix)
 
 
 def check_document(document: Any) -> None:

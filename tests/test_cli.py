@@ -227,6 +227,30 @@ def test_plain_equals_homer_when_the_document_fits(capsys, short_doc, tiny_dir):
     assert plain["output_tokens"] == homer["output_tokens"]
 
 
+def test_answer_prefix_primes_both_paths_and_is_printed(capsys, short_doc, long_doc, tiny_dir):
+    """--answer-prefix ends the prompt with the prefix and prints prefix + continuation."""
+    from homer_llm import GenerationConfig, HomerModel
+
+    hm = HomerModel.load(tiny_dir, device="cpu")
+    answers = []
+    for extra in ([], ["--plain"]):
+        code, out, err = run(capsys, "ask", "--model", tiny_dir, "--document", short_doc, "--max-new-tokens", "5",
+                             "--json", "--no-progress", "--answer-prefix", "The answer is", *extra, "What?")
+        assert code == 0, err
+        answers.append(json.loads(out))
+    homer, plain = answers
+    assert homer["answer"] == plain["answer"]  # one chunk: HOMER is the plain model
+    assert homer["answer"].startswith("The answer is")
+    expected = hm.ask(short_doc.read_text(), "What?", answer_prefix="The answer is",
+                      config=GenerationConfig(max_new_tokens=5))
+    assert homer["answer"] == expected.text
+    # on a long document too, the prompt the tree sees ends with the prefix
+    code, out, err = run(capsys, "ask", "--model", tiny_dir, "--document", long_doc, "--max-new-tokens", "3",
+                         "--no-progress", "--answer-prefix", "Sure:", "Q?")
+    assert code == 0, err
+    assert out.startswith("Sure:")
+
+
 def test_plain_runs_beyond_the_window(capsys, long_doc, tiny_dir):
     code, out, err = run(capsys, "ask", "--model", tiny_dir, "--document", long_doc, "--max-new-tokens", "3",
                          "--json", "--plain", "Q?")
@@ -246,7 +270,7 @@ def test_plain_decode_matches_transformers_generate(tiny_dir):
     reference = hm.model.generate(torch.tensor([ids]), max_new_tokens=6, do_sample=False, eos_token_id=list(hm.eos_ids))
     new = reference[0, len(ids):].tolist()
     new = [t for t in new if t not in hm.eos_ids]
-    assert result["answer"] == hm.tokenizer.decode(new, skip_special_tokens=True).strip()
+    assert result["raw_text"] == hm.tokenizer.decode(new, skip_special_tokens=True)
 
 
 def test_sampling_is_seeded(capsys, short_doc, tiny_dir):

@@ -47,6 +47,19 @@ def test_prompt_that_cannot_fit(tiny_homer):
         tiny_homer.ask("a document", "why? " * 40)
 
 
+def test_answer_prefix_ends_the_suffix(tiny_homer):
+    plain = tiny_homer.prepare_question("short doc", "q?")
+    primed = tiny_homer.prepare_question("short doc", "q?", answer_prefix="It is")
+    prefix_ids = tuple(tiny_homer.tokenizer("It is", add_special_tokens=False)["input_ids"])
+    assert primed.prefix == plain.prefix and primed.context == plain.context
+    assert primed.suffix == plain.suffix + prefix_ids
+    assert tiny_homer.prepare_question("short doc", "q?", answer_prefix="") == plain
+    with pytest.raises(TypeError, match="answer_prefix"):
+        tiny_homer.prepare_question("short doc", "q?", answer_prefix=3)
+    ans = tiny_homer.ask("short doc", "q?", answer_prefix="It is", config=GenerationConfig(max_new_tokens=3))
+    assert ans.text.startswith("It is")
+
+
 def test_short_input_is_plain_model_result(tiny_homer):
     parts = tiny_homer.prepare_question("short doc", "q?")
     ctx = tiny_homer.compress(parts)
