@@ -6,6 +6,8 @@
 #
 #   bash benchmarks/ask_passkey.sh                  # HOMER on seeds 12 and 21-24, plain on seed 12
 #   SEEDS="12" PLAIN_SEEDS="" bash benchmarks/ask_passkey.sh
+#   ANSWER_PREFIX="The pass key is" bash benchmarks/ask_passkey.sh   # the same, with --answer-prefix
+#   LAYOUT=instruction ANSWER_PREFIX="The pass key is" bash benchmarks/ask_passkey.sh   # eval's prompt
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-benchmarks/results}
@@ -13,10 +15,14 @@ TOKENS=${TOKENS:-32000}
 SEEDS=${SEEDS-12 21 22 23 24}
 PLAIN_SEEDS=${PLAIN_SEEDS-12}
 THREADS=${THREADS:-1}
+ANSWER_PREFIX=${ANSWER_PREFIX:-}
 PY=.venv/bin/python
 mkdir -p "$OUT" /tmp/homer-ask-passkey
 LOG="$OUT/ask_passkey.jsonl"
-SYSTEM="A pass key is hidden somewhere in the long text below, among many lines that do not matter. Find the pass key and remember it: you will be asked for it at the end."
+TASK="A pass key is hidden somewhere in the long text below, among many lines that do not matter. Find the pass key and remember it: you will be asked for it at the end."
+# Where the task text goes: the system prompt (default, as in the README's first results) or, with
+# LAYOUT=instruction, the user turn before the document (the layout of `homer-llm eval`).
+LAYOUT=${LAYOUT:-system}
 QUESTION="What is the pass key? Reply with the number only."
 
 run() {  # run SEED METHOD
@@ -26,8 +32,11 @@ run() {  # run SEED METHOD
   doc=/tmp/homer-ask-passkey/passkey-$TOKENS-$seed.txt
   key=$($PY -m agents.passkey --tokens "$TOKENS" --seed "$seed" --depth "$depth" --out "$doc" | sed 's/.*pass key //')
   [ "$method" = plain ] && flags=(--plain)
+  if [ "$LAYOUT" = instruction ]; then flags+=(--instruction "$TASK"); method="$method+instruction"
+  else flags+=(--system "$TASK"); fi
+  [ -n "$ANSWER_PREFIX" ] && flags+=(--answer-prefix "$ANSWER_PREFIX") && method="$method+prefix"
   $PY -m homer_llm.cli ask --json --no-progress --threads "$THREADS" "${flags[@]}" --document "$doc" \
-    --system "$SYSTEM" "$QUESTION" > /tmp/homer-ask-passkey/out.json
+    "$QUESTION" > /tmp/homer-ask-passkey/out.json
   $PY - "$seed" "$depth" "$key" "$method" >> "$LOG" <<'EOF'
 import datetime, json, re, sys
 seed, depth, key, method = sys.argv[1:]

@@ -90,6 +90,8 @@ def add_ask_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--plain", action="store_true",
                         help="no HOMER: run the plain model on the whole prompt, even beyond its window")
     parser.add_argument("--system", default=None, metavar="TEXT", help="system prompt")
+    parser.add_argument("--instruction", default=None, metavar="TEXT",
+                        help="task text placed before the document in the user turn (every HOMER chunk sees it)")
     parser.add_argument("--answer-prefix", default=None, metavar="TEXT",
                         help="start the answer with TEXT (printed as part of it). HOMER prunes by the "
                              "attention of the prompt's last token, so a prefix naming what is sought "
@@ -203,7 +205,8 @@ def _ask(args: argparse.Namespace, document: str) -> int:
     hm = HomerModel.load(args.model, device=device, dtype=args.dtype, attn_implementation=args.attn, homer=homer)
     load_seconds = time.perf_counter() - started
     config = GenerationConfig(max_new_tokens=args.max_new_tokens, temperature=args.temperature, seed=args.seed)
-    parts = hm.prepare_question(document, args.question, system=args.system, answer_prefix=args.answer_prefix)
+    parts = hm.prepare_question(document, args.question, system=args.system, instruction=args.instruction,
+                                answer_prefix=args.answer_prefix)
 
     progress = _Progress(enabled=not args.no_progress)
     started = time.perf_counter()

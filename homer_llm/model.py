@@ -205,11 +205,16 @@ class HomerModel:
         return _raw_chat(self.tokenizer, messages, document)
 
     def prepare_question(
-        self, document: str, question: str, *, system: str | None = None, answer_prefix: str | None = None
+        self, document: str, question: str, *, system: str | None = None,
+        instruction: str | None = None, answer_prefix: str | None = None,
     ) -> PromptParts:
-        """The standard document-QA prompt: the document, then the question, in one user turn.
+        """The standard document-QA prompt: [instruction,] the document, then the question, in one user turn.
 
         Args:
+            system: system prompt (None: the chat template's default, if any).
+            instruction: text before the document in the user turn. It is part of HOMER's prefix,
+                so every chunk sees it; small models follow a task stated here better than in
+                the system prompt.
             answer_prefix: text the assistant's answer starts with (appended after the generation
                 prompt, so it is the end of the suffix). HOMER scores tokens by the attention of the
                 prompt's last token, so a prefix naming what is sought (e.g. "The pass key is")
@@ -220,12 +225,14 @@ class HomerModel:
         check_document(document)
         if not isinstance(question, str) or not question.strip():
             raise ValueError(f"the question is empty: {question!r}")
-        if answer_prefix is not None and not isinstance(answer_prefix, str):
-            raise TypeError(f"answer_prefix must be str or None, got {type(answer_prefix).__name__}")
+        for name, value in (("answer_prefix", answer_prefix), ("instruction", instruction), ("system", system)):
+            if value is not None and not isinstance(value, str):
+                raise TypeError(f"{name} must be str or None, got {type(value).__name__}")
         messages: list[dict[str, Any]] = []
         if system:
             messages.append({"role": "system", "content": system})
-        messages.append({"role": "user", "content": f"{DOCUMENT_PLACEHOLDER}\n\n{question.strip()}"})
+        head = f"{instruction.strip()}\n\n" if instruction and instruction.strip() else ""
+        messages.append({"role": "user", "content": f"{head}{DOCUMENT_PLACEHOLDER}\n\n{question.strip()}"})
         parts = self.prepare_chat(messages, document)
         if answer_prefix:
             primed = tuple(self.tokenizer(answer_prefix, add_special_tokens=False)["input_ids"])
@@ -315,15 +322,16 @@ class HomerModel:
                       s.seconds, out.seconds, s.peak_kv_bytes, s.tree_height)
 
     def ask(
-        self, document: str, question: str, *, system: str | None = None, answer_prefix: str | None = None,
-        config: GenerationConfig | None = None, progress: Progress | None = None,
+        self, document: str, question: str, *, system: str | None = None, instruction: str | None = None,
+        answer_prefix: str | None = None, config: GenerationConfig | None = None, progress: Progress | None = None,
     ) -> Answer:
         """Answer ``question`` about ``document`` (the whole document goes into the context).
 
-        ``answer_prefix``: optional start of the answer (see :meth:`prepare_question`); the returned
-        text includes it.
+        ``instruction``, ``answer_prefix``: see :meth:`prepare_question`; the returned text
+        includes the answer prefix.
         """
-        parts = self.prepare_question(document, question, system=system, answer_prefix=answer_prefix)
+        parts = self.prepare_question(document, question, system=system, instruction=instruction,
+                                      answer_prefix=answer_prefix)
         return self.answer(parts, config, progress=progress, answer_prefix=answer_prefix)
 
 

@@ -56,6 +56,11 @@ def test_answer_prefix_ends_the_suffix(tiny_homer):
     assert tiny_homer.prepare_question("short doc", "q?", answer_prefix="") == plain
     with pytest.raises(TypeError, match="answer_prefix"):
         tiny_homer.prepare_question("short doc", "q?", answer_prefix=3)
+    instructed = tiny_homer.prepare_question("short doc", "q?", instruction="Read this.")
+    assert tiny_homer.tokenizer.decode(instructed.prefix).endswith("Read this.\n\n")
+    assert instructed.context == plain.context and instructed.suffix == plain.suffix
+    with pytest.raises(TypeError, match="instruction"):
+        tiny_homer.prepare_question("short doc", "q?", instruction=["x"])
     ans = tiny_homer.ask("short doc", "q?", answer_prefix="It is", config=GenerationConfig(max_new_tokens=3))
     assert ans.text.startswith("It is")
 
