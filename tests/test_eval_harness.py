@@ -214,6 +214,27 @@ def test_failures_are_recorded_and_block_longer_lengths(small_eval, tmp_path):
     # resume: nothing is run again
     again, _ = run_eval(small_eval, [Oracle(small_eval), oom, slow], settings, previous=load_records(log))
     assert slow.calls == 1 and len(again) == len(records)
+    # ... except what an earlier run skipped by its own limits: that is retried
+    from homer_llm.evaluation.harness import Record
+
+    one = EvalSettings(tasks=("passkey",), methods=("oracle",), lengths=(1024,), samples=1)
+    skipped = [Record("passkey", "oracle", 1024, 0, "skipped", error="predicted at least 9 s > per-call limit 1 s")]
+    retried, _ = run_eval(small_eval, [Oracle(small_eval)], one, previous=skipped)
+    assert [r.status for r in retried] == ["ok"]
+
+
+def test_prediction_uses_the_fastest_sample_per_length():
+    from types import SimpleNamespace
+
+    from homer_llm.evaluation.harness import Record, _Blocks
+
+    blocks = _Blocks()
+    for seconds in (367.0, 100.0, 105.0):  # one sample ran on a busy machine
+        blocks.learn(Record("passkey", "homer", 32768, 0, "ok", seconds=seconds))
+    blocks.learn(Record("passkey", "homer", 8192, 0, "ok", seconds=32.0))
+    linear = SimpleNamespace(name="homer", growth=1.0)
+    assert blocks.predicted(linear, 65536) == 256.0  # max over lengths of the fastest: 32 s x 8
+    assert blocks.predicted(SimpleNamespace(name="other", growth=1.0), 65536) == 0.0
 
 
 def test_global_budget_stops_the_run(small_eval):

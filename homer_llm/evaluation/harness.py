@@ -136,9 +136,16 @@ class _Blocks:
         return None
 
     def predicted(self, method: Method, length: int) -> float:
-        """A lower bound on the seconds ``method`` needs at ``length`` from its past successes."""
-        past = [(n, s) for n, s in self.history.get(method.name, []) if n <= length]
-        return max((s * (length / n) ** method.growth for n, s in past), default=0.0)
+        """A lower bound on the seconds ``method`` needs at ``length`` from its past successes.
+
+        Per past length the fastest sample counts (one sample run on a busy machine must not
+        block later ones); across lengths the largest extrapolation does.
+        """
+        fastest: dict[int, float] = {}
+        for n, s in self.history.get(method.name, []):
+            if n <= length:
+                fastest[n] = min(s, fastest.get(n, s))
+        return max((s * (length / n) ** method.growth for n, s in fastest.items()), default=0.0)
 
     def learn(self, record: Record) -> None:
         if record.status == OK and record.seconds is not None and not record.reused:
@@ -254,7 +261,7 @@ def run_eval(
     records: list[Record] = []
     done: set[tuple[str, str, int, int]] = set()
     for record in previous:
-        if record.status == BUDGET:
+        if record.status in (BUDGET, SKIPPED):  # decisions of that run's limits, not results: retry
             continue
         records.append(record)
         done.add(record.key)
