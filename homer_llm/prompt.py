@@ -65,13 +65,24 @@ def split_chat(
     included) the suffix. Without a document, the whole rendering is prefix + suffix and nothing
     is compressed. Tokenized with ``add_special_tokens=False``, as transformers does for chat.
 
+    A final assistant message with text content (and no tool calls) is continued, not closed:
+    it becomes the start of the answer ("prefill"), which with HOMER also steers pruning, since
+    the prompt's last token is the query that scores the document.
+
     Raises:
         ValueError: no chat template, or the placeholder missing / repeated when a document is given.
     """
     if not getattr(tokenizer, "chat_template", None):
         raise ValueError("this tokenizer has no chat template; use split_text(prefix, document, suffix)")
+    messages = list(messages)
+    last = messages[-1] if messages else {}
+    prefill = (add_generation_prompt and last.get("role") == "assistant" and not last.get("tool_calls")
+               and isinstance(last.get("content"), str) and last["content"].strip() != "")
+    if prefill and DOCUMENT_PLACEHOLDER in last["content"]:
+        raise ValueError("the document cannot go in a final assistant message (it is continued as the answer)")
     rendered = tokenizer.apply_chat_template(
-        list(messages), tools=list(tools) if tools else None, tokenize=False, add_generation_prompt=add_generation_prompt
+        messages, tools=list(tools) if tools else None, tokenize=False,
+        add_generation_prompt=add_generation_prompt and not prefill, continue_final_message=prefill,
     )
     if document is None:
         if DOCUMENT_PLACEHOLDER in rendered:

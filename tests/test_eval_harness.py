@@ -134,6 +134,24 @@ def test_cli_json_output_report_only_and_bad_flags(model_dir, tmp_path, capsys):
     assert "unknown method" in capsys.readouterr().err
 
 
+def test_ppl_recent_keeps_the_last_tokens_whole(model_dir, essays, tmp_path, capsys):
+    """--ppl-recent N: HOMER's perplexity prompt ends with the last N context tokens as its suffix."""
+    nlls = {}
+    for recent in (0, 64):
+        out = tmp_path / f"out{recent}"
+        args = _args(model=model_dir, device="cpu", methods="homer", tasks="ppl", lengths="2x", samples=1,
+                     essays=essays, ppl_tokens=32, out=out, quiet=True, json=True, ppl_recent=recent,
+                     calibration_samples=2)
+        assert eval_cli.run(args) == 0
+        payload = json.loads(capsys.readouterr().out)
+        assert payload["meta"]["homer"]["ppl_recent"] == recent
+        (record,) = payload["records"]
+        assert record["status"] == "ok" and record["target_tokens"] == 32
+        nlls[recent] = record["nll"]
+    assert nlls[0] != nlls[64]  # a different prompt split, so a different compressed context
+    assert eval_cli.run(_args(model=model_dir, ppl_recent=-1, quiet=True)) == 2
+
+
 # ---------------------------------------------------------------- failure handling with stand-ins
 class Oracle(Method):
     """Reads the answer off the sample: checks that answers reach the checker and the table."""

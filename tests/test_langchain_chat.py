@@ -187,6 +187,17 @@ def test_long_prompt_in_a_chain_compresses_only_the_document():
     assert tok.decode(list(parts.suffix)).startswith("\n\nWhat is item 3?")
 
 
+def test_final_ai_message_is_continued_as_the_answer_start():
+    """A trailing AIMessage is a prefill: the prompt (the tree's suffix) ends with its text."""
+    engine = ScriptedEngine([" 21."], window=256)
+    messages = [HumanMessage(f"Use the text.\n\n{DOC}\n\nWhat is item 3?"), AIMessage("The value of item 3 is")]
+    out = HomerLLM(engine=engine, edge_tokens=20).invoke(messages)
+    assert out.content == " 21."  # the continuation only, as prefill-capable chat APIs return it
+    parts = engine.prompts[-1]
+    assert engine.tokenizer.decode(list(parts.context)) == DOC
+    assert engine.tokenizer.decode(list(parts.suffix)).endswith("<|im_start|>assistant\nThe value of item 3 is")
+
+
 def test_short_prompt_is_not_split():
     engine = ScriptedEngine(["ok"], window=256)
     HomerLLM(engine=engine).invoke("short question")

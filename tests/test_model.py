@@ -65,6 +65,21 @@ def test_answer_prefix_ends_the_suffix(tiny_homer):
     assert ans.text.startswith("It is")
 
 
+def test_final_assistant_message_is_a_prefill(tiny_homer):
+    from homer_llm import DOCUMENT_PLACEHOLDER
+
+    tok = tiny_homer.tokenizer
+    asked = [{"role": "user", "content": f"{DOCUMENT_PLACEHOLDER}\n\nq?"}]
+    closed = tiny_homer.prepare_chat(asked, "doc")
+    primed = tiny_homer.prepare_chat([*asked, {"role": "assistant", "content": "It is"}], "doc")
+    assert tok.decode(list(primed.suffix)) == tok.decode(list(closed.suffix)) + "It is"
+    # the same prompt as answer_prefix builds
+    assert primed == tiny_homer.prepare_question("doc", "q?", answer_prefix="It is")
+    with pytest.raises(ValueError, match="final assistant message"):
+        tiny_homer.prepare_chat([{"role": "user", "content": "q"},
+                                 {"role": "assistant", "content": f"{DOCUMENT_PLACEHOLDER}"}], "doc")
+
+
 def test_short_input_is_plain_model_result(tiny_homer):
     parts = tiny_homer.prepare_question("short doc", "q?")
     ctx = tiny_homer.compress(parts)

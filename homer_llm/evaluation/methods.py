@@ -88,8 +88,10 @@ def build_parts(tokenizer, sample: QASample, document: str | None = None) -> Pro
 class EvalModel:
     """The model under test and what every method shares: tokenizer, window, RoPE-scaled views."""
 
-    def __init__(self, homer: HomerModel) -> None:
+    def __init__(self, homer: HomerModel, ppl_recent: int = 0) -> None:
+        """``ppl_recent``: HOMER perplexity keeps the last N context tokens whole, as the suffix."""
         self.homer = homer
+        self.ppl_recent = ppl_recent
         self.tokenizer = homer.tokenizer
         self.window = homer.window
         self._views: dict[tuple[str, float], object] = {}
@@ -197,7 +199,11 @@ class HomerMethod(Method):
     def score(self, sample, deadline):
         hm = self.hm
         bos = _bos(hm.tokenizer)
-        parts = PromptParts(bos, sample.context, ())  # the last context token becomes the query suffix
+        recent = min(self.model.ppl_recent, len(sample.context) - 1)
+        if recent > 0:  # the most recent tokens stay whole, in every chunk, as the suffix
+            parts = PromptParts(bos, sample.context[:-recent], sample.context[-recent:])
+        else:  # the last context token becomes the query suffix
+            parts = PromptParts(bos, sample.context, ())
         context = hm.compress(parts, progress=deadline.progress)
         with hm.lock:
             nll = score_continuation(hm.parts, context, sample.target, deadline=deadline)
