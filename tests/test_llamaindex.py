@@ -232,6 +232,19 @@ def test_chat_uses_the_longest_message_and_the_template(llm, engine):
     assert out.additional_kwargs["document_rule"] == "fences"
 
 
+def test_final_assistant_message_is_continued(llm, engine):
+    """A trailing assistant message is a prefill: generation continues it (and steers pruning)."""
+    doc = long_doc()
+    messages = [ChatMessage(role="user", content=qa_prompt(doc)), ChatMessage(role="assistant", content="It is")]
+    out = llm.chat(messages)
+    split = split_document(qa_prompt(doc))
+    msgs = [{"role": "user", "content": split.head + DOCUMENT_PLACEHOLDER + split.tail},
+            {"role": "assistant", "content": "It is"}]
+    parts = engine.prepare_chat(msgs, doc)
+    assert engine.tokenizer.decode(list(parts.suffix)).endswith("<|im_start|>assistant\nIt is")
+    assert out.message.content == expected(engine, msgs, doc)
+
+
 def test_generation_kwargs(llm):
     assert llm.complete("Say hello", max_tokens=2).additional_kwargs["output_tokens"] == 2
     assert llm.complete("Say hello", max_new_tokens=3).additional_kwargs["output_tokens"] == 3
