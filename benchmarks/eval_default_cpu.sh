@@ -45,6 +45,25 @@ if [[ $STAGE == 5b ]]; then
   "${EVAL[@]}" --tasks passkey --methods homer,bm25,truncate --lengths 16k,64k --samples 5 --call-seconds 900 --max-seconds 2400
   "${EVAL[@]}" --tasks passkey --methods yarn,ntk,linear --lengths 16k --samples 3 --call-seconds 900 --max-seconds 2700
 fi
+# 6. HOMER at 8x with five samples; the plain model at 2x and, inside its window, on the harder tasks
+#    (is a task within the 135M model's reach at all?)
+if [[ $STAGE == 6a ]]; then
+  "${EVAL[@]}" --tasks passkey --methods homer --lengths 64k --samples 5 --call-seconds 900 --max-seconds 1500
+  "${EVAL[@]}" --tasks multikey,multivalue --methods homer,bm25 --lengths 16k --samples 3 --call-seconds 600 --max-seconds 900
+fi
+if [[ $STAGE == 6b ]]; then
+  "${EVAL[@]}" --tasks passkey --methods full --lengths 16k --samples 3 --call-seconds 900 --max-seconds 900
+  "${EVAL[@]}" --tasks vartrack,multikey,multivalue --methods full --lengths 8k --samples 3 --call-seconds 600 --max-seconds 900
+fi
+# 7. perplexity at 8x with the most recent tokens kept whole as HOMER's suffix (separate folders:
+#    the method is still called homer there), and at 2x
+if [[ $STAGE == 7 ]]; then
+  for r in 1024 2048; do
+    .venv/bin/homer-llm eval --out "$OUT-ppl-recent$r" --resume --threads 1 --tasks ppl --methods homer \
+      --lengths 64k --samples 1 --ppl-recent $r --call-seconds 900 --max-seconds 900
+  done
+  "${EVAL[@]}" --tasks ppl --methods homer,truncate --lengths 16k --samples 1 --call-seconds 600 --max-seconds 600
+fi
 # 3. more samples and the other tasks, as far as the budget goes
 if [[ $STAGE == 3 || $STAGE == all ]]; then
   "${EVAL[@]}" --tasks passkey,vartrack,multikey,multivalue,ppl \
