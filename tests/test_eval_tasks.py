@@ -143,6 +143,16 @@ def test_wilson_interval_brackets_the_estimate():
             assert 0.0 <= lo <= k / n <= hi <= 1.0, (k, n, lo, hi)
 
 
+def test_a_retried_sample_counts_once_by_its_latest_record():
+    from homer_llm.evaluation.harness import Record
+    from homer_llm.evaluation.report import cells
+
+    records = [Record("passkey", "homer", 65536, i, "skipped", error="predicted ...") for i in range(3)]
+    records += [Record("passkey", "homer", 65536, i, "ok", correct=True) for i in range(3)]
+    (cell,) = cells(records)
+    assert cell.n == 3 and cell.value == 1.0 and cell.statuses == {"ok": 3}
+
+
 def test_plot_accepts_all_wrong_and_all_right_cells(tmp_path):
     from homer_llm.evaluation.harness import Record
     from homer_llm.evaluation.report import cells, plot

@@ -43,8 +43,13 @@ class Cell:
 
 
 def cells(records: Iterable[Record]) -> list[Cell]:
-    groups: dict[tuple[str, str, int], list[Record]] = defaultdict(list)
+    """One cell per (task, method, length). A sample recorded twice (a resumed run retried what an
+    earlier one skipped or ran out of budget on) counts once, by its latest record."""
+    latest: dict[tuple[str, str, int, int], Record] = {}
     for r in records:
+        latest[r.key] = r
+    groups: dict[tuple[str, str, int], list[Record]] = defaultdict(list)
+    for r in latest.values():
         groups[(r.task, r.method, r.length)].append(r)
     out = []
     for (task, method, length), group in groups.items():
