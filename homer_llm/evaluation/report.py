@@ -9,6 +9,7 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from .harness import OK, Record
 from .stats import perplexity_interval, wilson_interval
@@ -166,7 +167,10 @@ def plot(all_cells: list[Cell], methods: list[str], tasks: list[str], path: Path
             ys = [scale * c.value for c in pts]
             err = [[scale * max(0.0, c.value - c.low) for c in pts], [scale * max(0.0, c.high - c.value) for c in pts]]
             style = "-o" if method.startswith("homer") else "--s"
-            ax.errorbar(xs, ys, yerr=err, fmt=style, capsize=3, label=method, markersize=4, linewidth=1.3)
+            # one colour per method across every panel, so the single legend is right everywhere
+            color = f"C{methods.index(method) % 10}"
+            ax.errorbar(xs, ys, yerr=err, fmt=style, color=color, capsize=3, label=method, markersize=4,
+                        linewidth=1.3)
         ax.set_xscale("log", base=2)
         lengths = sorted({c.length for c in all_cells if c.task == task})
         ax.set_xticks(lengths, [_length_label(n) for n in lengths])
@@ -181,11 +185,12 @@ def plot(all_cells: list[Cell], methods: list[str], tasks: list[str], path: Path
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[len(tasks):]:
         ax.axis("off")
-    handles, labels = next(iter(axes.flat)).get_legend_handles_labels()
+    by_label: dict[str, Any] = {}
     for ax in axes.flat:
-        h, lab = ax.get_legend_handles_labels()
-        if len(lab) > len(labels):
-            handles, labels = h, lab
+        for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
+            by_label.setdefault(label, handle)
+    labels = [m for m in methods if m in by_label]
+    handles = [by_label[m] for m in labels]
     if handles:
         fig.legend(handles, labels, loc="lower center", ncol=min(5, len(labels)), fontsize=8)
     if title:
