@@ -63,6 +63,8 @@ if [[ $STAGE == 7 ]]; then
       --lengths 64k --samples 1 --ppl-recent $r --call-seconds 900 --max-seconds 900
   done
   "${EVAL[@]}" --tasks ppl --methods homer,truncate --lengths 16k --samples 1 --call-seconds 600 --max-seconds 600
+  .venv/bin/homer-llm eval --out "$OUT-chunk6144" --threads 2 --tasks ppl --methods homer,truncate --lengths 64k \
+    --samples 1 --chunk-len 6144 --call-seconds 900 --max-seconds 900
 fi
 # 3. more samples and the other tasks, as far as the budget goes
 if [[ $STAGE == 3 || $STAGE == all ]]; then
