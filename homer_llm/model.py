@@ -215,8 +215,8 @@ class HomerModel:
             instruction: text before the document in the user turn. It is part of HOMER's prefix,
                 so every chunk sees it; small models follow a task stated here better than in
                 the system prompt.
-            answer_prefix: text the assistant's answer starts with (appended after the generation
-                prompt, so it is the end of the suffix). HOMER scores tokens by the attention of the
+            answer_prefix: text the assistant's answer starts with: a final assistant message that
+                is continued (see ``split_chat``), so it is the end of the suffix. HOMER scores tokens by the attention of the
                 prompt's last token, so a prefix naming what is sought (e.g. "The pass key is")
                 steers which document tokens survive pruning.
         """
@@ -233,11 +233,9 @@ class HomerModel:
             messages.append({"role": "system", "content": system})
         head = f"{instruction.strip()}\n\n" if instruction and instruction.strip() else ""
         messages.append({"role": "user", "content": f"{head}{DOCUMENT_PLACEHOLDER}\n\n{question.strip()}"})
-        parts = self.prepare_chat(messages, document)
         if answer_prefix:
-            primed = tuple(self.tokenizer(answer_prefix, add_special_tokens=False)["input_ids"])
-            parts = PromptParts(parts.prefix, parts.context, parts.suffix + primed)
-        return parts
+            messages.append({"role": "assistant", "content": answer_prefix})
+        return self.prepare_chat(messages, document)
 
     # ------------------------------------------------------------------ the method
     def plan(self, parts: PromptParts) -> Plan:
@@ -346,10 +344,17 @@ def check_document(document: Any) -> None:
 
 
 def _raw_chat(tokenizer, messages: Sequence[dict[str, Any]], document: str | None) -> PromptParts:
-    """Template-free rendering for base models: 'role: content' lines, then 'assistant:'."""
+    """Template-free rendering for base models: 'role: content' lines, then 'assistant:'.
+
+    A final assistant message is continued, as ``split_chat`` does: 'assistant:' + its text.
+    """
     from .prompt import DOCUMENT_PLACEHOLDER
 
-    text = "".join(f"{m['role']}: {m['content']}\n" for m in messages) + "assistant:"
+    messages = list(messages)
+    prefill = ""
+    if messages and messages[-1].get("role") == "assistant" and isinstance(messages[-1].get("content"), str):
+        prefill = messages.pop()["content"]
+    text = "".join(f"{m['role']}: {m['content']}\n" for m in messages) + "assistant:" + prefill
     if document is None:
         return split_text(tokenizer, text, "", "")
     head, _, tail = text.partition(DOCUMENT_PLACEHOLDER)

@@ -80,6 +80,14 @@ def test_final_assistant_message_is_a_prefill(tiny_homer):
                                  {"role": "assistant", "content": f"{DOCUMENT_PLACEHOLDER}"}], "doc")
 
 
+def test_template_free_prompt_continues_a_final_assistant_message(tiny_homer, monkeypatch):
+    monkeypatch.setattr(tiny_homer.tokenizer, "chat_template", None)
+    parts = tiny_homer.prepare_question("the doc", "q?", answer_prefix=" It is")
+    text = tiny_homer.tokenizer.decode(list(parts.ids))
+    assert text.endswith("q?\nassistant: It is") and text.count("assistant:") == 1
+    assert tiny_homer.tokenizer.decode(list(parts.context)) == "the doc"
+
+
 def test_short_input_is_plain_model_result(tiny_homer):
     parts = tiny_homer.prepare_question("short doc", "q?")
     ctx = tiny_homer.compress(parts)
