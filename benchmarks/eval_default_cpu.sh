@@ -66,6 +66,16 @@ if [[ $STAGE == 7 ]]; then
   .venv/bin/homer-llm eval --out "$OUT-chunk6144" --threads 2 --tasks ppl --methods homer,truncate --lengths 64k \
     --samples 1 --chunk-len 6144 --call-seconds 900 --max-seconds 900
 fi
+# 8. (session 3) HOMER + YaRN at every length (its own 2-chunk bias table over 8k-token YaRN chunks),
+#    dynamic NTK (the strongest RoPE baseline at 2x) with more samples at 16k and at 4x, and the other
+#    plain-cost baselines at 4x with one sample each
+if [[ $STAGE == 8 ]]; then
+  "${EVAL[@]}" --tasks passkey --methods homer-yarn --samples 3 --yarn-calibration-samples 2 \
+    --call-seconds 1500 --max-seconds 3600
+  "${EVAL[@]}" --tasks passkey --methods ntk --lengths 16k --samples 5 --call-seconds 900 --max-seconds 1200
+  "${EVAL[@]}" --tasks passkey --methods ntk --lengths 32k --samples 2 --call-seconds 2400 --max-seconds 3000
+  "${EVAL[@]}" --tasks passkey --methods yarn,linear,full --lengths 32k --samples 1 --call-seconds 2400 --max-seconds 4000
+fi
 # 3. more samples and the other tasks, as far as the budget goes
 if [[ $STAGE == 3 || $STAGE == all ]]; then
   "${EVAL[@]}" --tasks passkey,vartrack,multikey,multivalue,ppl \

@@ -11,6 +11,8 @@ from typing import Literal
 
 Pruning = Literal["calibrated", "uncalibrated", "random"]
 PRUNING_MODES: tuple[str, ...] = ("calibrated", "uncalibrated", "random")
+PruneUnit = Literal["token", "word"]
+PRUNE_UNITS: tuple[str, ...] = ("token", "word")
 
 
 @dataclass(frozen=True)
@@ -26,6 +28,9 @@ class HomerConfig:
             or "random" (the paper's ablation).
         calibration_samples: number of generic-text chunks used to build the bias table.
         seed: seed for random pruning.
+        prune_unit: "token" (the paper: every token ranked on its own) or "word": a token's
+            significance is the best of its word span (``homer_llm.spans``), so numbers and
+            multi-piece words are kept or dropped whole. Random pruning ignores it.
     """
 
     chunk_len: int | None = None
@@ -34,6 +39,7 @@ class HomerConfig:
     pruning: Pruning = "calibrated"
     calibration_samples: int = 8
     seed: int = 0
+    prune_unit: PruneUnit = "token"
 
     def __post_init__(self) -> None:
         for name in ("chunk_len", "cache_len", "warmup_layers"):
@@ -48,6 +54,8 @@ class HomerConfig:
             raise ValueError(f"HomerConfig.warmup_layers must be >= 0, got {self.warmup_layers}")
         if self.pruning not in PRUNING_MODES:
             raise ValueError(f"HomerConfig.pruning must be one of {PRUNING_MODES}, got {self.pruning!r}")
+        if self.prune_unit not in PRUNE_UNITS:
+            raise ValueError(f"HomerConfig.prune_unit must be one of {PRUNE_UNITS}, got {self.prune_unit!r}")
         if self.calibration_samples < 1:
             raise ValueError(f"HomerConfig.calibration_samples must be >= 1, got {self.calibration_samples}")
 

@@ -16,7 +16,7 @@ import torch
 
 from . import compat
 from .schedule import Node, Plan
-from .significance import calibrated_scores, keep_indices, last_query_logits, random_scores
+from .significance import calibrated_scores, keep_indices, last_query_logits, pool_by_span, random_scores
 from .state import ChunkState, merge, prune
 
 logger = logging.getLogger(__name__)
@@ -96,9 +96,15 @@ class TreePass:
         bias: torch.Tensor | None,
         random_generator: torch.Generator | None,
         progress: Progress | None,
+        spans: torch.Tensor | None = None,
     ) -> None:
+        """``spans``: [P + C + S] word-span id of every prompt token (``homer_llm.spans``), or None
+        to prune token by token."""
         self.parts, self.plan, self.ids = parts, plan, ids
         self.bias, self.random_generator, self.progress = bias, random_generator, progress
+        if spans is not None and spans.shape != ids.shape:
+            raise ValueError(f"spans must have the shape of ids {tuple(ids.shape)}, got {tuple(spans.shape)}")
+        self.spans = spans
         self.total = _layer_passes(plan.root)
         self.done = 0
         self.waiting: list[ChunkState] = []  # finished left siblings, one per level at most
@@ -118,8 +124,9 @@ class TreePass:
                 torch.arange(P + plan.nominal_leaf, P + plan.nominal_leaf + S),
             ]
         ).to(self.parts.embed_device)
+        origin = torch.cat([torch.arange(P), torch.arange(P + start, P + end), torch.arange(P + C, P + C + S)])
         hidden = compat.embed(self.parts, leaf_ids)
-        return ChunkState(hidden, positions, (), P, S)
+        return ChunkState(hidden, positions, (), P, S, origin.to(self.parts.embed_device))
 
     def leaf(self, node: Node) -> ChunkState:
         """The leaf's state after its layers [node.layer_start, node.layer_end) and its pruning."""
@@ -174,10 +181,20 @@ class TreePass:
             if self.progress is not None:
                 self.progress(self.done, self.total)
         self.note_live(state)
+        return self.prune_node(state, node, hidden_last, pos_emb)
+
+    def prune_node(self, state: ChunkState, node: Node, hidden_last: torch.Tensor, pos_emb: compat.KV) -> ChunkState:
+        """Cut ``state`` (after ``node``'s last layer) to the node's target length."""
         if node.keep_ctx >= state.context_len:
             return state
-        scores = self.scores(state, last, hidden_last, pos_emb)
-        keep = keep_indices(scores, state.prefix_len, state.suffix_len, node.keep_ctx)
+        scores = self.scores(state, node.layer_end - 1, hidden_last, pos_emb)
+        tiebreak = None
+        if self.spans is not None and state.origin is not None and self.random_generator is None:
+            # a word survives or goes whole; within the one word cut at the boundary, its own
+            # best tokens stay
+            tiebreak = scores
+            scores = pool_by_span(scores, self.spans.to(state.origin.device)[state.origin])
+        keep = keep_indices(scores, state.prefix_len, state.suffix_len, node.keep_ctx, tiebreak)
         return prune(state, keep)
 
     def scores(self, state: ChunkState, layer: int, hidden_last: torch.Tensor, pos_emb: compat.KV) -> torch.Tensor:
@@ -203,6 +220,7 @@ def compress(
     bias: torch.Tensor | None = None,
     random_generator: torch.Generator | None = None,
     progress: Progress | None = None,
+    spans: torch.Tensor | None = None,
 ) -> CompressedContext:
     """Run HOMER over ``ids`` ([P + C + S] long, prefix + context + suffix) following ``plan``.
 
@@ -210,6 +228,7 @@ def compress(
         bias: [L, M] calibration table, or None for uncalibrated significance.
         random_generator: if given, prune at random (the ablation) instead of by significance.
         progress: progress(done, total) after each layer pass.
+        spans: [P + C + S] word-span ids (``homer_llm.spans.word_spans``): prune whole words.
     """
     if ids.dim() != 1:
         raise ValueError(f"HOMER runs batch 1: expected a 1-D id tensor, got shape {tuple(ids.shape)}")
@@ -217,4 +236,4 @@ def compress(
     if ids.numel() != expected:
         raise ValueError(f"plan is for {expected} tokens, got {ids.numel()}")
     start = time.perf_counter()
-    return TreePass(parts, plan, ids, bias, random_generator, progress).finish(start)
+    return TreePass(parts, plan, ids, bias, random_generator, progress, spans).finish(start)

@@ -24,6 +24,7 @@ from .engine import CompressedContext, Progress, compress
 from .generation import Generation, TextStream, generate
 from .prompt import PromptParts, split_chat, split_text
 from .schedule import Plan, make_plan
+from .spans import word_spans
 
 logger = logging.getLogger(__name__)
 
@@ -262,6 +263,12 @@ class HomerModel:
                 )
         return self._bias
 
+    def spans_for(self, ids: torch.Tensor) -> torch.Tensor | None:
+        """Word-span ids of prompt ``ids`` ([n] long) when ``prune_unit == "word"``, else None."""
+        if self.homer.prune_unit != "word":
+            return None
+        return word_spans(self.tokenizer, ids.tolist())
+
     def compress(self, parts: PromptParts, *, progress: Progress | None = None) -> CompressedContext:
         """Run HOMER over the prompt: a compact cache, next position id and last logits."""
         plan = self.plan(parts)
@@ -273,9 +280,10 @@ class HomerModel:
         if self.homer.pruning == "random":
             gen = torch.Generator().manual_seed(self.homer.seed)
         ids = torch.tensor(parts.ids, dtype=torch.long)
+        spans = self.spans_for(ids)
         with self.lock:
             try:
-                return compress(self.parts, plan, ids, bias=bias, random_generator=gen, progress=progress)
+                return compress(self.parts, plan, ids, bias=bias, random_generator=gen, progress=progress, spans=spans)
             except torch.OutOfMemoryError as err:
                 if torch.cuda.is_available():
                     torch.cuda.empty_cache()

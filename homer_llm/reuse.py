@@ -30,8 +30,7 @@ from .engine import CompressedContext, Progress, TreePass
 from .generation import extend_context
 from .prompt import PromptParts
 from .schedule import Node, Plan, make_plan
-from .significance import keep_indices
-from .state import ChunkState, prune
+from .state import ChunkState
 
 logger = logging.getLogger(__name__)
 
@@ -223,7 +222,8 @@ class _ReusePass(TreePass):
     """The engine's depth-first pass, with leaves rebuilt from cached question-independent states."""
 
     def __init__(self, engine: Any, plan: Plan, ids: torch.Tensor, leaves: LeafStates, progress: Progress | None):
-        super().__init__(engine.parts, plan, ids, _bias_for(engine, plan), _generator_for(engine), progress)
+        super().__init__(engine.parts, plan, ids, _bias_for(engine, plan), _generator_for(engine), progress,
+                         engine.spans_for(ids))
         self.leaves = leaves
         self.leaf_index = {node.leaf_start: j for j, node in enumerate(_leaf_nodes(plan))}
 
@@ -252,12 +252,12 @@ class _ReusePass(TreePass):
         kv = tuple(compat.kv_from_cache(cache))
         positions = torch.cat([torch.arange(past_len), suffix_pos]).to(parts.embed_device)
         full_hidden = torch.cat([cached_hidden, hidden.to(cached_hidden.device)], dim=1)
-        state = ChunkState(full_hidden, positions, kv, P, S)
+        start, end = plan.leaf_ranges()[node.leaf_start]
+        origin = torch.cat([torch.arange(P), torch.arange(P + start, P + end),
+                            torch.arange(P + plan.context_len, P + plan.context_len + S)])
+        state = ChunkState(full_hidden, positions, kv, P, S, origin.to(parts.embed_device))
         self.note_live(state)
-        if node.keep_ctx >= state.context_len:
-            return state
-        scores = self.scores(state, last, hidden_last, pos_emb)
-        return prune(state, keep_indices(scores, P, S, node.keep_ctx))
+        return self.prune_node(state, node, hidden_last, pos_emb)
 
 
 @torch.inference_mode()
@@ -295,4 +295,4 @@ def compress_with_budget(
     ids = torch.tensor(parts.ids, dtype=torch.long)
     with engine.lock:
         return compress(engine.parts, plan, ids, bias=_bias_for(engine, plan),
-                        random_generator=_generator_for(engine), progress=progress)
+                        random_generator=_generator_for(engine), progress=progress, spans=engine.spans_for(ids))

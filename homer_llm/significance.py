@@ -36,7 +36,24 @@ def calibrated_scores(
     return logits - bias_row.to(logits.device)[distance.to(logits.device)]
 
 
-def keep_indices(scores: torch.Tensor, prefix_len: int, suffix_len: int, keep_ctx: int) -> torch.Tensor:
+def pool_by_span(scores: torch.Tensor, spans: torch.Tensor) -> torch.Tensor:
+    """Every token's score replaced by the highest score in its span.
+
+    Args:
+        scores: [n] significance.
+        spans: [n] span id of each token (any integers; equal ids form one span).
+    Returns:
+        [n] pooled scores (same dtype and device as ``scores``).
+    """
+    _, local = torch.unique(spans.to(scores.device), return_inverse=True)
+    best = torch.full((int(local.max()) + 1,), float("-inf"), dtype=scores.dtype, device=scores.device)
+    best = best.scatter_reduce(0, local, scores, reduce="amax")
+    return best[local]
+
+
+def keep_indices(
+    scores: torch.Tensor, prefix_len: int, suffix_len: int, keep_ctx: int, tiebreak: torch.Tensor | None = None
+) -> torch.Tensor:
     """Indices of the tokens to keep, in their original order.
 
     Prefix and suffix tokens are always kept; of the context tokens in between, the ``keep_ctx``
@@ -44,6 +61,8 @@ def keep_indices(scores: torch.Tensor, prefix_len: int, suffix_len: int, keep_ct
 
     Args:
         scores: [n] significance of every token of the node.
+        tiebreak: [n] optional second key among equal ``scores`` (e.g. a token's own score when
+            ``scores`` are pooled over spans): higher is kept first.
     Returns:
         [prefix_len + keep_ctx + suffix_len] long indices, ascending.
     """
@@ -52,7 +71,13 @@ def keep_indices(scores: torch.Tensor, prefix_len: int, suffix_len: int, keep_ct
     device = scores.device
     if keep_ctx >= ctx:
         return torch.arange(n, device=device)
-    top = torch.topk(scores[prefix_len : prefix_len + ctx], keep_ctx, sorted=False).indices
+    body = scores[prefix_len : prefix_len + ctx]
+    if tiebreak is None:
+        top = torch.topk(body, keep_ctx, sorted=False).indices
+    else:  # lexicographic (scores, tiebreak), both descending: two stable sorts
+        order = torch.sort(tiebreak[prefix_len : prefix_len + ctx], descending=True, stable=True).indices
+        order = order[torch.sort(body[order], descending=True, stable=True).indices]
+        top = order[:keep_ctx]
     kept_ctx = torch.sort(top).values + prefix_len
     return torch.cat(
         [

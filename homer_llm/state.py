@@ -6,7 +6,7 @@ pruned and merges put the averaged affixes back at the ends, so P and S never ch
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -22,6 +22,9 @@ class ChunkState:
         positions: [n] long position ids (reused across leaves, never renumbered).
         kv: per processed layer, (K, V) each [1, n_kv, n, d], keys after rotary.
         prefix_len, suffix_len: P and S (constant for a prompt).
+        origin: [n] long index of each token in the prompt (an averaged affix token carries the
+            left copy's), or None when not tracked. Used to look up per-token prompt data (word
+            spans) after pruning and merging have reordered the tokens.
     """
 
     hidden: torch.Tensor
@@ -29,6 +32,7 @@ class ChunkState:
     kv: tuple[KV, ...]
     prefix_len: int
     suffix_len: int
+    origin: torch.Tensor | None = None
 
     @property
     def length(self) -> int:
@@ -43,7 +47,7 @@ class ChunkState:
 
     def with_layer(self, hidden: torch.Tensor, kv: KV) -> ChunkState:
         """The state after one more layer."""
-        return ChunkState(hidden, self.positions, (*self.kv, kv), self.prefix_len, self.suffix_len)
+        return replace(self, hidden=hidden, kv=(*self.kv, kv))
 
 
 def prune(state: ChunkState, keep: torch.Tensor) -> ChunkState:
@@ -59,7 +63,8 @@ def prune(state: ChunkState, keep: torch.Tensor) -> ChunkState:
         return t.index_select(dim, keep.to(t.device))
 
     kv = tuple((sub(k, 2), sub(v, 2)) for k, v in state.kv)
-    return ChunkState(sub(state.hidden, 1), sub(state.positions, 0), kv, state.prefix_len, state.suffix_len)
+    origin = None if state.origin is None else sub(state.origin, 0)
+    return ChunkState(sub(state.hidden, 1), sub(state.positions, 0), kv, state.prefix_len, state.suffix_len, origin)
 
 
 def _merge_tensor(left: torch.Tensor, right: torch.Tensor, dim: int, p: int, s: int) -> torch.Tensor:
@@ -89,8 +94,14 @@ def merge(left: ChunkState, right: ChunkState) -> ChunkState:
         (_merge_tensor(kl, kr, 2, p, s), _merge_tensor(vl, vr, 2, p, s))
         for (kl, vl), (kr, vr) in zip(left.kv, right.kv, strict=True)
     )
-    nl = left.length
-    positions = torch.cat(
-        [left.positions[:p], left.positions[p : nl - s], right.positions[p : right.length - s].to(left.positions.device), left.positions[nl - s :]]
-    )
-    return ChunkState(hidden, positions, kv, p, s)
+    positions = _concat_ids(left.positions, right.positions, p, s)
+    origin = None
+    if left.origin is not None and right.origin is not None:
+        origin = _concat_ids(left.origin, right.origin, p, s)
+    return ChunkState(hidden, positions, kv, p, s, origin)
+
+
+def _concat_ids(left: torch.Tensor, right: torch.Tensor, p: int, s: int) -> torch.Tensor:
+    """[left prefix, left context, right context, left suffix] of a per-token id vector."""
+    nl, nr = left.numel(), right.numel()
+    return torch.cat([left[:p], left[p : nl - s], right[p : nr - s].to(left.device), left[nl - s :]])

@@ -321,13 +321,15 @@ def test_key_depends_on_what_changes_the_states(tokenizer):
     a = HomerModel(tiny_model("llama", vocab=len(tokenizer)), tokenizer, name="m")
     b = HomerModel(tiny_model("llama", vocab=len(tokenizer), seed=1), tokenizer, name="m")  # other weights
     c = HomerModel(a.model, tokenizer, name="m", homer=HomerConfig(warmup_layers=1))
+    d = HomerModel(a.model, tokenizer, name="m", homer=HomerConfig(prune_unit="word"))
     p, x, s = (1, 2), (3, 4, 5), (6,)
     base = make_key(a, p, x, None, mode="agnostic")
     assert base == make_key(a, p, x, None, mode="agnostic")
     assert len({base, make_key(b, p, x, None, mode="agnostic"), make_key(c, p, x, None, mode="agnostic"),
                 make_key(a, p, (3, 4, 6), None, mode="agnostic"), make_key(a, (1,), x, None, mode="agnostic"),
                 make_key(a, p, x, s, mode="agnostic"), make_key(a, p, x, None, mode="leaf"),
-                make_key(a, p, x, None, mode="agnostic", namespace="t2")}) == 8
+                make_key(a, p, x, None, mode="agnostic", namespace="t2"),
+                make_key(d, p, x, None, mode="agnostic")}) == 9
 
 
 # ---------------------------------------------------------------------------------------- reuse modes
@@ -369,12 +371,12 @@ def test_agnostic_mode_is_exact_when_the_document_fits_one_chunk(tiny_homer):
 
 
 @pytest.mark.parametrize("arch,attn", [("llama", "sdpa"), ("qwen3", "eager"), ("mistral", "sdpa")])
-@pytest.mark.parametrize("pruning", ["uncalibrated", "random"])
-def test_leaf_mode_equals_a_fresh_compression(tokenizer, arch, attn, pruning):
+@pytest.mark.parametrize("pruning,unit", [("uncalibrated", "token"), ("random", "token"), ("uncalibrated", "word")])
+def test_leaf_mode_equals_a_fresh_compression(tokenizer, arch, attn, pruning, unit):
     from tiny import tiny_model
 
     hm = HomerModel(tiny_model(arch, attn=attn, vocab=len(tokenizer)), tokenizer, name=f"tiny-{arch}",
-                    homer=HomerConfig(pruning=pruning))
+                    homer=HomerConfig(pruning=pruning, prune_unit=unit))
     cache = DocumentCache(mode="leaf", suffix_budget=48)
     for i, question in enumerate(("Box 3 coins?", "Blue box?")):  # suffix within the budget cap
         parts = hm.prepare_question(DOC, question)

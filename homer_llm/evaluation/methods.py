@@ -7,6 +7,7 @@ stop with TimeBudgetExceeded once it has passed.
     homer            HOMER, calibrated significance (the method)
     homer-uncal      HOMER with B = 0 (no recency-bias correction)
     homer-random     HOMER with random pruning (the paper's ablation)
+    homer-word       HOMER, calibrated, pruning whole words (``HomerConfig.prune_unit="word"``)
     homer-yarn       HOMER on a YaRN-scaled model (factor f) with chunk_len scaled by f
     full             the plain model over the whole prompt, also beyond its window
     truncate         the plain model over the prompt cut to the window: prefix and suffix kept,
@@ -40,7 +41,7 @@ logger = logging.getLogger(__name__)
 ANSWER_ROOM = 64
 """Tokens of a length budget left for the answer: a length-L sample has an L - ANSWER_ROOM prompt."""
 
-ALL_METHODS = ("homer", "homer-uncal", "homer-random", "full", "truncate", "yarn", "ntk", "linear",
+ALL_METHODS = ("homer", "homer-uncal", "homer-random", "homer-word", "full", "truncate", "yarn", "ntk", "linear",
                "homer-yarn", "bm25")
 
 
@@ -126,21 +127,22 @@ class EvalModel:
         return self._views[key]
 
     def homer_variant(
-        self, pruning: str, rope: tuple[str, float] | None = None, calibration_samples: int | None = None
+        self, pruning: str, rope: tuple[str, float] | None = None, calibration_samples: int | None = None,
+        prune_unit: str = "token",
     ) -> HomerModel:
-        """A HomerModel over the same weights with another pruning rule, or on a RoPE-scaled view
-        with chunk_len scaled by the factor (and its own calibration table)."""
-        key = (pruning, rope, calibration_samples)
+        """A HomerModel over the same weights with another pruning rule / unit, or on a RoPE-scaled
+        view with chunk_len scaled by the factor (and its own calibration table)."""
+        key = (pruning, rope, calibration_samples, prune_unit)
         if key not in self._homers:
             base = self.homer
             if rope is None:
                 self._homers[key] = HomerModel(base.model, base.tokenizer, name=base.name,
-                                               homer=replace(base.homer, pruning=pruning))
+                                               homer=replace(base.homer, pruning=pruning, prune_unit=prune_unit))
             else:
                 kind, factor = rope
                 chunk = int(base.chunk_len * factor)
                 config = HomerConfig(chunk_len=chunk, cache_len=None, warmup_layers=base.homer.warmup_layers,
-                                     pruning=pruning,
+                                     pruning=pruning, prune_unit=prune_unit,
                                      calibration_samples=calibration_samples or base.homer.calibration_samples,
                                      seed=base.homer.seed)
                 self._homers[key] = HomerModel(self.view(kind, factor), base.tokenizer,
@@ -176,15 +178,15 @@ class HomerMethod(Method):
 
     def __init__(
         self, model: EvalModel, name: str, pruning: str, rope: tuple[str, float] | None = None,
-        calibration_samples: int | None = None,
+        calibration_samples: int | None = None, prune_unit: str = "token",
     ) -> None:
         super().__init__(model)
         self.name, self.pruning, self.rope = name, pruning, rope
-        self.calibration_samples = calibration_samples
+        self.calibration_samples, self.prune_unit = calibration_samples, prune_unit
 
     @property
     def hm(self) -> HomerModel:
-        return self.model.homer_variant(self.pruning, self.rope, self.calibration_samples)
+        return self.model.homer_variant(self.pruning, self.rope, self.calibration_samples, self.prune_unit)
 
     def setup(self) -> None:
         self.hm.bias_table()
@@ -409,6 +411,7 @@ def make_methods(
         "homer": lambda: HomerMethod(model, "homer", "calibrated"),
         "homer-uncal": lambda: HomerMethod(model, "homer-uncal", "uncalibrated"),
         "homer-random": lambda: HomerMethod(model, "homer-random", "random"),
+        "homer-word": lambda: HomerMethod(model, "homer-word", "calibrated", prune_unit="word"),
         "homer-yarn": lambda: HomerMethod(model, "homer-yarn", "calibrated", ("yarn", homer_yarn_factor),
                                           homer_yarn_calibration_samples),
         "full": lambda: FullMethod(model),
