@@ -51,6 +51,13 @@ ROWS = {
     "recent4096": {"kind": "homer", "recent": 4096, "config": {"chunk_len": "window-target", "calibration_samples": 4}},
     "recent4096-uncal": {"kind": "homer", "recent": 4096,
                          "config": {"chunk_len": "window-target", "pruning": "uncalibrated"}},
+    # HOMER compresses all but the last N context tokens (its own last token is the query); the last
+    # N are then run whole AFTER the compressed cache, like a continuation, and the target after
+    # them. append3840 fills the window exactly: 4096 cache + 3840 + 256 scored = 8192 positions.
+    "last3840": {"kind": "last", "keep": 3840},
+    "append2048": {"kind": "append", "recent": 2048, "config": {}},
+    "append3840": {"kind": "append", "recent": 3840, "config": {}},
+    "append3840-word": {"kind": "append", "recent": 3840, "config": {"prune_unit": "word"}},
 }
 
 
@@ -64,12 +71,16 @@ def run_row(name: str, base: HomerModel, sample, variants: dict) -> tuple[list[f
         return score_plain(base.parts, ids, sample.target).tolist(), len(ids)
     config = dict(spec["config"])
     if config.get("chunk_len") == "window-target":
-        config["chunk_len"] = base.window - n_target
+        config["chunk_len"] = config["cache_len"] = base.window - n_target
     key = (name, tuple(sorted(config.items())))
     if key not in variants:
         variants[key] = HomerModel(base.model, base.tokenizer, name=base.name, homer=replace(base.homer, **config))
     hm = variants[key]
     recent = min(spec["recent"], len(sample.context) - 1)
+    if spec["kind"] == "append":
+        context = hm.compress(PromptParts(bos, sample.context[:-recent], ()))
+        nll = score_continuation(hm.parts, context, sample.context[-recent:] + sample.target)
+        return nll[-n_target:].tolist(), context.cache_tokens + recent
     if recent:
         parts = PromptParts(bos, sample.context[:-recent], sample.context[-recent:])
     else:

@@ -111,6 +111,8 @@ def add_ask_arguments(parser: argparse.ArgumentParser) -> None:
                        help="longest chunk any forward pass sees (default: half the model window)")
     homer.add_argument("--pruning", default="calibrated", choices=["calibrated", "uncalibrated", "random"],
                        help="token pruning rule")
+    homer.add_argument("--prune-unit", default="token", choices=["token", "word"],
+                       help="prune single tokens (the paper) or whole words/numbers (default: token)")
     gen = parser.add_argument_group("generation")
     gen.add_argument("--max-new-tokens", type=_positive_int, default=256, metavar="N")
     gen.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
@@ -200,7 +202,7 @@ def _ask(args: argparse.Namespace, document: str) -> int:
     device = resolve_device(args.device)
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats(device)
-    homer = HomerConfig(chunk_len=args.chunk_len, pruning=args.pruning)
+    homer = HomerConfig(chunk_len=args.chunk_len, pruning=args.pruning, prune_unit=args.prune_unit)
     started = time.perf_counter()
     hm = HomerModel.load(args.model, device=device, dtype=args.dtype, attn_implementation=args.attn, homer=homer)
     load_seconds = time.perf_counter() - started
@@ -255,6 +257,7 @@ def _ask(args: argparse.Namespace, document: str) -> int:
         "window": hm.window,
         "chunk_len": None if args.plain else hm.chunk_len,
         "pruning": None if args.plain else hm.homer.pruning,
+        "prune_unit": None if args.plain else hm.homer.prune_unit,
         "device": str(hm.device),
         "dtype": str(next(hm.model.parameters()).dtype).removeprefix("torch."),
         "attn": args.attn,

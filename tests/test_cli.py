@@ -192,13 +192,14 @@ def test_text_output_matches_library(capsys, long_doc, tiny_dir):
     """What `ask` prints is HomerModel.ask's answer under the same settings."""
     from homer_llm import GenerationConfig, HomerConfig, HomerModel
 
-    code, out, err = run(capsys, "ask", "--model", tiny_dir, "--document", long_doc, "--max-new-tokens", "6",
-                         "--pruning", "uncalibrated", "--no-progress", "What runs?")
-    assert code == 0, err
-    assert "HOMER" not in err
-    hm = HomerModel.load(tiny_dir, device="cpu", homer=HomerConfig(pruning="uncalibrated"))
-    expected = hm.ask(long_doc.read_text(), "What runs?", config=GenerationConfig(max_new_tokens=6))
-    assert out == expected.text + "\n"
+    for unit in ("token", "word"):
+        code, out, err = run(capsys, "ask", "--model", tiny_dir, "--document", long_doc, "--max-new-tokens", "6",
+                             "--pruning", "uncalibrated", "--prune-unit", unit, "--no-progress", "What runs?")
+        assert code == 0, err
+        assert "HOMER" not in err
+        hm = HomerModel.load(tiny_dir, device="cpu", homer=HomerConfig(pruning="uncalibrated", prune_unit=unit))
+        expected = hm.ask(long_doc.read_text(), "What runs?", config=GenerationConfig(max_new_tokens=6))
+        assert out == expected.text + "\n"
 
 
 def test_chunk_len_option_changes_the_tree(capsys, long_doc, tiny_dir):

@@ -49,10 +49,10 @@ def test_construction_is_lazy_and_default_model_is_shared(monkeypatch):
     # the embedded default, with default settings: the key every adapter shares
     assert len(calls) == 1 and calls[0][0] is None
     assert HomerModel.shared_key(None, **calls[0][1]) == HomerModel.shared_key(None)
-    HomerLLM(device="cpu", dtype="bfloat16", chunk_len=64).invoke("x")
+    HomerLLM(device="cpu", dtype="bfloat16", chunk_len=64, prune_unit="word").invoke("x")
     model, kwargs = calls[-1]
     assert model is None and kwargs["device"] == "cpu" and kwargs["dtype"] == "bfloat16"
-    assert kwargs["homer"].chunk_len == 64
+    assert kwargs["homer"].chunk_len == 64 and kwargs["homer"].prune_unit == "word"
     HomerLLM().invoke("x", model="/models/other")  # per-call override
     assert calls[-1][0] == "/models/other"
 
@@ -68,6 +68,8 @@ def test_field_validation():
         HomerLLM(chunk_len=4)
     with pytest.raises(ValidationError):
         HomerLLM(stop=[""])
+    with pytest.raises(ValidationError):
+        HomerLLM(prune_unit="sentence")
     with pytest.raises(TypeError, match="engine must be a homer_llm.HomerModel"):
         HomerLLM(engine=object())
     with pytest.raises(TypeError, match="get_or_compress"):

@@ -145,9 +145,10 @@ class HomerLLM(BaseChatModel):
     ``engine=`` to use an already built ``homer_llm.HomerModel`` (tests, custom models).
 
     Decoding: ``max_tokens``, ``temperature`` (0 = greedy), ``top_p``, ``top_k``, ``seed``,
-    ``stop``. HOMER: ``chunk_len``, ``cache_len``, ``warmup_layers``, ``pruning`` (None: derive
-    from the model). ``documents``: texts used as the context of every call (also accepted per
-    call and through ``.bind(documents=[...])``). ``edge_tokens``: the token budget of the
+    ``stop``. HOMER: ``chunk_len``, ``cache_len``, ``warmup_layers`` (None: derive from the
+    model), ``pruning``, ``prune_unit`` ("word": keep or drop whole words and numbers).
+    ``documents``: texts used as the context of every call (also accepted per call and through
+    ``.bind(documents=[...])``). ``edge_tokens``: the token budget of the
     leading and of the trailing paragraphs kept out of an auto-detected document (None:
     ``min(256, chunk_len // 8)``). ``document_cache``: an object with
     ``get_or_compress(engine, parts, progress) -> (CompressedContext, hit)`` (e.g.
@@ -171,6 +172,7 @@ class HomerLLM(BaseChatModel):
     cache_len: int | None = Field(default=None, ge=2)
     warmup_layers: int | None = Field(default=None, ge=0)
     pruning: Literal["calibrated", "uncalibrated", "random"] = "calibrated"
+    prune_unit: Literal["token", "word"] = "token"
     max_tokens: int | None = Field(default=512, ge=1)
     """Most new tokens per call (None: as many as the model's window allows)."""
     temperature: float = Field(default=0.0, ge=0.0)
@@ -224,7 +226,7 @@ class HomerLLM(BaseChatModel):
 
     def _homer_config(self) -> HomerConfig:
         return HomerConfig(chunk_len=self.chunk_len, cache_len=self.cache_len,
-                           warmup_layers=self.warmup_layers, pruning=self.pruning)
+                           warmup_layers=self.warmup_layers, pruning=self.pruning, prune_unit=self.prune_unit)
 
     # ------------------------------------------------------------------ identity
     @property
@@ -244,7 +246,7 @@ class HomerLLM(BaseChatModel):
             "model": self.model_name, "device": self.device, "dtype": self.dtype,
             "attn_implementation": self.attn_implementation, "chunk_len": self.chunk_len,
             "cache_len": self.cache_len, "warmup_layers": self.warmup_layers, "pruning": self.pruning,
-            "max_tokens": self.max_tokens, "temperature": self.temperature, "top_p": self.top_p,
+            "prune_unit": self.prune_unit, "max_tokens": self.max_tokens, "temperature": self.temperature, "top_p": self.top_p,
             "top_k": self.top_k, "seed": self.seed, "stop": self.stop,
         }
 
