@@ -89,10 +89,16 @@ def build_parts(tokenizer, sample: QASample, document: str | None = None) -> Pro
 class EvalModel:
     """The model under test and what every method shares: tokenizer, window, RoPE-scaled views."""
 
-    def __init__(self, homer: HomerModel, ppl_recent: int = 0) -> None:
-        """``ppl_recent``: HOMER perplexity keeps the last N context tokens whole, as the suffix."""
+    def __init__(self, homer: HomerModel, ppl_recent: int = 0, ppl_append: int = 0) -> None:
+        """HOMER perplexity: ``ppl_recent`` keeps the last N context tokens whole as the suffix
+        (seen, and averaged, by every chunk); ``ppl_append`` compresses all but the last N context
+        tokens and runs those N whole after the compressed cache, like a continuation."""
+        if ppl_recent < 0 or ppl_append < 0:
+            raise ValueError(f"ppl_recent and ppl_append must be >= 0, got {ppl_recent} and {ppl_append}")
+        if ppl_recent and ppl_append:
+            raise ValueError("choose one of ppl_recent and ppl_append")
         self.homer = homer
-        self.ppl_recent = ppl_recent
+        self.ppl_recent, self.ppl_append = ppl_recent, ppl_append
         self.tokenizer = homer.tokenizer
         self.window = homer.window
         self._views: dict[tuple[str, float], object] = {}
@@ -201,6 +207,15 @@ class HomerMethod(Method):
     def score(self, sample, deadline):
         hm = self.hm
         bos = _bos(hm.tokenizer)
+        appended = min(self.model.ppl_append, len(sample.context) - 1)
+        if appended > 0:  # compress the past, then run the most recent tokens whole after it
+            context = hm.compress(PromptParts(bos, sample.context[:-appended], ()), progress=deadline.progress)
+            with hm.lock:
+                nll = score_continuation(hm.parts, context, sample.context[-appended:] + sample.target,
+                                         deadline=deadline)
+            n = len(sample.target)
+            return MethodResult("", len(bos) + len(sample.context), context.cache_tokens + appended,
+                                nll[-n:].tolist())
         recent = min(self.model.ppl_recent, len(sample.context) - 1)
         if recent > 0:  # the most recent tokens stay whole, in every chunk, as the suffix
             parts = PromptParts(bos, sample.context[:-recent], sample.context[-recent:])
