@@ -76,6 +76,27 @@ if [[ $STAGE == 8 ]]; then
   "${EVAL[@]}" --tasks passkey --methods ntk --lengths 32k --samples 2 --call-seconds 2400 --max-seconds 3000
   "${EVAL[@]}" --tasks passkey --methods yarn,linear,full --lengths 32k --samples 1 --call-seconds 2400 --max-seconds 4000
 fi
+# 9. (session 3) word-level pruning on the cells where token pruning cut numbers, and on passkey
+if [[ $STAGE == 9 ]]; then
+  "${EVAL[@]}" --tasks multikey,multivalue --methods homer-word --lengths 16k --samples 3 --call-seconds 900 --max-seconds 1500
+  "${EVAL[@]}" --tasks passkey --methods homer-word --lengths 16k,32k --samples 5 --call-seconds 900 --max-seconds 1800
+fi
+# 10. (session 3) perplexity at 8x on three samples: HOMER as is, and HOMER compressing all but the
+#     last 3840 context tokens, which then run whole after the 4096-token cache (4096 + 3840 + 256
+#     scored = the 8192 window); plain last-3840 baselines from benchmarks/ppl_variants.py
+if [[ $STAGE == 10 ]]; then
+  .venv/bin/homer-llm eval --out "$OUT-ppl-append3840" --resume --threads 1 --tasks ppl --lengths 64k \
+    --methods homer,truncate --samples 3 --ppl-append 3840 --call-seconds 1500 --max-seconds 3000
+  "${EVAL[@]}" --tasks ppl --methods homer,truncate --lengths 64k --samples 3 --call-seconds 1500 --max-seconds 2000
+  .venv/bin/python benchmarks/ppl_variants.py --length 64k --samples 3 --rows window,last3840 --out results/ppl-variants/64k.jsonl
+  .venv/bin/python benchmarks/ppl_variants.py --length 16k --samples 3 --rows window,last3840,append3840,homer \
+    --out results/ppl-variants/16k.jsonl
+fi
+# 11. (session 3) passkey samples 6-10 of the main comparison (HOMER, truncation, BM25; plain in its window)
+if [[ $STAGE == 11 ]]; then
+  "${EVAL[@]}" --tasks passkey --methods homer,truncate,bm25 --samples 10 --call-seconds 900 --max-seconds 5400
+  "${EVAL[@]}" --tasks passkey --methods full --lengths 8k --samples 10 --call-seconds 900 --max-seconds 1200
+fi
 # 3. more samples and the other tasks, as far as the budget goes
 if [[ $STAGE == 3 || $STAGE == all ]]; then
   "${EVAL[@]}" --tasks passkey,vartrack,multikey,multivalue,ppl \
