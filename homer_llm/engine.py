@@ -54,12 +54,16 @@ class CompressedContext:
         next_position: position id of the first generated token.
         last_logits: [vocab] float32 logits at the last suffix token.
         stats: CompressionStats.
+        kept: [F] long index in the prompt (prefix + context + suffix ids) of each cache token, in
+            cache order; None where not tracked (plain prefills, extended or reloaded caches).
+            Tells which document tokens survived pruning (e.g. whether a needle did).
     """
 
     kv: tuple[compat.KV, ...]
     next_position: int
     last_logits: torch.Tensor
     stats: CompressionStats
+    kept: torch.Tensor | None = None
 
     @property
     def cache_tokens(self) -> int:
@@ -163,7 +167,7 @@ class TreePass:
             seconds=time.perf_counter() - start,
         )
         logger.debug("HOMER pass: %s", stats)
-        return CompressedContext(root.kv, plan.next_position, logits, stats)
+        return CompressedContext(root.kv, plan.next_position, logits, stats, root.origin)
 
     def run_layers(self, state: ChunkState, node: Node) -> ChunkState:
         parts = self.parts

@@ -219,6 +219,27 @@ def test_position_ids_never_reach_attention(monkeypatch, tiny_homer):
     assert seen and all(p is None for p in seen)
 
 
+def test_kept_indices_name_the_surviving_prompt_tokens():
+    model = tiny_model("llama", vocab=VOCAB, window=256)
+    parts = compat.model_parts(model)
+    P, C, S = 6, 400, 5
+    ids = _ids(P + C + S, seed=4)
+    plan = make_plan(P, C, S, chunk_len=128, cache_len=128, num_layers=6, warmup_layers=2)
+    ctx = compress(parts, plan, ids)
+    kept = ctx.kept.tolist()
+    assert len(kept) == ctx.cache_tokens == 128
+    assert kept == sorted(set(kept))  # document order, no repeats
+    assert kept[:P] == list(range(P)) and kept[-S:] == list(range(P + C, P + C + S))
+    # the kept context tokens are the ones whose embeddings carry through: run a one-chunk plain
+    # pass over exactly those ids and the first layer's values match (values of layer 0 depend
+    # only on the token and not on position or context)
+    one = compress(parts, make_plan(P, 128 - P - S, S, chunk_len=128, cache_len=128, num_layers=6),
+                   ids[torch.tensor(kept)])
+    torch.testing.assert_close(ctx.kv[0][1], one.kv[0][1])
+    flat = compress(parts, make_plan(P, 100, S, chunk_len=128, cache_len=128, num_layers=6), ids[: P + 100 + S])
+    assert flat.kept.tolist() == list(range(P + 100 + S))
+
+
 def test_peak_kv_grows_with_log_length():
     """8x the length costs at most 2x the live K/V (full attention would cost 8x)."""
     model = tiny_model("llama", vocab=VOCAB, layers=8, window=256)

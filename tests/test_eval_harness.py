@@ -89,6 +89,10 @@ def test_cli_end_to_end_on_a_saved_tiny_model(model_dir, essays, tmp_path, capsy
                     assert cell["value"] in (0.0, 1.0) and 0.0 <= cell["low"] <= cell["high"] <= 1.0
     records = result["records"]
     assert len(records) == len(load_records(out / "records.jsonl")) == 2 * len(ALL_METHODS) * 2
+    for r in records:  # HOMER methods report how much of the needle survived; others cannot
+        homer_qa = r["method"].startswith("homer") and r["task"] == "passkey" and r["status"] == "ok"
+        assert (r["needle_kept"] is not None) == homer_qa, r
+        assert r["needle_kept"] is None or 0.0 <= r["needle_kept"] <= 1.0
     by = {(r["task"], r["method"], r["length"]): r for r in records}
     # HOMER compresses beyond one chunk; truncation and retrieval stay within the window
     assert by[("passkey", "homer", 2048)]["used_tokens"] <= 512
@@ -322,3 +326,16 @@ def test_homer_sees_the_same_sample_as_every_method(small_eval):
 def test_homer_model_loads_from_the_saved_folder(model_dir):
     hm = HomerModel.load(model_dir, device="cpu")
     assert hm.window == 1024 and hm.chunk_len == 512
+
+
+def test_needle_kept_counts_the_answer_tokens_in_the_cache(tokenizer):
+    from homer_llm.evaluation.methods import needle_kept
+
+    doc = "ab 1234 cd 123 ef 123."  # char-level tokens: "123" alone at 11-13 and 18-20
+    ids = tuple(tokenizer(doc, add_special_tokens=False)["input_ids"])
+    assert needle_kept(tokenizer, doc, ids, ("123",), {11, 12, 13}) == 1.0
+    assert needle_kept(tokenizer, doc, ids, ("123",), {3, 4, 5}) == 0.0  # inside 1234: not the value
+    assert needle_kept(tokenizer, doc, ids, ("123",), {11, 19}) == pytest.approx(1 / 3)  # best occurrence
+    assert needle_kept(tokenizer, doc, ids, ("123", "1234"), {11, 12, 13}) == pytest.approx(0.5)
+    assert needle_kept(tokenizer, doc, ids, ("999",), set(range(len(ids)))) == 0.0
+    assert needle_kept(tokenizer, doc, ids[:-1], ("123",), {11}) is None  # other tokenization: unknown

@@ -102,6 +102,7 @@ class Record:
     error: str | None = None
     reused: bool = False
     finished: str | None = None  # UTC time the record was made (ISO 8601); None in older records
+    needle_kept: float | None = None  # HOMER on QA: fraction of the answer's tokens in the final cache
 
     @property
     def key(self) -> tuple[str, str, int, int]:
@@ -211,6 +212,7 @@ def run_one(method: Method, sample: QASample | PPLSample, task: str, length: int
             base.nll = float(sum(result.nll) / len(result.nll))
             base.target_tokens = len(result.nll)
         base.input_tokens, base.used_tokens, base.reused = result.input_tokens, result.used_tokens, result.reused
+        base.needle_kept = result.needle_kept
     except NotApplicable as err:
         base.status, base.error = NA, str(err)
     except TimeBudgetExceeded as err:

@@ -20,6 +20,7 @@ stop with TimeBudgetExceeded once it has passed.
 
 from __future__ import annotations
 
+import bisect
 import logging
 import math
 import re
@@ -61,6 +62,9 @@ class MethodResult:
         reused: the result was copied from another method that ran the very same computation
             (same model, RoPE setting and token ids: e.g. full, truncate, bm25 and factor-1 RoPE
             scaling all reduce to the plain model inside the window).
+        needle_kept: HOMER methods on QA: the fraction of the answer's document tokens that
+            survived into the final cache (best occurrence of each expected value, averaged over
+            the values); None elsewhere.
     """
 
     text: str
@@ -68,6 +72,37 @@ class MethodResult:
     used_tokens: int
     nll: list[float] | None = None
     reused: bool = False
+    needle_kept: float | None = None
+
+
+def needle_kept(tokenizer, document: str, context_ids: tuple[int, ...], values, kept_ctx: set[int]) -> float | None:
+    """Fraction of the answer's tokens kept: for every expected value, the best over its
+    occurrences in ``document`` of (kept tokens / tokens overlapping it), averaged over values.
+
+    ``kept_ctx``: indices into ``context_ids`` (the tokenized document) that are in the cache.
+    None when the tokenizer gives no character offsets or re-tokenizes differently.
+    """
+    try:
+        enc = tokenizer(document, add_special_tokens=False, return_offsets_mapping=True)
+    except (NotImplementedError, ValueError, TypeError):
+        return None
+    if tuple(enc["input_ids"]) != tuple(context_ids):
+        return None
+    starts = [a for a, _ in enc["offset_mapping"]]
+    ends = [b for _, b in enc["offset_mapping"]]
+    fractions = []
+    for value in values:
+        best = 0.0
+        # the value as a whole word/number (not inside a longer one)
+        for match in re.finditer(rf"(?<![0-9A-Za-z]){re.escape(value)}(?![0-9A-Za-z])", document):
+            # tokens overlapping [match.start(), match.end()): offsets are sorted by position
+            lo = bisect.bisect_right(ends, match.start())
+            hi = bisect.bisect_left(starts, match.end())
+            tokens = range(lo, hi)
+            if len(tokens):
+                best = max(best, sum(t in kept_ctx for t in tokens) / len(tokens))
+        fractions.append(best)
+    return sum(fractions) / len(fractions) if fractions else None
 
 
 def build_parts(tokenizer, sample: QASample, document: str | None = None) -> PromptParts:
@@ -202,7 +237,12 @@ class HomerMethod(Method):
         parts = build_parts(hm.tokenizer, sample)
         context = hm.compress(parts, progress=deadline.progress)
         out = hm.generate(context, self.model.generation_config(sample))
-        return MethodResult(out.text, len(parts), context.cache_tokens)
+        kept = None
+        if context.kept is not None:
+            p, c = len(parts.prefix), len(parts.context)
+            kept_ctx = {i - p for i in context.kept.tolist() if p <= i < p + c}
+            kept = needle_kept(hm.tokenizer, sample.document, parts.context, sample.expected, kept_ctx)
+        return MethodResult(out.text, len(parts), context.cache_tokens, needle_kept=kept)
 
     def score(self, sample, deadline):
         hm = self.hm
