@@ -97,6 +97,14 @@ if [[ $STAGE == 11 ]]; then
   "${EVAL[@]}" --tasks passkey --methods homer,truncate,bm25 --samples 10 --call-seconds 900 --max-seconds 5400
   "${EVAL[@]}" --tasks passkey --methods full --lengths 8k --samples 10 --call-seconds 900 --max-seconds 1200
 fi
+# 12. (session 3) needle survival (records' needle_kept), token against word pruning, on multi-key
+#     (7-digit values) and passkey at 4x; own folder, since earlier records predate needle_kept
+if [[ $STAGE == 12 ]]; then
+  .venv/bin/homer-llm eval --out "$OUT-needle" --resume --threads 1 --depths 50,25,75,0,100 --tasks multikey \
+    --methods homer,homer-word --lengths 16k --samples 5 --call-seconds 900 --max-seconds 1800
+  .venv/bin/homer-llm eval --out "$OUT-needle" --resume --threads 1 --depths 50,25,75,0,100 --tasks passkey \
+    --methods homer,homer-word --lengths 32k --samples 3 --call-seconds 900 --max-seconds 1800
+fi
 # 3. more samples and the other tasks, as far as the budget goes
 if [[ $STAGE == 3 || $STAGE == all ]]; then
   "${EVAL[@]}" --tasks passkey,vartrack,multikey,multivalue,ppl \
