@@ -12,4 +12,5 @@ $PIP install -q "torch==${HOMER_TORCH_VERSION:-2.13.0}" "transformers==${MIN_TRA
 $PIP install -q --no-deps -e .
 .venv-min/bin/python -c "import transformers; print('engine tests on transformers', transformers.__version__)"
 exec .venv-min/bin/python -m pytest -q -p no:cacheprovider -o asyncio_mode=strict \
-  tests/test_engine.py tests/test_schedule.py tests/test_calibration.py tests/test_generation.py tests/test_model.py
+  tests/test_engine.py tests/test_schedule.py tests/test_calibration.py tests/test_generation.py tests/test_model.py \
+  tests/test_spans.py
