@@ -96,6 +96,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="fixed RoPE scaling factor for yarn/ntk/linear (default: ceil(length / window))")
     parser.add_argument("--homer-yarn-factor", type=float, default=2.0, help="YaRN factor of homer-yarn (chunk_len x it)")
     parser.add_argument("--chunk-len", type=int, default=None, help="HOMER chunk length M (default: window / 2)")
+    parser.add_argument("--cache-len", type=int, default=None, help="HOMER final cache length T (default: chunk_len)")
     parser.add_argument("--warmup-layers", type=int, default=None, help="HOMER warm-up layers W (default: engine's)")
     parser.add_argument("--calibration-samples", type=int, default=None, help="chunks used for HOMER's bias table")
     parser.add_argument("--yarn-calibration-samples", type=int, default=None,
@@ -136,7 +137,8 @@ def run(args: argparse.Namespace) -> int:
             if args.threads < 1:
                 raise ValueError(f"--threads must be >= 1, got {args.threads}")
             torch.set_num_threads(args.threads)
-        homer_kwargs = {k: v for k, v in (("chunk_len", args.chunk_len), ("warmup_layers", args.warmup_layers),
+        homer_kwargs = {k: v for k, v in (("chunk_len", args.chunk_len), ("cache_len", args.cache_len),
+                                          ("warmup_layers", args.warmup_layers),
                                           ("calibration_samples", args.calibration_samples)) if v is not None}
         say(f"loading {args.model or 'the default model'} ...")
         hm = HomerModel.load(args.model, device=args.device, dtype=args.dtype, attn_implementation=args.attn,
