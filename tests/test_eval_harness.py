@@ -341,11 +341,12 @@ def test_needle_kept_counts_the_answer_tokens_in_the_cache(tokenizer):
     assert needle_kept(tokenizer, doc, ids[:-1], ("123",), {11}) is None  # other tokenization: unknown
 
 
-def test_cache_len_option_sets_the_final_cache(model_dir, tmp_path, capsys):
-    args = _args(model=model_dir, device="cpu", methods="homer", tasks="passkey", lengths="2x", samples=1,
-                 out=tmp_path / "out", quiet=True, json=True, cache_len=64, calibration_samples=2)
+def test_cache_len_option_sets_the_final_cache(model_dir, essays, tmp_path, capsys):
+    args = _args(model=model_dir, device="cpu", methods="homer", tasks="ppl", lengths="2x", samples=1, essays=essays,
+                 ppl_tokens=32, out=tmp_path / "out", quiet=True, json=True, cache_len=64, calibration_samples=2)
     assert eval_cli.run(args) == 0
     payload = json.loads(capsys.readouterr().out)
     assert payload["meta"]["homer"]["cache_len"] == 64
     (record,) = payload["records"]
-    assert record["status"] == "ok" and record["used_tokens"] == 64
+    assert record["status"] == "ok", record["error"]
+    assert record["used_tokens"] == 64
