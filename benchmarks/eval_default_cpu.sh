@@ -105,6 +105,12 @@ if [[ $STAGE == 12 ]]; then
   .venv/bin/homer-llm eval --out "$OUT-needle" --resume --threads 1 --depths 50,25,75,0,100 --tasks passkey \
     --methods homer,homer-word --lengths 32k --samples 3 --call-seconds 900 --max-seconds 1800
 fi
+# 13. (session 3) perplexity at 8x, appended mode with a 2048-token final cache (fewer compressed
+#     fragments in front of the 3840 recent tokens)
+if [[ $STAGE == 13 ]]; then
+  .venv/bin/homer-llm eval --out "$OUT-ppl-append3840-cache2048" --resume --threads 1 --tasks ppl --lengths 64k \
+    --methods homer,truncate --samples 3 --ppl-append 3840 --cache-len 2048 --call-seconds 1500 --max-seconds 3000
+fi
 # 3. more samples and the other tasks, as far as the budget goes
 if [[ $STAGE == 3 || $STAGE == all ]]; then
   "${EVAL[@]}" --tasks passkey,vartrack,multikey,multivalue,ppl \
