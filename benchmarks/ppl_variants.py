@@ -7,7 +7,7 @@ recent tokens kept whole, calibration), and how much plain context the last wind
 ``homer-llm eval`` (same seed: sample 0 here is sample 0 there).
 
     .venv/bin/python benchmarks/ppl_variants.py --length 16k --samples 3 \
-        --rows last1024,last2048,last4096,window,homer,homer-w6,homer-w18,homer-uncal,recent4096 \
+        --rows last1024,last2048,last4096,window,homer,homer-w6,homer-w18,homer-uncal,append3840 \
         --out results/ppl-variants-16k.jsonl
 
 Rows already in ``--out`` (same row, length, sample) are skipped, so a run can be resumed.
@@ -47,10 +47,6 @@ ROWS = {
     "homer-w18": {"kind": "homer", "recent": 0, "config": {"warmup_layers": 18}},
     "homer-uncal": {"kind": "homer", "recent": 0, "config": {"pruning": "uncalibrated"}},
     "recent2048": {"kind": "homer", "recent": 2048, "config": {}},
-    # the whole window for the final cache: chunk = window - scored tokens, last 4096 tokens whole
-    "recent4096": {"kind": "homer", "recent": 4096, "config": {"chunk_len": "window-target", "calibration_samples": 4}},
-    "recent4096-uncal": {"kind": "homer", "recent": 4096,
-                         "config": {"chunk_len": "window-target", "pruning": "uncalibrated"}},
     # HOMER compresses all but the last N context tokens (its own last token is the query); the last
     # N are then run whole AFTER the compressed cache, like a continuation, and the target after
     # them. append3840 fills the window exactly: 4096 cache + 3840 + 256 scored = 8192 positions.
@@ -70,8 +66,6 @@ def run_row(name: str, base: HomerModel, sample, variants: dict) -> tuple[list[f
         ids = bos + sample.context[-keep:]
         return score_plain(base.parts, ids, sample.target).tolist(), len(ids)
     config = dict(spec["config"])
-    if config.get("chunk_len") == "window-target":
-        config["chunk_len"] = config["cache_len"] = base.window - n_target
     key = (name, tuple(sorted(config.items())))
     if key not in variants:
         variants[key] = HomerModel(base.model, base.tokenizer, name=base.name, homer=replace(base.homer, **config))
