@@ -29,9 +29,10 @@ import torch
 
 from homer_llm import HomerModel
 from homer_llm.evaluation.cli import parse_lengths
+from homer_llm.evaluation.methods import EvalModel, HomerMethod
 from homer_llm.evaluation.perplexity import PerplexityTask
-from homer_llm.evaluation.runner import score_continuation, score_plain
-from homer_llm.prompt import PromptParts
+from homer_llm.evaluation.runner import Deadline, score_plain
+from homer_llm.prompt import bos_prefix
 
 # row name -> what it runs. "last<K>": the plain model over only the last K context tokens;
 # "window": the last window minus the scored tokens (= eval's truncate); HOMER rows: HomerConfig
@@ -58,29 +59,21 @@ ROWS = {
 
 
 def run_row(name: str, base: HomerModel, sample, variants: dict) -> tuple[list[float], int]:
+    """NLL of the sample's target under row ``name``, and the tokens the model attended to."""
     spec = ROWS[name]
-    bos = (base.tokenizer.bos_token_id,) if base.tokenizer("a")["input_ids"][:1] == [base.tokenizer.bos_token_id] else ()
-    n_target = len(sample.target)
     if spec["kind"] == "last":
-        keep = spec["keep"] if spec["keep"] is not None else base.window - n_target - len(bos)
+        bos = bos_prefix(base.tokenizer)
+        keep = spec["keep"] if spec["keep"] is not None else base.window - len(sample.target) - len(bos)
         ids = bos + sample.context[-keep:]
         return score_plain(base.parts, ids, sample.target).tolist(), len(ids)
-    config = dict(spec["config"])
-    key = (name, tuple(sorted(config.items())))
+    # HOMER rows go through the eval's own HOMER scorer (suffix or appended recent tokens)
+    key = (name, tuple(sorted(spec["config"].items())))
     if key not in variants:
-        variants[key] = HomerModel(base.model, base.tokenizer, name=base.name, homer=replace(base.homer, **config))
-    hm = variants[key]
-    recent = min(spec["recent"], len(sample.context) - 1)
-    if spec["kind"] == "append":
-        context = hm.compress(PromptParts(bos, sample.context[:-recent], ()))
-        nll = score_continuation(hm.parts, context, sample.context[-recent:] + sample.target)
-        return nll[-n_target:].tolist(), context.cache_tokens + recent
-    if recent:
-        parts = PromptParts(bos, sample.context[:-recent], sample.context[-recent:])
-    else:
-        parts = PromptParts(bos, sample.context, ())
-    context = hm.compress(parts)
-    return score_continuation(hm.parts, context, sample.target).tolist(), context.cache_tokens
+        hm = HomerModel(base.model, base.tokenizer, name=base.name, homer=replace(base.homer, **spec["config"]))
+        mode = {"ppl_append" if spec["kind"] == "append" else "ppl_recent": spec["recent"]}
+        variants[key] = HomerMethod(EvalModel(hm, **mode), name, hm.homer.pruning)
+    result = variants[key].score(sample, Deadline(None))
+    return result.nll, result.used_tokens
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -42,12 +42,15 @@ def _encode(tokenizer, text: str) -> tuple[int, ...]:
     return tuple(tokenizer(text, add_special_tokens=False)["input_ids"]) if text else ()
 
 
+def bos_prefix(tokenizer) -> tuple[int, ...]:
+    """``(bos_token_id,)`` if the tokenizer puts a BOS in front of plain text, else ``()``."""
+    bos = getattr(tokenizer, "bos_token_id", None)
+    return (bos,) if bos is not None and tokenizer("a")["input_ids"][:1] == [bos] else ()
+
+
 def split_text(tokenizer, prefix: str, document: str, suffix: str) -> PromptParts:
     """Raw (template-free) split; the tokenizer's BOS, if it adds one, starts the prefix."""
-    bos = getattr(tokenizer, "bos_token_id", None)
-    adds_bos = bos is not None and tokenizer("a")["input_ids"][:1] == [bos]
-    head = (bos,) if adds_bos else ()
-    return PromptParts(head + _encode(tokenizer, prefix), _encode(tokenizer, document), _encode(tokenizer, suffix))
+    return PromptParts(bos_prefix(tokenizer) + _encode(tokenizer, prefix), _encode(tokenizer, document), _encode(tokenizer, suffix))
 
 
 def split_chat(

@@ -162,7 +162,7 @@ def test_ppl_append_runs_the_last_tokens_after_the_cache(model_dir, essays, tmp_
     from homer_llm import HomerConfig, HomerModel
     from homer_llm.evaluation.perplexity import PerplexityTask
     from homer_llm.evaluation.runner import score_continuation
-    from homer_llm.prompt import PromptParts
+    from homer_llm.prompt import PromptParts, bos_prefix
 
     out = tmp_path / "out"
     args = _args(model=model_dir, device="cpu", methods="homer", tasks="ppl", lengths="2x", samples=1,
@@ -174,7 +174,7 @@ def test_ppl_append_runs_the_last_tokens_after_the_cache(model_dir, essays, tmp_
     hm = HomerModel.load(model_dir, device="cpu", homer=HomerConfig(calibration_samples=2))
     (length,) = eval_cli.parse_lengths("2x", hm.window)
     sample = PerplexityTask(hm.tokenizer, essays, target_tokens=32).make(length, 0, 0)
-    bos = (hm.tokenizer.bos_token_id,) if hm.tokenizer("a")["input_ids"][:1] == [hm.tokenizer.bos_token_id] else ()
+    bos = bos_prefix(hm.tokenizer)
     compressed = hm.compress(PromptParts(bos, sample.context[:-40], ()))
     assert compressed.stats.num_leaves > 1  # the past really is compressed
     expected = score_continuation(hm.parts, compressed, sample.context[-40:] + sample.target)[-32:]

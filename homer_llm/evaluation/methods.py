@@ -30,7 +30,7 @@ from homer_llm import compat
 from homer_llm.config import GenerationConfig, HomerConfig
 from homer_llm.generation import generate
 from homer_llm.model import HomerModel
-from homer_llm.prompt import DOCUMENT_PLACEHOLDER, PromptParts, split_chat, split_text
+from homer_llm.prompt import DOCUMENT_PLACEHOLDER, PromptParts, bos_prefix, split_chat, split_text
 
 from .perplexity import PPLSample
 from .rope import scaled_model
@@ -246,7 +246,7 @@ class HomerMethod(Method):
 
     def score(self, sample, deadline):
         hm = self.hm
-        bos = _bos(hm.tokenizer)
+        bos = bos_prefix(hm.tokenizer)
         appended = min(self.model.ppl_append, len(sample.context) - 1)
         if appended > 0:  # compress the past, then run the most recent tokens whole after it
             context = hm.compress(PromptParts(bos, sample.context[:-appended], ()), progress=deadline.progress)
@@ -265,12 +265,6 @@ class HomerMethod(Method):
         with hm.lock:
             nll = score_continuation(hm.parts, context, sample.target, deadline=deadline)
         return MethodResult("", len(parts), context.cache_tokens, nll.tolist())
-
-
-def _bos(tokenizer) -> tuple[int, ...]:
-    bos = getattr(tokenizer, "bos_token_id", None)
-    adds = bos is not None and tokenizer("a")["input_ids"][:1] == [bos]
-    return (bos,) if adds else ()
 
 
 class PlainMethod(Method):
@@ -308,7 +302,7 @@ class PlainMethod(Method):
 
     def score(self, sample, deadline):
         base = self.model.homer
-        ids = self.reduce_ids(_bos(base.tokenizer) + sample.context, len(sample.target))
+        ids = self.reduce_ids(bos_prefix(base.tokenizer) + sample.context, len(sample.target))
         length = len(sample.context) + len(sample.target)
 
         def compute() -> MethodResult:
@@ -339,7 +333,7 @@ class TruncateMethod(PlainMethod):
         return PromptParts(parts.prefix, parts.context[-room:], parts.suffix)
 
     def reduce_ids(self, ids, target_len):
-        bos = _bos(self.model.tokenizer)
+        bos = bos_prefix(self.model.tokenizer)
         keep = self.model.window - target_len - len(bos)
         body = ids[len(bos):]
         return bos + body[-keep:] if keep > 0 else bos
