@@ -33,11 +33,11 @@ if [[ $STAGE == 4 ]]; then
   "${EVAL[@]}" --tasks passkey --methods homer,bm25,truncate,full --lengths 8k --samples 5 --call-seconds 900 --max-seconds 2400
   "${EVAL[@]}" --tasks passkey --methods homer,bm25,truncate --lengths 32k --samples 5 --call-seconds 900 --max-seconds 2700
   "${EVAL[@]}" --tasks vartrack --methods homer,bm25 --lengths 16k --samples 3 --call-seconds 900 --max-seconds 1500
-  "${EVAL[@]}" --tasks ppl --methods homer,truncate --lengths 64k --samples 1 --call-seconds 1500 --max-seconds 1800
+  "${EVAL[@]}" --tasks ppl --ppl-sink 0 --methods homer,truncate --lengths 64k --samples 1 --call-seconds 1500 --max-seconds 1800
 fi
 # 5. the rest of the matrix that a CPU session affords, as two 1-thread jobs (5a and 5b can run at once)
 if [[ $STAGE == 5a ]]; then
-  "${EVAL[@]}" --tasks ppl --methods homer,truncate --lengths 64k --samples 1 --call-seconds 1500 --max-seconds 1800
+  "${EVAL[@]}" --tasks ppl --ppl-sink 0 --methods homer,truncate --lengths 64k --samples 1 --call-seconds 1500 --max-seconds 1800
   "${EVAL[@]}" --tasks passkey --methods homer-uncal,homer-random --lengths 32k --samples 5 --call-seconds 900 --max-seconds 1800
   "${EVAL[@]}" --tasks multikey,multivalue --methods homer,bm25 --lengths 16k --samples 3 --call-seconds 900 --max-seconds 1200
 fi
@@ -59,11 +59,11 @@ fi
 #    the method is still called homer there), and at 2x
 if [[ $STAGE == 7 ]]; then
   for r in 1024 2048; do
-    .venv/bin/homer-llm eval --out "$OUT-ppl-recent$r" --resume --threads 1 --tasks ppl --methods homer \
+    .venv/bin/homer-llm eval --out "$OUT-ppl-recent$r" --resume --threads 1 --tasks ppl --ppl-sink 0 --methods homer \
       --lengths 64k --samples 1 --ppl-recent $r --call-seconds 900 --max-seconds 900
   done
-  "${EVAL[@]}" --tasks ppl --methods homer,truncate --lengths 16k --samples 1 --call-seconds 600 --max-seconds 600
-  .venv/bin/homer-llm eval --out "$OUT-chunk6144" --threads 2 --tasks ppl --methods homer,truncate --lengths 64k \
+  "${EVAL[@]}" --tasks ppl --ppl-sink 0 --methods homer,truncate --lengths 16k --samples 1 --call-seconds 600 --max-seconds 600
+  .venv/bin/homer-llm eval --out "$OUT-chunk6144" --threads 2 --tasks ppl --ppl-sink 0 --methods homer,truncate --lengths 64k \
     --samples 1 --chunk-len 6144 --call-seconds 900 --max-seconds 900
 fi
 # 8. (session 3) HOMER + YaRN at every length (its own 2-chunk bias table over 8k-token YaRN chunks),
@@ -85,9 +85,9 @@ fi
 #     last 3840 context tokens, which then run whole after the 4096-token cache (4096 + 3840 + 256
 #     scored = the 8192 window); plain last-3840 baselines from benchmarks/ppl_variants.py
 if [[ $STAGE == 10 ]]; then
-  .venv/bin/homer-llm eval --out "$OUT-ppl-append3840" --resume --threads 1 --tasks ppl --lengths 64k \
+  .venv/bin/homer-llm eval --out "$OUT-ppl-append3840" --resume --threads 1 --tasks ppl --ppl-sink 0 --lengths 64k \
     --methods homer,truncate --samples 3 --ppl-append 3840 --call-seconds 1500 --max-seconds 3000
-  "${EVAL[@]}" --tasks ppl --methods homer,truncate --lengths 64k --samples 3 --call-seconds 1500 --max-seconds 2000
+  "${EVAL[@]}" --tasks ppl --ppl-sink 0 --methods homer,truncate --lengths 64k --samples 3 --call-seconds 1500 --max-seconds 2000
   .venv/bin/python benchmarks/ppl_variants.py --length 64k --samples 3 --rows window,last3840 --out results/ppl-variants/64k.jsonl
   .venv/bin/python benchmarks/ppl_variants.py --length 16k --samples 3 --rows window,last3840,append3840,homer \
     --out results/ppl-variants/16k.jsonl
@@ -108,12 +108,18 @@ fi
 # 13. (session 3) perplexity at 8x, appended mode with a 2048-token final cache (fewer compressed
 #     fragments in front of the 3840 recent tokens)
 if [[ $STAGE == 13 ]]; then
-  .venv/bin/homer-llm eval --out "$OUT-ppl-append3840-cache2048" --resume --threads 1 --tasks ppl --lengths 64k \
+  .venv/bin/homer-llm eval --out "$OUT-ppl-append3840-cache2048" --resume --threads 1 --tasks ppl --ppl-sink 0 --lengths 64k \
     --methods homer,truncate --samples 3 --ppl-append 3840 --cache-len 2048 --call-seconds 1500 --max-seconds 3000
+fi
+# 14. (session 4) dynamic NTK, the strongest RoPE baseline, against HOMER: ten samples at 2x and
+#     one at 8x (a 64k plain prefill: about an hour on one thread)
+if [[ $STAGE == 14 ]]; then
+  "${EVAL[@]}" --tasks passkey --methods ntk --lengths 16k --samples 10 --call-seconds 900 --max-seconds 2400
+  "${EVAL[@]}" --tasks passkey --methods ntk --lengths 64k --samples 1 --call-seconds 5400 --max-seconds 5400
 fi
 # 3. more samples and the other tasks, as far as the budget goes
 if [[ $STAGE == 3 || $STAGE == all ]]; then
-  "${EVAL[@]}" --tasks passkey,vartrack,multikey,multivalue,ppl \
+  "${EVAL[@]}" --tasks passkey,vartrack,multikey,multivalue,ppl --ppl-sink 0 \
     --methods homer,truncate,bm25,full,yarn,ntk,linear,homer-uncal,homer-random,homer-yarn \
     --samples 20 --yarn-calibration-samples 1 --call-seconds 900 --max-seconds 14400
 fi

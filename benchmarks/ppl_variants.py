@@ -55,6 +55,11 @@ ROWS = {
     "append2048": {"kind": "append", "recent": 2048, "config": {}},
     "append3840": {"kind": "append", "recent": 3840, "config": {}},
     "append3840-word": {"kind": "append", "recent": 3840, "config": {"prune_unit": "word"}},
+    # the document's first N tokens as the shared prefix of every chunk (an attention sink that all
+    # chunks share, as a BOS is for Llama; SmolLM2's tokenizer adds none)
+    "homer-sink4": {"kind": "homer", "recent": 0, "sink": 4, "config": {}},
+    "homer-sink16": {"kind": "homer", "recent": 0, "sink": 16, "config": {}},
+    "append3840-sink4": {"kind": "append", "recent": 3840, "sink": 4, "config": {}},
 }
 
 
@@ -71,7 +76,7 @@ def run_row(name: str, base: HomerModel, sample, variants: dict) -> tuple[list[f
     if key not in variants:
         hm = HomerModel(base.model, base.tokenizer, name=base.name, homer=replace(base.homer, **spec["config"]))
         mode = {"ppl_append" if spec["kind"] == "append" else "ppl_recent": spec["recent"]}
-        variants[key] = HomerMethod(EvalModel(hm, **mode), name, hm.homer.pruning)
+        variants[key] = HomerMethod(EvalModel(hm, **mode, ppl_sink=spec.get("sink", 0)), name, hm.homer.pruning)
     result = variants[key].score(sample, Deadline(None))
     return result.nll, result.used_tokens
 

