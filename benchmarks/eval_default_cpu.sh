@@ -117,6 +117,19 @@ if [[ $STAGE == 14 ]]; then
   "${EVAL[@]}" --tasks passkey --methods ntk --lengths 16k --samples 10 --call-seconds 900 --max-seconds 2400
   "${EVAL[@]}" --tasks passkey --methods ntk --lengths 64k --samples 1 --call-seconds 5400 --max-seconds 5400
 fi
+# 15. (session 4) perplexity at 2x and 8x with the shared 4-token sink (--ppl-sink, default 4):
+#     appended mode (last 3840 context tokens whole after the cache) and the paper's mode
+if [[ $STAGE == 15 ]]; then
+  .venv/bin/homer-llm eval --out "$OUT-ppl-sink-append3840" --resume --threads 1 --tasks ppl --lengths 16k,64k \
+    --methods homer,truncate --samples 5 --ppl-append 3840 --call-seconds 1500 --max-seconds 4200
+  .venv/bin/homer-llm eval --out "$OUT-ppl-sink" --resume --threads 1 --tasks ppl --lengths 16k,64k \
+    --methods homer,truncate --samples 5 --call-seconds 1500 --max-seconds 3600
+fi
+# 16. (session 4) passkey samples 11-20 where the targets compare HOMER with BM25 and the in-window model
+if [[ $STAGE == 16 ]]; then
+  "${EVAL[@]}" --tasks passkey --methods homer,bm25 --lengths 16k,64k --samples 20 --call-seconds 900 --max-seconds 5400
+  "${EVAL[@]}" --tasks passkey --methods homer,full --lengths 8k --samples 20 --call-seconds 900 --max-seconds 1800
+fi
 # 3. more samples and the other tasks, as far as the budget goes
 if [[ $STAGE == 3 || $STAGE == all ]]; then
   "${EVAL[@]}" --tasks passkey,vartrack,multikey,multivalue,ppl --ppl-sink 0 \
