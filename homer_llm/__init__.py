@@ -11,7 +11,7 @@ from .doc_cache import DocumentCache
 from .engine import CompressedContext, CompressionStats
 from .generation import Generation, TextStream
 from .model import Answer, HomerModel, check_document
-from .prompt import DOCUMENT_PLACEHOLDER, PromptParts, split_chat, split_text
+from .prompt import DOCUMENT_PLACEHOLDER, PromptParts, anchor_prefix, split_chat, split_text
 from .schedule import Plan, make_plan
 
 __all__ = [
@@ -28,6 +28,7 @@ __all__ = [
     "PromptParts",
     "TextStream",
     "UnsupportedModelError",
+    "anchor_prefix",
     "check_document",
     "make_plan",
     "split_chat",

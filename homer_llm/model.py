@@ -276,6 +276,9 @@ class HomerModel:
             bias = None  # one chunk, nothing pruned: the plain path, no table needed
         else:
             bias = self.bias_table()
+            if not parts.prefix:
+                logger.warning("compressing a prompt with no prefix: every chunk starts with a different "
+                               "token; prompt.anchor_prefix(parts) gives them a shared start")
         gen = None
         if self.homer.pruning == "random":
             gen = torch.Generator().manual_seed(self.homer.seed)

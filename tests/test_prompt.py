@@ -45,7 +45,7 @@ def test_split_text_anchors_only_a_bare_document(tokenizer):
     assert headed.prefix == tuple(tokenizer("Read: ", add_special_tokens=False)["input_ids"])
 
 
-def test_anchored_document_compresses_with_one_shared_first_token(tiny_homer):
+def test_anchored_document_compresses_with_one_shared_first_token(tiny_homer, caplog):
     """Through a real tree: every leaf starts with the same four prefix tokens, never pruned, so the
     final cache starts with them (merged siblings average their identical copies)."""
     ids = tuple(int(i) for i in torch.randint(5, 90, (600,), generator=torch.Generator().manual_seed(3)))
@@ -53,8 +53,12 @@ def test_anchored_document_compresses_with_one_shared_first_token(tiny_homer):
     anchored = anchor_prefix(bare)
     plan = tiny_homer.plan(anchored)
     assert plan.num_leaves > 1 and plan.prefix_len == SINK_TOKENS
-    ctx = tiny_homer.compress(anchored)
+    with caplog.at_level("WARNING", logger="homer_llm.model"):
+        ctx = tiny_homer.compress(anchored)
+    assert "no prefix" not in caplog.text
     assert ctx.kept is not None and ctx.kept[:SINK_TOKENS].tolist() == [0, 1, 2, 3]
     assert tiny_homer.plan(bare).prefix_len == 0  # the engine itself does not anchor
-    bare_ctx = tiny_homer.compress(bare)
+    with caplog.at_level("WARNING", logger="homer_llm.model"):
+        bare_ctx = tiny_homer.compress(bare)
+    assert "no prefix" in caplog.text  # the engine says so rather than anchoring silently
     assert not torch.equal(bare_ctx.last_logits, ctx.last_logits)  # the rule changes the cache
