@@ -123,7 +123,7 @@ if [[ $STAGE == 15 ]]; then
   .venv/bin/homer-llm eval --out "$OUT-ppl-sink-append3840" --resume --threads 1 --tasks ppl --lengths 16k,64k \
     --methods homer,truncate --samples 5 --ppl-append 3840 --call-seconds 1500 --max-seconds 4200
   .venv/bin/homer-llm eval --out "$OUT-ppl-sink" --resume --threads 1 --tasks ppl --lengths 16k,64k \
-    --methods homer,truncate --samples 5 --call-seconds 1500 --max-seconds 3600
+    --methods homer --samples 5 --call-seconds 1500 --max-seconds 3600  # last window: the folder above
 fi
 # 16. (session 4) passkey samples 11-20 where the targets compare HOMER with BM25 and the in-window model
 if [[ $STAGE == 16 ]]; then
