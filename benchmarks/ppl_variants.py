@@ -58,7 +58,6 @@ ROWS = {
     # the document's first N tokens as the shared prefix of every chunk (an attention sink that all
     # chunks share, as a BOS is for Llama; SmolLM2's tokenizer adds none)
     "homer-sink4": {"kind": "homer", "recent": 0, "sink": 4, "config": {}},
-    "homer-sink16": {"kind": "homer", "recent": 0, "sink": 16, "config": {}},
     "append3840-sink4": {"kind": "append", "recent": 3840, "sink": 4, "config": {}},
 }
 

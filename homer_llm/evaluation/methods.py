@@ -34,6 +34,7 @@ from homer_llm.prompt import (
     DOCUMENT_PLACEHOLDER,
     SINK_TOKENS,
     PromptParts,
+    anchor_prefix,
     bos_prefix,
     split_chat,
     split_text,
@@ -257,22 +258,21 @@ class HomerMethod(Method):
 
     def score(self, sample, deadline):
         hm = self.hm
-        # without a BOS, the document's first tokens become every chunk's shared prefix (anchor_prefix)
-        bos = bos_prefix(hm.tokenizer)
-        sink = 0 if bos else min(self.model.ppl_sink, len(sample.context) // 2)
-        head, body = bos + sample.context[:sink], sample.context[sink:]
-        appended = min(self.model.ppl_append, len(body) - 1)
+        bos, ctx, sink = bos_prefix(hm.tokenizer), sample.context, self.model.ppl_sink
+        # anchor_prefix: without a BOS, the document's first tokens are every chunk's shared prefix
+        appended = min(self.model.ppl_append, len(ctx) - 1)
         if appended > 0:  # compress the past, then run the most recent tokens whole after it
-            context = hm.compress(PromptParts(head, body[:-appended], ()), progress=deadline.progress)
+            parts = anchor_prefix(PromptParts(bos, ctx[:-appended], ()), sink)
+            context = hm.compress(parts, progress=deadline.progress)
             with hm.lock:
-                nll = score_continuation(hm.parts, context, body[-appended:] + sample.target, deadline=deadline)
+                nll = score_continuation(hm.parts, context, ctx[-appended:] + sample.target, deadline=deadline)
             n = len(sample.target)
-            return MethodResult("", len(head) + len(body), context.cache_tokens + appended, nll[-n:].tolist())
-        recent = min(self.model.ppl_recent, len(body) - 1)
+            return MethodResult("", len(bos) + len(ctx), context.cache_tokens + appended, nll[-n:].tolist())
+        recent = min(self.model.ppl_recent, len(ctx) - 1)
         if recent > 0:  # the most recent tokens stay whole, in every chunk, as the suffix
-            parts = PromptParts(head, body[:-recent], body[-recent:])
+            parts = anchor_prefix(PromptParts(bos, ctx[:-recent], ctx[-recent:]), sink)
         else:  # the last context token becomes the query suffix
-            parts = PromptParts(head, body, ())
+            parts = anchor_prefix(PromptParts(bos, ctx, ()), sink)
         context = hm.compress(parts, progress=deadline.progress)
         with hm.lock:
             nll = score_continuation(hm.parts, context, sample.target, deadline=deadline)
