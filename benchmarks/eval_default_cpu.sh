@@ -112,7 +112,7 @@ if [[ $STAGE == 13 ]]; then
     --methods homer,truncate --samples 3 --ppl-append 3840 --cache-len 2048 --call-seconds 1500 --max-seconds 3000
 fi
 # 14. (session 4) dynamic NTK, the strongest RoPE baseline, against HOMER: ten samples at 2x and
-#     one at 8x (a 64k plain prefill: about an hour on one thread)
+#     one at 8x (a 64k plain prefill: 47 minutes on one thread, measured)
 if [[ $STAGE == 14 ]]; then
   "${EVAL[@]}" --tasks passkey --methods ntk --lengths 16k --samples 10 --call-seconds 900 --max-seconds 2400
   "${EVAL[@]}" --tasks passkey --methods ntk --lengths 64k --samples 1 --call-seconds 5400 --max-seconds 5400

@@ -56,7 +56,8 @@ ROWS = {
     "append3840": {"kind": "append", "recent": 3840, "config": {}},
     "append3840-word": {"kind": "append", "recent": 3840, "config": {"prune_unit": "word"}},
     # the document's first N tokens as the shared prefix of every chunk (an attention sink that all
-    # chunks share, as a BOS is for Llama; SmolLM2's tokenizer adds none)
+    # chunks share, as a BOS is for Llama; SmolLM2's tokenizer adds none). Rows without "sink" run
+    # with none, as their records were made before prompt.anchor_prefix existed.
     "homer-sink4": {"kind": "homer", "recent": 0, "sink": 4, "config": {}},
     "append3840-sink4": {"kind": "append", "recent": 3840, "sink": 4, "config": {}},
 }
