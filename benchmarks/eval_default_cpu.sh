@@ -130,6 +130,26 @@ if [[ $STAGE == 16 ]]; then
   "${EVAL[@]}" --tasks passkey --methods homer,bm25 --lengths 16k,64k --samples 20 --call-seconds 900 --max-seconds 5400
   "${EVAL[@]}" --tasks passkey --methods homer,full --lengths 8k --samples 20 --call-seconds 900 --max-seconds 1800
 fi
+# 17. (session 5) the plain-cost baselines never run at 4x: YaRN, linear and the plain model at 32k,
+#     one sample each, then a second (each a 32k plain prefill, 13-30 CPU minutes on one thread)
+if [[ $STAGE == 17 ]]; then
+  "${EVAL[@]}" --tasks passkey --methods yarn,linear,full --lengths 32k --samples 1 --call-seconds 2400 --max-seconds 5400
+  "${EVAL[@]}" --tasks passkey --methods yarn,linear,full --lengths 32k --samples 2 --call-seconds 2400 --max-seconds 5400
+fi
+# 18. (session 5) the 16k depth-25% passkey misses: eight fresh samples, all at depth 25%, for HOMER,
+#     word pruning and BM25, then HOMER with other schedules (chunk length, warm-up layers, calibration)
+if [[ $STAGE == 18 ]]; then
+  D25=(.venv/bin/homer-llm eval --resume --threads 1 --depths 25 --tasks passkey --lengths 16k --samples 8
+       --call-seconds 900 --max-seconds 1800)
+  "${D25[@]}" --out "$OUT-d25" --methods homer,homer-word,bm25
+  "${D25[@]}" --out "$OUT-d25-chunk2048" --methods homer --chunk-len 2048
+  # chunk 2048 answered 0/8 with the default 11 warm-up layers (3 layers per tree level); with 6 (4 per level)
+  # one probe answered right, with 16 (2 per level) wrong: the warm-up / per-level split at both chunk lengths
+  "${D25[@]}" --out "$OUT-d25-warmup6" --methods homer --warmup-layers 6
+  "${D25[@]}" --out "$OUT-d25-chunk2048-warmup6" --methods homer --chunk-len 2048 --warmup-layers 6
+  "${D25[@]}" --out "$OUT-d25-warmup16" --methods homer --warmup-layers 16
+  "${D25[@]}" --out "$OUT-d25-calib32" --methods homer --calibration-samples 32
+fi
 # 3. more samples and the other tasks, as far as the budget goes
 if [[ $STAGE == 3 || $STAGE == all ]]; then
   "${EVAL[@]}" --tasks passkey,vartrack,multikey,multivalue,ppl --ppl-sink 0 \
