@@ -1,0 +1,80 @@
+"""Probe: does a passkey answer depend on where HOMER's leaf boundaries fall around the needle?
+
+``homer-llm eval`` splits the context into power-of-two leaves of equal size, so the needle of a
+sample at depth 25% or 50% lies on a leaf boundary. This script reruns chosen samples of the eval
+(same generator, seed and depths, so sample 6 here is sample 6 there) with the boundary nearest
+the key moved by each ``--shifts`` value (tokens; positive moves it right, putting the needle at
+the end of the left leaf; negative moves it left, so the needle starts that many tokens into the
+right leaf). Leaf sizes stay within the chunk, so the tree shape is unchanged.
+
+    .venv/bin/python benchmarks/leaf_shift_probe.py --length 16k --samples 6,11 --shifts 0,-64,64,-512,512
+
+Prints one line per (sample, shift): the answer, the expected key and seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from unittest import mock
+
+import torch
+
+import homer_llm.schedule as schedule
+from homer_llm import HomerModel
+from homer_llm.evaluation.cli import parse_lengths
+from homer_llm.evaluation.harness import EvalSettings, SampleBank
+from homer_llm.evaluation.methods import EvalModel, build_parts
+from homer_llm.generation import GenerationConfig
+
+DEPTHS = (0.5, 0.25, 0.75, 0.0, 1.0)  # homer-llm eval's default cycle
+
+
+def shifted_sizes(sizes: tuple[int, ...], key_at: int, shift: int) -> tuple[int, ...]:
+    """Move the inner leaf boundary nearest token ``key_at`` by ``shift`` tokens."""
+    if shift == 0 or len(sizes) < 2:
+        return sizes
+    bounds = [sum(sizes[: i + 1]) for i in range(len(sizes) - 1)]
+    i = min(range(len(bounds)), key=lambda j: abs(bounds[j] - key_at))
+    out = list(sizes)
+    out[i] += shift
+    out[i + 1] -= shift
+    if min(out) < 1:
+        raise ValueError(f"shift {shift} empties a leaf (sizes {sizes})")
+    return tuple(out)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--length", default="16k")
+    ap.add_argument("--samples", default="6", help="comma-separated sample indices")
+    ap.add_argument("--shifts", default="0,-64,64", help="comma-separated boundary shifts in tokens")
+    ap.add_argument("--threads", type=int, default=1)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    hm = HomerModel.load(None)
+    (length,) = parse_lengths(args.length, hm.window)
+    indices = [int(a) for a in args.samples.split(",")]
+    shifts = [int(a) for a in args.shifts.split(",")]
+    bank = SampleBank(EvalModel(hm), EvalSettings(tasks=("passkey",), methods=("homer",), lengths=(length,),
+                                                  samples=max(indices) + 1, depths=DEPTHS))
+    even = schedule.leaf_sizes
+    for index in indices:
+        sample = bank.get("passkey", length, index)
+        parts = build_parts(hm.tokenizer, sample)
+        ctx = list(parts.context)
+        key = hm.tokenizer(sample.expected[0], add_special_tokens=False)["input_ids"]
+        key_at = next(i for i in range(len(ctx)) if ctx[i:i + len(key)] == key)
+        print(f"sample {index} (depth {sample.depth:.0%}): key token at {key_at}; "
+              f"leaves {hm.plan(parts).leaf_ranges()}", flush=True)
+        for shift in shifts:
+            with mock.patch.object(schedule, "leaf_sizes",
+                                   lambda c, n, s=shift, k=key_at: shifted_sizes(even(c, n), k, s)):
+                start = time.perf_counter()
+                out = hm.generate(hm.compress(parts), GenerationConfig(max_new_tokens=sample.max_new_tokens, stop=("\n",)))
+            print(f"  shift {shift:+d}: {out.text!r} (key {sample.expected[0]}, "
+                  f"{time.perf_counter() - start:.0f} s)", flush=True)
+
+
+if __name__ == "__main__":
+    main()
