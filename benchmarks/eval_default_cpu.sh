@@ -137,7 +137,7 @@ if [[ $STAGE == 17 ]]; then
   "${EVAL[@]}" --tasks passkey --methods yarn,linear,full --lengths 32k --samples 2 --call-seconds 2400 --max-seconds 5400
 fi
 # 18. (session 5) the 16k depth-25% passkey misses: eight fresh samples, all at depth 25%, for HOMER,
-#     word pruning and BM25, then HOMER with other schedules (chunk length, warm-up layers, calibration)
+#     word pruning and BM25, then HOMER with other schedules (chunk length, warm-up layers)
 if [[ $STAGE == 18 ]]; then
   D25=(.venv/bin/homer-llm eval --resume --threads 1 --depths 25 --tasks passkey --lengths 16k --samples 8
        --call-seconds 900 --max-seconds 1800)
@@ -148,7 +148,18 @@ if [[ $STAGE == 18 ]]; then
   "${D25[@]}" --out "$OUT-d25-warmup6" --methods homer --warmup-layers 6
   "${D25[@]}" --out "$OUT-d25-chunk2048-warmup6" --methods homer --chunk-len 2048 --warmup-layers 6
   "${D25[@]}" --out "$OUT-d25-warmup16" --methods homer --warmup-layers 16
-  "${D25[@]}" --out "$OUT-d25-calib32" --methods homer --calibration-samples 32
+fi
+# 19. (session 5) the two schedules that answered 8/8 at 16k depth 25 % in stage 18, on the main
+#     comparison's 20 samples at 16k (all depths); own folders: the method is still called homer
+if [[ $STAGE == 19a ]]; then
+  .venv/bin/homer-llm eval --out "$OUT-16k-chunk2048-warmup6" --resume --threads 1 --depths 50,25,75,0,100 \
+    --tasks passkey --methods homer --lengths 16k --samples 20 --chunk-len 2048 --warmup-layers 6 \
+    --call-seconds 900 --max-seconds 2400
+fi
+if [[ $STAGE == 19b ]]; then
+  .venv/bin/homer-llm eval --out "$OUT-16k-warmup16" --resume --threads 1 --depths 50,25,75,0,100 \
+    --tasks passkey --methods homer --lengths 16k --samples 20 --warmup-layers 16 \
+    --call-seconds 900 --max-seconds 2400
 fi
 # 3. more samples and the other tasks, as far as the budget goes
 if [[ $STAGE == 3 || $STAGE == all ]]; then
