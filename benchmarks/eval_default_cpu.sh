@@ -143,23 +143,27 @@ if [[ $STAGE == 18 ]]; then
        --call-seconds 900 --max-seconds 1800)
   "${D25[@]}" --out "$OUT-d25" --methods homer,homer-word,bm25
   "${D25[@]}" --out "$OUT-d25-chunk2048" --methods homer --chunk-len 2048
-  # chunk 2048 answered 0/8 with the default 11 warm-up layers (3 layers per tree level); with 6 (4 per level)
-  # one probe answered right, with 16 (2 per level) wrong: the warm-up / per-level split at both chunk lengths
+  # chunk 2048 answered 0/8 with the default 11 warm-up layers (3 layers per tree level); in one ad hoc
+  # sample each, 6 (4 per level) answered right and 16 (2 per level) wrong: so warm-up at both chunk lengths
   "${D25[@]}" --out "$OUT-d25-warmup6" --methods homer --warmup-layers 6
   "${D25[@]}" --out "$OUT-d25-chunk2048-warmup6" --methods homer --chunk-len 2048 --warmup-layers 6
   "${D25[@]}" --out "$OUT-d25-warmup16" --methods homer --warmup-layers 16
 fi
 # 19. (session 5) the two schedules that answered 8/8 at 16k depth 25 % in stage 18, on the main
 #     comparison's 20 samples at 16k (all depths); own folders: the method is still called homer
+#     (a later --out / --lengths overrides EVAL's)
 if [[ $STAGE == 19a ]]; then
-  .venv/bin/homer-llm eval --out "$OUT-16k-chunk2048-warmup6" --resume --threads 1 --depths 50,25,75,0,100 \
-    --tasks passkey --methods homer --lengths 16k --samples 20 --chunk-len 2048 --warmup-layers 6 \
-    --call-seconds 900 --max-seconds 2400
+  "${EVAL[@]}" --out "$OUT-16k-chunk2048-warmup6" --tasks passkey --methods homer --lengths 16k --samples 20 \
+    --chunk-len 2048 --warmup-layers 6 --call-seconds 900 --max-seconds 2400
 fi
 if [[ $STAGE == 19b ]]; then
-  .venv/bin/homer-llm eval --out "$OUT-16k-warmup16" --resume --threads 1 --depths 50,25,75,0,100 \
-    --tasks passkey --methods homer --lengths 16k --samples 20 --warmup-layers 16 \
-    --call-seconds 900 --max-seconds 2400
+  "${EVAL[@]}" --out "$OUT-16k-warmup16" --tasks passkey --methods homer --lengths 16k --samples 20 \
+    --warmup-layers 16 --call-seconds 900 --max-seconds 2400
+fi
+# 19c. 16 warm-up layers at 8x (tree height 5: 2 layers per level), first five samples
+if [[ $STAGE == 19c ]]; then
+  "${EVAL[@]}" --out "$OUT-64k-warmup16" --tasks passkey --methods homer --lengths 64k --samples 5 \
+    --warmup-layers 16 --call-seconds 900 --max-seconds 1500
 fi
 # 3. more samples and the other tasks, as far as the budget goes
 if [[ $STAGE == 3 || $STAGE == all ]]; then

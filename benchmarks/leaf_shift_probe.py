@@ -1,8 +1,9 @@
 """Probe: does a passkey answer depend on where HOMER's leaf boundaries fall around the needle?
 
-``homer-llm eval`` splits the context into power-of-two leaves of equal size, so the needle of a
-sample at depth 25% or 50% lies on a leaf boundary. This script reruns chosen samples of the eval
-(same generator, seed and depths, so sample 6 here is sample 6 there) with the boundary nearest
+HOMER splits the context into power-of-two leaves of equal size, so the needle of a sample at
+depth 25% or 50% lies on a leaf boundary. This script reruns chosen samples of ``homer-llm eval``
+(same generator and seed; ``--depths`` as the eval run used them, by default the cycle of
+``benchmarks/eval_default_cpu.sh``, so sample 6 here is sample 6 there) with the boundary nearest
 the key moved by each ``--shifts`` value (tokens; positive moves it right, putting the needle at
 the end of the left leaf; negative moves it left, so the needle starts that many tokens into the
 right leaf). Leaf sizes stay within the chunk, so the tree shape is unchanged.
@@ -22,12 +23,10 @@ import torch
 
 import homer_llm.schedule as schedule
 from homer_llm import HomerModel
-from homer_llm.evaluation.cli import parse_lengths
+from homer_llm.evaluation.cli import parse_depths, parse_lengths
 from homer_llm.evaluation.harness import EvalSettings, SampleBank
 from homer_llm.evaluation.methods import EvalModel, build_parts
 from homer_llm.generation import GenerationConfig
-
-DEPTHS = (0.5, 0.25, 0.75, 0.0, 1.0)  # homer-llm eval's default cycle
 
 
 def shifted_sizes(sizes: tuple[int, ...], key_at: int, shift: int) -> tuple[int, ...]:
@@ -49,6 +48,7 @@ def main() -> None:
     ap.add_argument("--length", default="16k")
     ap.add_argument("--samples", default="6", help="comma-separated sample indices")
     ap.add_argument("--shifts", default="0,-64,64", help="comma-separated boundary shifts in tokens")
+    ap.add_argument("--depths", default="50,25,75,0,100", help="the eval run's --depths (percent, cycled)")
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -57,7 +57,7 @@ def main() -> None:
     indices = [int(a) for a in args.samples.split(",")]
     shifts = [int(a) for a in args.shifts.split(",")]
     bank = SampleBank(EvalModel(hm), EvalSettings(tasks=("passkey",), methods=("homer",), lengths=(length,),
-                                                  samples=max(indices) + 1, depths=DEPTHS))
+                                                  samples=max(indices) + 1, depths=parse_depths(args.depths)))
     even = schedule.leaf_sizes
     for index in indices:
         sample = bank.get("passkey", length, index)
