@@ -165,6 +165,11 @@ if [[ $STAGE == 19c ]]; then
   "${EVAL[@]}" --out "$OUT-64k-warmup16" --tasks passkey --methods homer --lengths 64k --samples 5 \
     --warmup-layers 16 --call-seconds 900 --max-seconds 1500
 fi
+# 20. (session 5) stage 18's layouts with a 4x larger calibration set (32 chunks instead of 8)
+if [[ $STAGE == 20 ]]; then
+  .venv/bin/homer-llm eval --out "$OUT-d25-calib32" --resume --threads 1 --depths 25 --tasks passkey --lengths 16k \
+    --samples 8 --methods homer --calibration-samples 32 --call-seconds 900 --max-seconds 1800
+fi
 # 3. more samples and the other tasks, as far as the budget goes
 if [[ $STAGE == 3 || $STAGE == all ]]; then
   "${EVAL[@]}" --tasks passkey,vartrack,multikey,multivalue,ppl --ppl-sink 0 \
