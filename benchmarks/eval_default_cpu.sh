@@ -12,6 +12,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-results/eval-cpu}
 EVAL=(.venv/bin/homer-llm eval --out "$OUT" --resume --threads 1 --lengths 8k,16k,32k,64k --depths 50,25,75,0,100)
+# session 5: eight 16k passkey samples, all at depth 25 % (give each variant its own --out)
+D25=(.venv/bin/homer-llm eval --resume --threads 1 --depths 25 --tasks passkey --lengths 16k --samples 8
+     --call-seconds 900 --max-seconds 1800)
 STAGE=${1:-all}
 
 # 1. passkey: the plain model (inside the window, and at 2x), then HOMER against truncation and
@@ -139,8 +142,6 @@ fi
 # 18. (session 5) the 16k depth-25% passkey misses: eight fresh samples, all at depth 25%, for HOMER,
 #     word pruning and BM25, then HOMER with other schedules (chunk length, warm-up layers)
 if [[ $STAGE == 18 ]]; then
-  D25=(.venv/bin/homer-llm eval --resume --threads 1 --depths 25 --tasks passkey --lengths 16k --samples 8
-       --call-seconds 900 --max-seconds 1800)
   "${D25[@]}" --out "$OUT-d25" --methods homer,homer-word,bm25
   "${D25[@]}" --out "$OUT-d25-chunk2048" --methods homer --chunk-len 2048
   # chunk 2048 answered 0/8 with the default 11 warm-up layers (3 layers per tree level); in one ad hoc
@@ -167,8 +168,7 @@ if [[ $STAGE == 19c ]]; then
 fi
 # 20. (session 5) stage 18's layouts with a 4x larger calibration set (32 chunks instead of 8)
 if [[ $STAGE == 20 ]]; then
-  .venv/bin/homer-llm eval --out "$OUT-d25-calib32" --resume --threads 1 --depths 25 --tasks passkey --lengths 16k \
-    --samples 8 --methods homer --calibration-samples 32 --call-seconds 900 --max-seconds 1800
+  "${D25[@]}" --out "$OUT-d25-calib32" --methods homer --calibration-samples 32
 fi
 # 3. more samples and the other tasks, as far as the budget goes
 if [[ $STAGE == 3 || $STAGE == all ]]; then

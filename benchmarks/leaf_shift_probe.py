@@ -6,7 +6,8 @@ depth 25% or 50% lies on a leaf boundary. This script reruns chosen samples of `
 ``benchmarks/eval_default_cpu.sh``, so sample 6 here is sample 6 there) with the boundary nearest
 the key moved by each ``--shifts`` value (tokens; positive moves it right, putting the needle at
 the end of the left leaf; negative moves it left, so the needle starts that many tokens into the
-right leaf). Leaf sizes stay within the chunk, so the tree shape is unchanged.
+right leaf). A shift that would overfill a leaf (more context tokens than a chunk holds) or empty
+one is refused, so the tree shape is unchanged.
 
     .venv/bin/python benchmarks/leaf_shift_probe.py --length 16k --samples 6,11 --shifts 0,-64,64,-512,512
 
@@ -26,11 +27,13 @@ from homer_llm import HomerModel
 from homer_llm.evaluation.cli import parse_depths, parse_lengths
 from homer_llm.evaluation.harness import EvalSettings, SampleBank
 from homer_llm.evaluation.methods import EvalModel, build_parts
-from homer_llm.generation import GenerationConfig
 
 
-def shifted_sizes(sizes: tuple[int, ...], key_at: int, shift: int) -> tuple[int, ...]:
-    """Move the inner leaf boundary nearest token ``key_at`` by ``shift`` tokens."""
+def shifted_sizes(sizes: tuple[int, ...], key_at: int, shift: int, capacity: int) -> tuple[int, ...]:
+    """Move the inner leaf boundary nearest token ``key_at`` by ``shift`` tokens.
+
+    ``capacity``: the most context tokens a leaf may hold (chunk_len - prefix - suffix).
+    """
     if shift == 0 or len(sizes) < 2:
         return sizes
     bounds = [sum(sizes[: i + 1]) for i in range(len(sizes) - 1)]
@@ -38,8 +41,8 @@ def shifted_sizes(sizes: tuple[int, ...], key_at: int, shift: int) -> tuple[int,
     out = list(sizes)
     out[i] += shift
     out[i + 1] -= shift
-    if min(out) < 1:
-        raise ValueError(f"shift {shift} empties a leaf (sizes {sizes})")
+    if min(out) < 1 or max(out) > capacity:
+        raise ValueError(f"shift {shift} leaves a leaf empty or over {capacity} tokens (sizes {sizes})")
     return tuple(out)
 
 
@@ -56,7 +59,8 @@ def main() -> None:
     (length,) = parse_lengths(args.length, hm.window)
     indices = [int(a) for a in args.samples.split(",")]
     shifts = [int(a) for a in args.shifts.split(",")]
-    bank = SampleBank(EvalModel(hm), EvalSettings(tasks=("passkey",), methods=("homer",), lengths=(length,),
+    model = EvalModel(hm)
+    bank = SampleBank(model, EvalSettings(tasks=("passkey",), methods=("homer",), lengths=(length,),
                                                   samples=max(indices) + 1, depths=parse_depths(args.depths)))
     even = schedule.leaf_sizes
     for index in indices:
@@ -64,14 +68,18 @@ def main() -> None:
         parts = build_parts(hm.tokenizer, sample)
         ctx = list(parts.context)
         key = hm.tokenizer(sample.expected[0], add_special_tokens=False)["input_ids"]
-        key_at = next(i for i in range(len(ctx)) if ctx[i:i + len(key)] == key)
+        key_at = next((i for i in range(len(ctx)) if ctx[i:i + len(key)] == key), None)
+        if key_at is None:
+            raise ValueError(f"sample {index}: the key {sample.expected[0]!r} does not tokenize alike in context")
+        plan = hm.plan(parts)
+        capacity = plan.chunk_len - plan.prefix_len - plan.suffix_len
         print(f"sample {index} (depth {sample.depth:.0%}): key token at {key_at}; "
-              f"leaves {hm.plan(parts).leaf_ranges()}", flush=True)
+              f"leaves {plan.leaf_ranges()}", flush=True)
         for shift in shifts:
             with mock.patch.object(schedule, "leaf_sizes",
-                                   lambda c, n, s=shift, k=key_at: shifted_sizes(even(c, n), k, s)):
+                                   lambda c, n, s=shift, k=key_at, e=capacity: shifted_sizes(even(c, n), k, s, e)):
                 start = time.perf_counter()
-                out = hm.generate(hm.compress(parts), GenerationConfig(max_new_tokens=sample.max_new_tokens, stop=("\n",)))
+                out = hm.generate(hm.compress(parts), model.generation_config(sample))
             print(f"  shift {shift:+d}: {out.text!r} (key {sample.expected[0]}, "
                   f"{time.perf_counter() - start:.0f} s)", flush=True)
 
