@@ -170,6 +170,22 @@ fi
 if [[ $STAGE == 20 ]]; then
   "${D25[@]}" --out "$OUT-d25-calib32" --methods homer --calibration-samples 32
 fi
+# 21. (session 6) does stage 19's tuned 16k schedule (chunk 2048 + 6 warm-up layers) hold at 4x and
+#     8x, on the main comparison's samples (default: 10/10 at 32k, 5/5 on the first five at 64k)?
+#     Then the ablations' empty cells at 16k and 64k on the main samples; then, one sample each, the
+#     RoPE-scaled plain baselines at 64k (~47 CPU minutes a sample). 21a and 21b can run at once.
+if [[ $STAGE == 21a ]]; then
+  "${EVAL[@]}" --out "$OUT-chunk2048-warmup6" --tasks passkey --methods homer --lengths 32k --samples 10 \
+    --chunk-len 2048 --warmup-layers 6 --call-seconds 900 --max-seconds 2400
+  "${EVAL[@]}" --out "$OUT-chunk2048-warmup6" --tasks passkey --methods homer --lengths 64k --samples 5 \
+    --chunk-len 2048 --warmup-layers 6 --call-seconds 900 --max-seconds 2400
+  "${EVAL[@]}" --tasks passkey --methods yarn --lengths 64k --samples 1 --call-seconds 4200 --max-seconds 4200
+fi
+if [[ $STAGE == 21b ]]; then
+  "${EVAL[@]}" --tasks passkey --methods homer-uncal,homer-random --lengths 16k --samples 10 --call-seconds 900 --max-seconds 2400
+  "${EVAL[@]}" --tasks passkey --methods homer-uncal,homer-random --lengths 64k --samples 3 --call-seconds 900 --max-seconds 2400
+  "${EVAL[@]}" --tasks passkey --methods linear --lengths 64k --samples 1 --call-seconds 4200 --max-seconds 4200
+fi
 # 3. more samples and the other tasks, as far as the budget goes
 if [[ $STAGE == 3 || $STAGE == all ]]; then
   "${EVAL[@]}" --tasks passkey,vartrack,multikey,multivalue,ppl --ppl-sink 0 \
