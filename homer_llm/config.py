@@ -21,7 +21,8 @@ class HomerConfig:
 
     Attributes:
         chunk_len: M, the longest sequence any forward pass sees. Default: half the model window.
-        cache_len: T, the length of the final cache. Default: ``chunk_len``.
+        cache_len: T, the length of the final cache, at most ``chunk_len`` (the root is one merged
+            chunk). Default: ``chunk_len``.
         warmup_layers: W, layers run per leaf before any merging. Default: 12/32 of the layers
             (12 for a 32-layer model, as in the paper), reduced if the tree is too tall for it.
         pruning: "calibrated" (bias-corrected significance, the method), "uncalibrated" (B = 0)
@@ -50,6 +51,9 @@ class HomerConfig:
             raise ValueError(f"HomerConfig.chunk_len must be >= 8, got {self.chunk_len}")
         if self.cache_len is not None and self.cache_len < 2:
             raise ValueError(f"HomerConfig.cache_len must be >= 2, got {self.cache_len}")
+        if self.chunk_len is not None and self.cache_len is not None and self.cache_len > self.chunk_len:
+            raise ValueError(f"HomerConfig.cache_len {self.cache_len} exceeds chunk_len {self.chunk_len}: "
+                             "the final cache holds at most one chunk")
         if self.warmup_layers is not None and self.warmup_layers < 0:
             raise ValueError(f"HomerConfig.warmup_layers must be >= 0, got {self.warmup_layers}")
         if self.pruning not in PRUNING_MODES:

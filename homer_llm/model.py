@@ -90,7 +90,11 @@ class HomerModel:
         chunk = homer.chunk_len or self.parts.window // 2
         if chunk > self.parts.window:
             raise ValueError(f"chunk_len {chunk} exceeds the model window {self.parts.window}")
-        self.homer = replace(homer, chunk_len=chunk, cache_len=min(homer.cache_len or chunk, chunk))
+        if homer.cache_len is not None and homer.cache_len > chunk:
+            # the final cache is the root of the merge tree, one node of at most chunk_len tokens
+            raise ValueError(f"cache_len {homer.cache_len} exceeds chunk_len {chunk}: the final cache "
+                             "holds at most one chunk; raise chunk_len or lower cache_len")
+        self.homer = replace(homer, chunk_len=chunk, cache_len=homer.cache_len or chunk)
         self.lock = threading.RLock()
         self._bias: torch.Tensor | None = None
         eos = model.generation_config.eos_token_id if model.generation_config is not None else None

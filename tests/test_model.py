@@ -119,8 +119,17 @@ def test_chunk_len_beyond_window_refused(tokenizer):
         HomerModel(tiny_model(vocab=len(tokenizer)), tokenizer, name="t", homer=HomerConfig(chunk_len=1024))
 
 
+def test_cache_len_beyond_chunk_refused(tokenizer):
+    """The final cache is one merged chunk: a longer cache_len used to be cut to chunk_len silently."""
+    model = tiny_model(vocab=len(tokenizer))
+    chunk = HomerModel(model, tokenizer, name="t").chunk_len
+    with pytest.raises(ValueError, match=f"cache_len {chunk + 1} exceeds chunk_len {chunk}"):
+        HomerModel(model, tokenizer, name="t", homer=HomerConfig(cache_len=chunk + 1))
+    assert HomerModel(model, tokenizer, name="t", homer=HomerConfig(cache_len=chunk)).homer.cache_len == chunk
+
+
 @pytest.mark.parametrize("kwargs", [dict(chunk_len=4), dict(pruning="magic"), dict(warmup_layers=-1),
-                                    dict(calibration_samples=0)])
+                                    dict(calibration_samples=0), dict(chunk_len=64, cache_len=65)])
 def test_bad_homer_config(kwargs):
     with pytest.raises(ValueError):
         HomerConfig(**kwargs)
