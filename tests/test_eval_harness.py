@@ -138,6 +138,25 @@ def test_cli_json_output_report_only_and_bad_flags(model_dir, tmp_path, capsys):
     assert "unknown method" in capsys.readouterr().err
 
 
+def test_random_depths_give_every_sample_its_own_seeded_layout(model_dir, tmp_path, capsys):
+    args = _args(model=model_dir, methods="truncate", tasks="passkey", lengths="1x,2x", samples=4, json=True,
+                 quiet=True, depths="random", seed=3, threads=1, out=tmp_path / "out")
+    assert eval_cli.run(args) == 0
+    payload = json.loads(capsys.readouterr().out)
+    assert payload["meta"]["settings"]["depths"] == "random"
+    depth = {(r["length"], r["index"]): r["depth"] for r in payload["records"]}
+    at_1x = [depth[(1024, i)] for i in range(4)]
+    assert len(set(at_1x)) == 4 and all(0.0 <= d <= 1.0 for d in at_1x)
+    assert at_1x == [depth[(2048, i)] for i in range(4)]  # one depth per sample index, at every length
+    # seeded: the same run again draws the same depths; another seed draws others
+    assert eval_cli.run(argparse.Namespace(**{**vars(args), "out": tmp_path / "again"})) == 0
+    assert [r["depth"] for r in json.loads(capsys.readouterr().out)["records"]] == [r["depth"] for r in payload["records"]]
+    assert eval_cli.run(argparse.Namespace(**{**vars(args), "out": tmp_path / "other", "seed": 4})) == 0
+    assert {r["depth"] for r in json.loads(capsys.readouterr().out)["records"]}.isdisjoint(at_1x)
+    with pytest.raises(ValueError, match="randomly"):
+        EvalSettings(tasks=("passkey",), methods=("truncate",), lengths=(1024,), depths="randomly")
+
+
 def test_ppl_recent_keeps_the_last_tokens_whole(model_dir, essays, tmp_path, capsys):
     """--ppl-recent N: HOMER's perplexity prompt ends with the last N context tokens as its suffix."""
     nlls = {}

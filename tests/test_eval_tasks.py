@@ -177,6 +177,7 @@ def test_parse_lengths_and_depths():
     with pytest.raises(ValueError):
         parse_lengths("abc", 8192)
     assert parse_depths("0,50,100") == (0.0, 0.5, 1.0)
+    assert parse_depths(" Random ") == "random"
     with pytest.raises(ValueError):
         parse_depths("0,150")
 

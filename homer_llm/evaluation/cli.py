@@ -18,7 +18,7 @@ from pathlib import Path
 
 from homer_llm.prompt import SINK_TOKENS
 
-from .harness import ALL_TASKS, EvalSettings, load_records, run_eval
+from .harness import ALL_TASKS, RANDOM_DEPTHS, EvalSettings, load_records, run_eval
 from .methods import ALL_METHODS
 
 logger = logging.getLogger(__name__)
@@ -58,8 +58,10 @@ def parse_lengths(value: str, window: int) -> tuple[int, ...]:
     return tuple(sorted(set(out)))
 
 
-def parse_depths(value: str) -> tuple[float, ...]:
-    """'0,25,50,75,100' (percent) -> fractions."""
+def parse_depths(value: str) -> tuple[float, ...] | str:
+    """'0,25,50,75,100' (percent) -> fractions; 'random' -> a seeded depth per sample."""
+    if value.strip().lower() == RANDOM_DEPTHS:
+        return RANDOM_DEPTHS
     try:
         depths = tuple(float(v) / 100.0 for v in value.split(",") if v.strip())
     except ValueError as err:
@@ -81,7 +83,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="total tokens per sample: Nx (times the window), Nk (x1024) or integers")
     parser.add_argument("--samples", type=int, default=5, help="samples per task and length (same for every method)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--depths", default="0,25,50,75,100", help="needle depths in percent; sample i uses the i-th")
+    parser.add_argument("--depths", default="0,25,50,75,100", help="needle depths in percent, sample i takes the i-th (cycled); 'random': each sample "
+                             "its own seeded depth, so passkey samples do not repeat a layout")
     parser.add_argument("--max-seconds", type=float, default=None, help="wall-clock budget of the whole run")
     parser.add_argument("--call-seconds", type=float, default=None,
                         help="limit for one method on one sample; a method that exceeds it is not tried at that "
@@ -177,7 +180,8 @@ def run(args: argparse.Namespace) -> int:
             records_path.unlink()
     import torch
 
-    run_settings = {**vars(settings), "depths": list(settings.depths), "torch_threads": torch.get_num_threads()}
+    depths = settings.depths if settings.depths == RANDOM_DEPTHS else list(settings.depths)
+    run_settings = {**vars(settings), "depths": depths, "torch_threads": torch.get_num_threads()}
     if args.report_only:
         assert out is not None and records_path is not None
         records = load_records(records_path)

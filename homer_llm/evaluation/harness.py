@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import json
 import logging
+import random
 import time
 import traceback
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Literal
 
 import torch
 
@@ -30,6 +32,7 @@ logger = logging.getLogger(__name__)
 
 ALL_TASKS = (*QA_TASKS, "ppl")
 OK, TIMEOUT, OOM, ERROR, SKIPPED, NA, BUDGET = "ok", "timeout", "oom", "error", "skipped", "n/a", "budget"
+RANDOM_DEPTHS = "random"
 
 
 @dataclass(frozen=True)
@@ -41,7 +44,10 @@ class EvalSettings:
         lengths: total tokens per sample (prompt + ANSWER_ROOM for QA; context + target for ppl).
         samples: samples per (task, length); the same samples go to every method.
         seed: base seed of every generator.
-        depths: needle depths in [0, 1]; sample i uses depths[i % len(depths)].
+        depths: needle depths in [0, 1]; sample i uses depths[i % len(depths)]. ``"random"``: each
+            sample draws its own depth, uniform in [0, 1] and seeded by (seed, i), so no two samples
+            share a needle position (a cycle of fixed depths repeats the passkey task's layout,
+            whose filler is one fixed text, at every depth: those samples are not independent).
         max_seconds: wall-clock budget of the whole loop (None: unlimited).
         call_seconds: limit for one method on one sample (None: only the global budget).
         ppl_tokens: scored tokens per perplexity sample.
@@ -53,7 +59,7 @@ class EvalSettings:
     lengths: tuple[int, ...]
     samples: int = 5
     seed: int = 0
-    depths: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)
+    depths: tuple[float, ...] | Literal["random"] = (0.0, 0.25, 0.5, 0.75, 1.0)
     max_seconds: float | None = None
     call_seconds: float | None = None
     ppl_tokens: int = 256
@@ -67,8 +73,10 @@ class EvalSettings:
             raise ValueError("tasks, methods and lengths must each name at least one value")
         if self.samples < 1:
             raise ValueError(f"samples must be >= 1, got {self.samples}")
-        if any(not 0.0 <= d <= 1.0 for d in self.depths) or not self.depths:
-            raise ValueError(f"depths must be fractions in [0, 1], got {self.depths}")
+        if self.depths != RANDOM_DEPTHS and (
+            isinstance(self.depths, str) or not self.depths or any(not 0.0 <= d <= 1.0 for d in self.depths)
+        ):
+            raise ValueError(f"depths must be fractions in [0, 1] or {RANDOM_DEPTHS!r}, got {self.depths!r}")
         if any(n < 2 * ANSWER_ROOM for n in self.lengths):
             raise ValueError(f"every length must be at least {2 * ANSWER_ROOM} tokens, got {self.lengths}")
         for name in ("max_seconds", "call_seconds"):
@@ -155,6 +163,14 @@ class _Blocks:
             self.block(record.method, record.length, record.status)
 
 
+def sample_depth(depths: tuple[float, ...] | str, seed: int, index: int) -> float:
+    """Needle depth of sample ``index``: the cycle's entry, or a seeded uniform draw for "random"
+    (the same for every length, task and method of a run, rounded to 0.1 %)."""
+    if depths == RANDOM_DEPTHS:
+        return round(random.Random(f"depth|{seed}|{index}").random(), 3)
+    return depths[index % len(depths)]
+
+
 class SampleBank:
     """Generates (once) and hands out the samples of a run, identical for every method."""
 
@@ -164,7 +180,7 @@ class SampleBank:
         self._ppl: PerplexityTask | None = None
 
     def depth(self, index: int) -> float:
-        return self.settings.depths[index % len(self.settings.depths)]
+        return sample_depth(self.settings.depths, self.settings.seed, index)
 
     def get(self, task: str, length: int, index: int) -> QASample | PPLSample:
         key = (task, length, index)
