@@ -186,6 +186,13 @@ if [[ $STAGE == 21b ]]; then
   "${EVAL[@]}" --tasks passkey --methods homer-uncal,homer-random --lengths 64k --samples 3 --call-seconds 900 --max-seconds 2400
   "${EVAL[@]}" --tasks passkey --methods linear --lengths 64k --samples 1 --call-seconds 4200 --max-seconds 4200
 fi
+# 22. (session 6) HOMER against BM25 and truncation at 16k on 20 independent samples: each sample its
+#     own seeded needle depth (--depths random), not the depth cycle, whose passkey samples at one
+#     depth share one layout
+if [[ $STAGE == 22 ]]; then
+  "${EVAL[@]}" --out "$OUT-random-depths" --depths random --tasks passkey --methods homer,bm25,truncate \
+    --lengths 16k --samples 20 --call-seconds 900 --max-seconds 3600
+fi
 # 3. more samples and the other tasks, as far as the budget goes
 if [[ $STAGE == 3 || $STAGE == all ]]; then
   "${EVAL[@]}" --tasks passkey,vartrack,multikey,multivalue,ppl --ppl-sink 0 \
