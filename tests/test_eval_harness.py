@@ -68,12 +68,16 @@ def test_cli_end_to_end_on_a_saved_tiny_model(model_dir, essays, tmp_path, capsy
     assert eval_cli.run(args) == 0
     printed = capsys.readouterr().out
     assert "### passkey: accuracy" in printed and "### ppl: perplexity" in printed
+    assert "### paired: homer against each method on the same samples" in printed
 
     result = json.loads((out / "results.json").read_text())
     meta = result["meta"]
     assert meta["window"] == 1024 and meta["chunk_len"] == 512 and meta["torch"]
     assert meta["date"].startswith("records from ")  # when the records were made, not the report
     cells_by_key = {(c["task"], c["method"], c["length"]): c for c in result["cells"]}
+    # homer paired with every other method that answered passkey, at both lengths (bm25 included)
+    assert {(q["method"], q["length"]) for q in result["paired"]} == {
+        (m, n) for m in ALL_METHODS if m != "homer" for n in (1024, 2048)}
     for task in ("passkey", "ppl"):
         for method in ALL_METHODS:
             for length in (1024, 2048):

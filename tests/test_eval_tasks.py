@@ -22,7 +22,7 @@ from homer_llm.evaluation.runner import (
     score_continuation,
     score_plain,
 )
-from homer_llm.evaluation.stats import perplexity_interval, wilson_interval
+from homer_llm.evaluation.stats import mcnemar_exact, perplexity_interval, wilson_interval
 from homer_llm.evaluation.tasks import (
     PASSKEY_FILLER,
     QA_TASKS,
@@ -151,6 +151,34 @@ def test_a_retried_sample_counts_once_by_its_latest_record():
     records += [Record("passkey", "homer", 65536, i, "ok", correct=True) for i in range(3)]
     (cell,) = cells(records)
     assert cell.n == 3 and cell.value == 1.0 and cell.statuses == {"ok": 3}
+
+
+def test_mcnemar_exact_known_values():
+    assert mcnemar_exact(0, 0) == 1.0
+    assert mcnemar_exact(0, 3) == mcnemar_exact(3, 0) == pytest.approx(0.25)  # 2 * (1/2)^3
+    assert mcnemar_exact(5, 0) == pytest.approx(0.0625)
+    assert mcnemar_exact(1, 9) == pytest.approx(2 * 11 / 1024)  # 2 * (C(10,0) + C(10,1)) / 2^10
+    assert mcnemar_exact(3, 3) == 1.0  # an even split is capped at 1
+    with pytest.raises(ValueError):
+        mcnemar_exact(-1, 2)
+
+
+def test_paired_counts_only_samples_both_methods_answered():
+    from homer_llm.evaluation.harness import Record
+    from homer_llm.evaluation.report import paired, paired_table
+
+    homer = [True, True, False, False, True]
+    bm25 = [True, False, True, True, None]  # sample 4: bm25 timed out, so it is not paired
+    records = [Record("passkey", "homer", 16384, i, "ok", correct=c) for i, c in enumerate(homer)]
+    records += [Record("passkey", "bm25", 16384, i, "ok", correct=c) if c is not None
+                else Record("passkey", "bm25", 16384, i, "timeout") for i, c in enumerate(bm25)]
+    records.append(Record("passkey", "bm25", 16384, 0, "ok", correct=False))  # a rerun: the latest counts
+    records.append(Record("ppl", "bm25", 16384, 0, "ok", nll=1.0))  # perplexity is never paired
+    (pair,) = paired(records)
+    assert (pair.method, pair.n, pair.both, pair.only_reference, pair.only_method, pair.neither) == ("bm25", 4, 0, 2, 2, 0)
+    assert pair.p == 1.0
+    assert "| passkey | bm25 | 16k | 4 | 0 | 2 | 2 | 0 | 1 |" in paired_table([pair], ["homer", "bm25"])
+    assert paired([r for r in records if r.method == "bm25"]) == []  # no reference method: nothing
 
 
 def test_plot_accepts_all_wrong_and_all_right_cells(tmp_path):

@@ -128,7 +128,7 @@ def run(args: argparse.Namespace) -> int:
     from homer_llm.model import HomerModel
 
     from .methods import EvalModel, make_methods
-    from .report import cells, environment, markdown_table, plot, to_json
+    from .report import cells, environment, markdown_table, paired, paired_table, plot, to_json
 
     def say(message: str) -> None:
         if not args.quiet:
@@ -212,10 +212,13 @@ def run(args: argparse.Namespace) -> int:
                            "homer_yarn_calibration_samples": args.yarn_calibration_samples or hm.homer.calibration_samples,
                            "rope_factor": args.rope_factor or "ceil(length/window)"}})
     all_cells = cells(records)
+    pairs = paired(records)
     table = markdown_table(all_cells, list(methods), list(lengths), list(tasks))
+    if pairs:
+        table += "\n" + paired_table(pairs, list(methods))
     header = (f"{meta['model']} (window {meta['window']}), {meta['hardware']}, {meta['dtype']}, "
               f"torch {meta['torch']}, transformers {meta['transformers']}, {meta['date']}\n\n")
-    payload = to_json(meta, records, all_cells)
+    payload = to_json(meta, records, all_cells, pairs)
     if out is not None:
         (out / "results.json").write_text(payload)
         (out / "results.md").write_text(header + table)

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from .harness import OK, Record
-from .stats import perplexity_interval, wilson_interval
+from .stats import mcnemar_exact, perplexity_interval, wilson_interval
 
 
 @dataclass(frozen=True)
@@ -69,6 +69,65 @@ def cells(records: Iterable[Record]) -> list[Cell]:
             low, high = wilson_interval(correct, len(ok))
         out.append(Cell(task, method, length, len(ok), value, low, high, correct, statuses, seconds, used, note))
     return out
+
+
+@dataclass(frozen=True)
+class Pair:
+    """A reference method (HOMER) against another on the same question-answering samples.
+
+    Only samples that both methods completed (status ok) count. ``both`` / ``neither``: right for
+    both / for none; ``only_reference`` / ``only_method``: right for one of them. ``p``: exact
+    two-sided McNemar p-value of the discordant split (small: the difference is unlikely to be luck).
+    """
+
+    task: str
+    reference: str
+    method: str
+    length: int
+    n: int
+    both: int
+    only_reference: int
+    only_method: int
+    neither: int
+    p: float
+
+
+def paired(records: Iterable[Record], reference: str = "homer") -> list[Pair]:
+    """``reference`` against every other method, per (task, length), on the samples both answered;
+    the latest record of a sample counts (as in ``cells``). Perplexity is not paired."""
+    latest: dict[tuple[str, str, int, int], Record] = {}
+    for r in records:
+        latest[r.key] = r
+    ok = {k: bool(r.correct) for k, r in latest.items() if r.status == OK and r.task != "ppl"}
+    out = []
+    groups = sorted({(t, m, n) for t, m, n, _ in ok if m != reference})
+    for task, method, length in groups:
+        shared = [i for (t, m, n, i) in ok if (t, m, n) == (task, method, length) and (t, reference, n, i) in ok]
+        if not shared:
+            continue
+        ref = [ok[(task, reference, length, i)] for i in shared]
+        other = [ok[(task, method, length, i)] for i in shared]
+        both = sum(a and b for a, b in zip(ref, other, strict=True))
+        only_ref = sum(a and not b for a, b in zip(ref, other, strict=True))
+        only_other = sum(b and not a for a, b in zip(ref, other, strict=True))
+        out.append(Pair(task, reference, method, length, len(shared), both, only_ref, only_other,
+                        len(shared) - both - only_ref - only_other, mcnemar_exact(only_ref, only_other)))
+    return out
+
+
+def paired_table(pairs: list[Pair], methods: list[str]) -> str:
+    """Markdown: one row per (task, method, length) with the four counts and McNemar's p."""
+    if not pairs:
+        return ""
+    order = {m: i for i, m in enumerate(methods)}
+    pairs = sorted(pairs, key=lambda q: (q.task, order.get(q.method, len(order)), q.length))
+    ref = pairs[0].reference
+    head = (f"### paired: {ref} against each method on the same samples\n\n"
+            f"| task | method | length | n | both right | only {ref} | only method | both wrong | McNemar p |\n"
+            "|---|---|---|---|---|---|---|---|---|")
+    rows = [f"| {q.task} | {q.method} | {_length_label(q.length)} | {q.n} | {q.both} | {q.only_reference} | "
+            f"{q.only_method} | {q.neither} | {q.p:.3g} |" for q in pairs]
+    return "\n".join([head, *rows]) + "\n"
 
 
 def _length_label(n: int) -> str:
@@ -140,8 +199,9 @@ def environment(
     }
 
 
-def to_json(meta: dict, records: list[Record], all_cells: list[Cell]) -> str:
-    return json.dumps({"meta": meta, "cells": [asdict(c) for c in all_cells], "records": [asdict(r) for r in records]},
+def to_json(meta: dict, records: list[Record], all_cells: list[Cell], pairs: list[Pair] | None = None) -> str:
+    return json.dumps({"meta": meta, "cells": [asdict(c) for c in all_cells],
+                       "paired": [asdict(q) for q in pairs or []], "records": [asdict(r) for r in records]},
                       indent=1)
 
 

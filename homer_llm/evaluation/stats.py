@@ -1,4 +1,5 @@
-"""Confidence intervals for the evaluation table: Wilson for accuracy, a t-style band for perplexity."""
+"""Statistics for the evaluation report: Wilson intervals for accuracy, a normal band for perplexity,
+and an exact McNemar test for two methods answering the same samples."""
 
 from __future__ import annotations
 
@@ -43,3 +44,21 @@ def perplexity_interval(mean_nlls: Sequence[float], z: float = Z95) -> tuple[flo
     var = sum((x - mean) ** 2 for x in mean_nlls) / (n - 1)
     half = z * math.sqrt(var / n)
     return math.exp(mean), math.exp(mean - half), math.exp(mean + half)
+
+
+def mcnemar_exact(only_first: int, only_second: int) -> float:
+    """Two-sided exact McNemar p-value for paired right/wrong outcomes.
+
+    Args:
+        only_first, only_second: the discordant samples, right for one method only.
+    Returns:
+        The probability, if both methods were equally good, of a split at least this uneven
+        (binomial with p = 1/2 on the discordant samples); 1.0 when there are none.
+    """
+    if only_first < 0 or only_second < 0:
+        raise ValueError(f"counts must be >= 0, got {only_first}, {only_second}")
+    n = only_first + only_second
+    if n == 0:
+        return 1.0
+    tail = sum(math.comb(n, k) for k in range(min(only_first, only_second) + 1)) / 2**n
+    return min(1.0, 2.0 * tail)
