@@ -142,6 +142,20 @@ def test_cli_json_output_report_only_and_bad_flags(model_dir, tmp_path, capsys):
     assert "unknown method" in capsys.readouterr().err
 
 
+def test_resume_refuses_records_made_with_other_settings(model_dir, tmp_path, capsys):
+    out = tmp_path / "out"
+    base = dict(model=model_dir, methods="truncate", tasks="passkey", lengths="1x", samples=1, quiet=True,
+                depths="0,100", out=out, threads=1)
+    assert eval_cli.run(_args(**base)) == 0
+    assert eval_cli.run(_args(**{**base, "samples": 2}, resume=True)) == 0  # more samples: fine
+    capsys.readouterr()
+    for change in ({"depths": "100"}, {"seed": 1}, {"chunk_len": 256}):
+        assert eval_cli.run(_args(**{**base, **change}, resume=True)) == 2
+        err = capsys.readouterr().err
+        assert "cannot resume into" in err and next(iter(change)) in err
+    assert len(load_records(out / "records.jsonl")) == 2  # nothing added, nothing lost
+
+
 def test_random_depths_give_every_sample_its_own_seeded_layout(model_dir, tmp_path, capsys):
     args = _args(model=model_dir, methods="truncate", tasks="passkey", lengths="1x,2x", samples=4, json=True,
                  quiet=True, depths="random", seed=3, threads=1, out=tmp_path / "out")

@@ -71,6 +71,29 @@ def parse_depths(value: str) -> tuple[float, ...] | str:
     return depths
 
 
+RESUME_KEYS = ("model", "seed", "depths", "homer")
+
+
+def check_resumable(settings_path: Path, current: dict) -> None:
+    """Refuse to add records to a folder whose earlier run made its samples or its HOMER cache
+    differently: the table would mix them in one cell without a word.
+
+    Compares the model, the seed, the depths and the HOMER settings (chunk, cache, warm-up layers,
+    calibration samples) with the folder's ``settings.json``; keys an older file lacks are not
+    compared. Perplexity flags are not compared (they change no passkey or RULER record).
+
+    Raises:
+        ValueError: naming every setting that differs, with both values.
+    """
+    if not settings_path.exists():
+        return
+    before = json.loads(settings_path.read_text())
+    diff = [f"{k}: {before[k]!r} there, {current[k]!r} now" for k in RESUME_KEYS if k in before and before[k] != current[k]]
+    if diff:
+        raise ValueError(f"cannot resume into {settings_path.parent}: its records were made with other settings "
+                         f"({'; '.join(diff)}); use the same flags or another --out")
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The ``eval`` subcommand's flags."""
     parser.add_argument("--model", default=None, help="local folder or hub id (default: embedded SmolLM2-135M-Instruct)")
@@ -181,7 +204,16 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     depths = settings.depths if settings.depths == RANDOM_DEPTHS else list(settings.depths)
-    run_settings = {**vars(settings), "depths": depths, "torch_threads": torch.get_num_threads()}
+    run_settings = {**vars(settings), "depths": depths, "torch_threads": torch.get_num_threads(), "model": hm.name,
+                    "homer": {"chunk_len": hm.chunk_len, "cache_len": hm.homer.cache_len,
+                              "warmup_layers": hm.homer.warmup_layers,
+                              "calibration_samples": hm.homer.calibration_samples}}
+    if previous and out is not None:
+        try:
+            check_resumable(out / "settings.json", run_settings)
+        except ValueError as err:
+            print(f"homer-llm eval: error: {err}", file=sys.stderr)
+            return 2
     if args.report_only:
         assert out is not None and records_path is not None
         records = load_records(records_path)
