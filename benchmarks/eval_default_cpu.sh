@@ -194,6 +194,12 @@ if [[ $STAGE == 22 ]]; then
   "${EVAL[@]}" --out "$OUT-random-depths" --depths random --tasks passkey --methods homer,bm25 \
     --lengths 16k --samples 20 --call-seconds 900 --max-seconds 3600
 fi
+# 22w. word-level pruning on stage 22's samples (held out for it: word pruning was built in session 3,
+#      these samples were first drawn in session 6)
+if [[ $STAGE == 22w ]]; then
+  "${EVAL[@]}" --out "$OUT-random-depths" --depths random --tasks passkey --methods homer-word \
+    --lengths 16k --samples 20 --call-seconds 900 --max-seconds 3000
+fi
 # 3. more samples and the other tasks, as far as the budget goes
 if [[ $STAGE == 3 || $STAGE == all ]]; then
   "${EVAL[@]}" --tasks passkey,vartrack,multikey,multivalue,ppl --ppl-sink 0 \
