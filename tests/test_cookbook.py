@@ -14,7 +14,7 @@ NOTEBOOKS = sorted(COOKBOOK.glob("[0-9][0-9]_*.ipynb"))
 
 def test_the_cookbook_has_its_numbered_notebooks():
     names = [p.name[:2] for p in NOTEBOOKS]
-    assert names == ["01", "02", "03", "04", "05"]
+    assert names == ["01", "02", "03", "04", "05", "06"]
     index = (COOKBOOK / "README.md").read_text()
     for path in NOTEBOOKS:
         assert f"({path.name})" in index, f"{path.name} missing from cookbook/README.md"

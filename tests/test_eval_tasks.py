@@ -282,6 +282,10 @@ def test_bm25_keeps_the_needle_within_budget(eval_model):
     # no match at all: the end of the document is kept, like truncation
     fallback = method.rank(passages, "zebra xylophone", 300)
     assert fallback and fallback[-1] == len(passages) - 1 and fallback == list(range(fallback[0], len(passages)))
+    # bm25s sets its own logger to DEBUG on import; ranking leaves it at WARNING (no log flood)
+    import logging
+
+    assert logging.getLogger("bm25s").level == logging.WARNING
 
 
 # ---------------------------------------------------------------- rope views

@@ -416,6 +416,10 @@ class Bm25Method(PlainMethod):
         """Indices (ascending) of the best BM25 passages for ``query`` that fit ``budget`` tokens."""
         import bm25s
 
+        bm25_logger = logging.getLogger("bm25s")
+        if bm25_logger.level == logging.DEBUG:  # bm25s sets DEBUG on import: every index build would reach a root handler
+            bm25_logger.setLevel(logging.WARNING)
+
         tokens = bm25s.tokenize(passages, stopwords="en", show_progress=False)
         retriever = bm25s.BM25()
         retriever.index(tokens, show_progress=False)
