@@ -106,7 +106,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="total tokens per sample: Nx (times the window), Nk (x1024) or integers")
     parser.add_argument("--samples", type=int, default=5, help="samples per task and length (same for every method)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--depths", default="0,25,50,75,100", help="needle depths in percent, sample i takes the i-th (cycled); 'random': each sample "
+    parser.add_argument("--depths", default="0,25,50,75,100",
+                        help="needle depths in percent, sample i takes the i-th (cycled); 'random': each sample "
                              "its own seeded depth, so passkey samples do not repeat a layout")
     parser.add_argument("--max-seconds", type=float, default=None, help="wall-clock budget of the whole run")
     parser.add_argument("--call-seconds", type=float, default=None,
