@@ -200,6 +200,11 @@ if [[ $STAGE == 22w ]]; then
   "${EVAL[@]}" --out "$OUT-random-depths" --depths random --tasks passkey --methods homer-word \
     --lengths 16k --samples 20 --call-seconds 900 --max-seconds 3000
 fi
+# 23. (session 6) stage 22 at 4x: HOMER and BM25 on ten random-depth samples at 32k
+if [[ $STAGE == 23 ]]; then
+  "${EVAL[@]}" --out "$OUT-random-depths" --depths random --tasks passkey --methods homer,bm25 \
+    --lengths 32k --samples 10 --call-seconds 900 --max-seconds 2400
+fi
 # 3. more samples and the other tasks, as far as the budget goes
 if [[ $STAGE == 3 || $STAGE == all ]]; then
   "${EVAL[@]}" --tasks passkey,vartrack,multikey,multivalue,ppl --ppl-sink 0 \
