@@ -43,14 +43,16 @@ class Cell:
     note: str | None
 
 
+def _latest(records: Iterable[Record]) -> list[Record]:
+    """One record per sample: a sample recorded twice (a resumed run retried what an earlier one
+    skipped or ran out of budget on) counts once, by its latest record."""
+    return list({r.key: r for r in records}.values())
+
+
 def cells(records: Iterable[Record]) -> list[Cell]:
-    """One cell per (task, method, length). A sample recorded twice (a resumed run retried what an
-    earlier one skipped or ran out of budget on) counts once, by its latest record."""
-    latest: dict[tuple[str, str, int, int], Record] = {}
-    for r in records:
-        latest[r.key] = r
+    """One cell per (task, method, length), each sample counted once by its latest record."""
     groups: dict[tuple[str, str, int], list[Record]] = defaultdict(list)
-    for r in latest.values():
+    for r in _latest(records):
         groups[(r.task, r.method, r.length)].append(r)
     out = []
     for (task, method, length), group in groups.items():
@@ -95,18 +97,18 @@ class Pair:
 def paired(records: Iterable[Record], reference: str = "homer") -> list[Pair]:
     """``reference`` against every other method, per (task, length), on the samples both answered;
     the latest record of a sample counts (as in ``cells``). Perplexity is not paired."""
-    latest: dict[tuple[str, str, int, int], Record] = {}
-    for r in records:
-        latest[r.key] = r
-    ok = {k: bool(r.correct) for k, r in latest.items() if r.status == OK and r.task != "ppl"}
+    answers: dict[tuple[str, str, int], dict[int, bool]] = defaultdict(dict)
+    for r in _latest(records):
+        if r.status == OK and r.task != "ppl":
+            answers[(r.task, r.method, r.length)][r.index] = bool(r.correct)
     out = []
-    groups = sorted({(t, m, n) for t, m, n, _ in ok if m != reference})
-    for task, method, length in groups:
-        shared = [i for (t, m, n, i) in ok if (t, m, n) == (task, method, length) and (t, reference, n, i) in ok]
-        if not shared:
+    for (task, method, length), mine in sorted(answers.items()):
+        theirs = answers.get((task, reference, length), {})
+        shared = sorted(set(mine) & set(theirs))
+        if method == reference or not shared:
             continue
-        ref = [ok[(task, reference, length, i)] for i in shared]
-        other = [ok[(task, method, length, i)] for i in shared]
+        ref = [theirs[i] for i in shared]
+        other = [mine[i] for i in shared]
         both = sum(a and b for a, b in zip(ref, other, strict=True))
         only_ref = sum(a and not b for a, b in zip(ref, other, strict=True))
         only_other = sum(b and not a for a, b in zip(ref, other, strict=True))
