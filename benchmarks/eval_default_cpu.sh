@@ -205,6 +205,11 @@ if [[ $STAGE == 23 ]]; then
   "${EVAL[@]}" --out "$OUT-random-depths" --depths random --tasks passkey --methods homer,bm25 \
     --lengths 32k --samples 10 --call-seconds 900 --max-seconds 2400
 fi
+# 23b. the plain model inside its window on the same drawn depths (the in-window reference of the 4x target)
+if [[ $STAGE == 23b ]]; then
+  "${EVAL[@]}" --out "$OUT-random-depths" --depths random --tasks passkey --methods full \
+    --lengths 8k --samples 10 --call-seconds 900 --max-seconds 1200 --threads 2
+fi
 # 3. more samples and the other tasks, as far as the budget goes
 if [[ $STAGE == 3 || $STAGE == all ]]; then
   "${EVAL[@]}" --tasks passkey,vartrack,multikey,multivalue,ppl --ppl-sink 0 \
