@@ -205,10 +205,10 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     depths = settings.depths if settings.depths == RANDOM_DEPTHS else list(settings.depths)
+    homer_settings = {"chunk_len": hm.chunk_len, "cache_len": hm.homer.cache_len,
+                      "warmup_layers": hm.homer.warmup_layers, "calibration_samples": hm.homer.calibration_samples}
     run_settings = {**vars(settings), "depths": depths, "torch_threads": torch.get_num_threads(), "model": hm.name,
-                    "homer": {"chunk_len": hm.chunk_len, "cache_len": hm.homer.cache_len,
-                              "warmup_layers": hm.homer.warmup_layers,
-                              "calibration_samples": hm.homer.calibration_samples}}
+                    "homer": homer_settings}
     if previous and out is not None:
         try:
             check_resumable(out / "settings.json", run_settings)
@@ -238,9 +238,7 @@ def run(args: argparse.Namespace) -> int:
     if stamps:  # the time the records were made, not the time this report was rendered
         meta["date"] = f"records from {stamps[0][:16]} to {stamps[-1][:16]} UTC"
     meta.update({"settings": run_settings, "run": info,
-                 "homer": {"chunk_len": hm.chunk_len, "cache_len": hm.homer.cache_len,
-                           "warmup_layers": hm.homer.warmup_layers, "calibration_samples": hm.homer.calibration_samples,
-                           "homer_yarn_factor": args.homer_yarn_factor, "ppl_recent": args.ppl_recent,
+                 "homer": {**homer_settings, "homer_yarn_factor": args.homer_yarn_factor, "ppl_recent": args.ppl_recent,
                            "ppl_append": args.ppl_append, "ppl_sink": args.ppl_sink,
                            "homer_yarn_calibration_samples": args.yarn_calibration_samples or hm.homer.calibration_samples,
                            "rope_factor": args.rope_factor or "ceil(length/window)"}})
