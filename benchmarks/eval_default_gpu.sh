@@ -2,7 +2,7 @@
 # Long-context quality of the default model (SmolLM2-135M-Instruct, 8k window) on one CUDA GPU:
 # the whole method x length matrix of issue 3 on seeded random-depth samples, in stages that share
 # one results folder (--resume skips what is already there; a stage cut short is resumed by
-# running it again with the same OUT).
+# running it again with the same RESULTS folder).
 #
 #   bash benchmarks/eval_default_gpu.sh [STAGE] [BUDGET_S]
 #     STAGE     passkey | tasks | ppl | all (default all)

@@ -12,6 +12,7 @@ new packed sequence, which would silently block attention across merged chunks (
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import torch
@@ -20,6 +21,10 @@ from transformers import DynamicCache, PreTrainedModel
 
 SUPPORTED_MODEL_TYPES: tuple[str, ...] = ("llama", "mistral", "qwen2", "qwen3")
 SUPPORTED_ATTENTION: tuple[str, ...] = ("sdpa", "eager", "flash_attention_2")
+logger = logging.getLogger(__name__)
+
+SDPA_REPEAT_KV = "homer_sdpa_repeat_kv"
+"""Name under which :func:`use_sdpa_repeat_kv` registers sdpa-with-repeated-K/V in transformers."""
 
 KV = tuple[torch.Tensor, torch.Tensor]
 
@@ -81,9 +86,77 @@ def check_supported(model: PreTrainedModel) -> None:
             f"{model_type!r} model uses sliding-window or hybrid attention layers "
             f"(sliding_window={sliding}, layer_types={sorted(set(layer_types))}); HOMER needs full attention"
         )
-    impl = config._attn_implementation
+    impl = _plain_name(config._attn_implementation)
     if impl not in SUPPORTED_ATTENTION:
         raise UnsupportedModelError(f"attention backend {impl!r} is not supported; use one of {SUPPORTED_ATTENTION}")
+
+
+def _plain_name(impl: str) -> str:
+    """The attention backend behind ``impl`` (this module's sdpa variant is sdpa)."""
+    return "sdpa" if impl == SDPA_REPEAT_KV else impl
+
+
+class _Ungrouped:
+    """An attention module seen without K/V groups (its K/V heads are already repeated).
+
+    transformers' sdpa looks for ``num_key_value_groups`` to decide on GQA; without it (rather than
+    with 1, which 5.0 still sends as ``enable_gqa=True``) every version passes the heads as they are.
+    """
+
+    def __init__(self, module: nn.Module) -> None:
+        self._module = module
+
+    def __getattr__(self, name: str):
+        if name == "num_key_value_groups":
+            raise AttributeError(name)
+        return getattr(self._module, name)
+
+
+def _sdpa_repeat_kv(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                    attention_mask: torch.Tensor | None, **kwargs):
+    """transformers' sdpa, with grouped K/V heads repeated to the query heads for a float32 prefill.
+
+    query [b, heads, q, d]; key/value [b, kv_heads, k, d]. transformers hands GQA without a mask to
+    PyTorch as ``enable_gqa=True``; PyTorch's fused kernels take that only in half precision, so a
+    float32 prefill falls back to the math kernel, which holds the [b, heads, q, k] scores (35.8 GiB
+    for SmolLM2's 9 heads at 32k tokens: measured as an OOM on an 80 GB H100). Repeated heads keep
+    the memory-efficient kernel, at the cost of a K/V copy per layer.
+    """
+    from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
+
+    groups = getattr(module, "num_key_value_groups", 1)
+    if groups > 1 and query.dtype == torch.float32 and query.shape[2] > 1:
+        key, value = repeat_kv(key, groups), repeat_kv(value, groups)
+        module = _Ungrouped(module)  # type: ignore[assignment]
+    return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+
+
+def use_sdpa_repeat_kv(model: PreTrainedModel) -> bool:
+    """Switch a float32 GQA model on CUDA from sdpa to :func:`_sdpa_repeat_kv`; True if switched.
+
+    Only that case changes (``config._attn_implementation`` becomes :data:`SDPA_REPEAT_KV`, which
+    behaves as sdpa everywhere else, masks included); the switch is logged.
+    """
+    config = model.config
+    heads = config.num_attention_heads
+    kv_heads = getattr(config, "num_key_value_heads", None) or heads
+    param = next(model.parameters(), None)
+    if (config._attn_implementation != "sdpa" or kv_heads == heads or param is None
+            or param.dtype != torch.float32 or param.device.type != "cuda"):
+        return False
+    _switch_to_repeat_kv(model)
+    return True
+
+
+def _switch_to_repeat_kv(model: PreTrainedModel) -> None:
+    from transformers import AttentionInterface, AttentionMaskInterface
+    from transformers.masking_utils import sdpa_mask
+
+    AttentionInterface.register(SDPA_REPEAT_KV, _sdpa_repeat_kv)
+    AttentionMaskInterface.register(SDPA_REPEAT_KV, sdpa_mask)
+    model.set_attn_implementation(SDPA_REPEAT_KV)
+    logger.info("float32 GQA on CUDA: sdpa with repeated K/V heads (PyTorch's fused kernels refuse enable_gqa "
+                "in float32; its math kernel holds the full score matrix)")
 
 
 def model_parts(model: PreTrainedModel) -> ModelParts:
@@ -104,7 +177,7 @@ def model_parts(model: PreTrainedModel) -> ModelParts:
         num_kv_heads=getattr(config, "num_key_value_heads", None) or num_heads,
         head_dim=head_dim,
         window=int(config.max_position_embeddings),
-        attn_implementation=config._attn_implementation,
+        attn_implementation=_plain_name(config._attn_implementation),
     )
 
 

@@ -145,6 +145,13 @@ def convert_gguf(gguf: Path, out: Path) -> None:
     """
     import copy
 
+    import transformers
+
+    if not hasattr(transformers, "GgufConfig"):
+        raise DefaultModelError(
+            f"converting the default model needs a transformers with GgufConfig (5.17 and 5.23 tested); "
+            f"this one is {transformers.__version__}: upgrade it, or pass your own model folder")
+
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
 
@@ -177,7 +184,15 @@ def _check_and_fix(model, tokenizer) -> None:
     if not getattr(tokenizer, "chat_template", None):
         raise DefaultModelError("the converted tokenizer has no chat template")
     if tokenizer.eos_token != EOS_TOKEN:
-        raise DefaultModelError(f"the converted tokenizer's eos is {tokenizer.eos_token!r}, expected {EOS_TOKEN!r}")
+        # transformers 5.17 reads the GGUF's eos as <|im_start|> (5.23 reads <|im_end|>); the ids
+        # and chat template are the same, so only the special-token assignment needs mending.
+        if EOS_TOKEN not in tokenizer.get_vocab():
+            raise DefaultModelError(
+                f"the converted tokenizer's eos is {tokenizer.eos_token!r} and it has no {EOS_TOKEN!r} token")
+        logger.warning("the converted tokenizer's eos is %r: setting it to %s", tokenizer.eos_token, EOS_TOKEN)
+        tokenizer.eos_token = EOS_TOKEN
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = EOS_TOKEN
     eos_id = tokenizer.convert_tokens_to_ids(EOS_TOKEN)
     window = model.config.max_position_embeddings
     if window != WINDOW:

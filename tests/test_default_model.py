@@ -206,3 +206,40 @@ def test_real_conversion(tmp_path, monkeypatch):
                          HomerGeneration(max_new_tokens=20))
     assert "Paris" in answer.text
     assert answer.finish_reason == "stop"
+
+
+class _FakeTokenizer:
+    """What _check_and_fix reads of a converted tokenizer."""
+
+    chat_template = "{{ messages }}"
+
+    def __init__(self, eos: str, vocab: dict[str, int]) -> None:
+        self.eos_token, self.pad_token, self._vocab = eos, None, vocab
+
+    def get_vocab(self) -> dict[str, int]:
+        return dict(self._vocab)
+
+    def convert_tokens_to_ids(self, token: str) -> int:
+        return self._vocab[token]
+
+
+def _fake_model(eos_id):
+    from types import SimpleNamespace
+
+    return SimpleNamespace(config=SimpleNamespace(max_position_embeddings=dm.WINDOW),
+                           generation_config=SimpleNamespace(eos_token_id=eos_id, pad_token_id=None))
+
+
+def test_eos_read_as_im_start_is_mended():
+    """transformers 5.17 reads the GGUF's eos as <|im_start|>: the conversion sets <|im_end|> (seen on a GPU box)."""
+    vocab = {"<|endoftext|>": 0, "<|im_start|>": 1, dm.EOS_TOKEN: 2}
+    tok, model = _FakeTokenizer("<|im_start|>", vocab), _fake_model(1)
+    dm._check_and_fix(model, tok)
+    assert tok.eos_token == dm.EOS_TOKEN and tok.pad_token == dm.EOS_TOKEN
+    assert model.generation_config.eos_token_id == [1, 2] and model.generation_config.pad_token_id == 2
+
+
+def test_eos_missing_from_vocab_is_refused():
+    tok = _FakeTokenizer("<|im_start|>", {"<|endoftext|>": 0, "<|im_start|>": 1})
+    with pytest.raises(dm.DefaultModelError, match="im_end"):
+        dm._check_and_fix(_fake_model(1), tok)

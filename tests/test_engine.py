@@ -273,3 +273,69 @@ def test_bf16_pass_runs_and_is_close_to_fp32():
     b = compress(compat.model_parts(bf16), plan, ids)
     assert b.kv[0][0].dtype == torch.bfloat16
     assert torch.nn.functional.cosine_similarity(a.last_logits, b.last_logits, dim=0) > 0.99
+
+
+def test_repeat_kv_sdpa_switch_keeps_every_output(tokenizer):
+    """The float32-GQA sdpa variant (used on CUDA) gives the same logits, tree K/V and greedy tokens.
+
+    On CUDA the switch keeps long float32 prefills off PyTorch's math kernel; here (CPU) it is
+    forced, to check that it computes what sdpa computes and that transformers routes through it.
+    """
+    from homer_llm import GenerationConfig, HomerModel, split_text
+
+    base = tiny_model("llama", vocab=len(tokenizer))
+    switched = tiny_model("llama", vocab=len(tokenizer))
+    assert compat.use_sdpa_repeat_kv(switched) is False  # CPU: nothing changes
+    compat._switch_to_repeat_kv(switched)
+    assert switched.config._attn_implementation == compat.SDPA_REPEAT_KV
+    assert compat.model_parts(switched).attn_implementation == "sdpa"  # masks as for sdpa
+
+    calls = []
+    real = ALL_ATTENTION_FUNCTIONS[compat.SDPA_REPEAT_KV]
+
+    def spy(module, query, key, value, *args, **kwargs):
+        calls.append((query.shape[1], key.shape[1], query.shape[2]))
+        return real(module, query, key, value, *args, **kwargs)
+
+    ALL_ATTENTION_FUNCTIONS[compat.SDPA_REPEAT_KV] = spy
+    try:
+        ids = _ids(6 + 500 + 5, seed=4)
+        plan = make_plan(6, 500, 5, chunk_len=128, cache_len=128, num_layers=6, warmup_layers=2)
+        a = compress(compat.model_parts(base), plan, ids)
+        b = compress(compat.model_parts(switched), plan, ids)
+        torch.testing.assert_close(a.last_logits, b.last_logits, atol=1e-5, rtol=1e-4)
+        for (ka, va), (kb, vb) in zip(a.kv, b.kv, strict=True):
+            torch.testing.assert_close(ka, kb, atol=1e-5, rtol=1e-4)
+            torch.testing.assert_close(va, vb, atol=1e-5, rtol=1e-4)
+        with torch.no_grad():
+            x = torch.randint(5, len(tokenizer), (1, 300), generator=torch.Generator().manual_seed(1))
+            torch.testing.assert_close(switched(x).logits, base(x).logits, atol=1e-5, rtol=1e-4)
+        parts = split_text(tokenizer, "Instruction: ", "some document text " * 40, " Question?")
+        gen = GenerationConfig(max_new_tokens=12)
+        out_a = HomerModel(base, tokenizer, name="a").generate(parts, gen)
+        out_b = HomerModel(switched, tokenizer, name="b").generate(parts, gen)
+        assert list(out_a.token_ids) == list(out_b.token_ids)
+    finally:
+        ALL_ATTENTION_FUNCTIONS[compat.SDPA_REPEAT_KV] = real
+    assert calls, "transformers did not route attention through the registered variant"
+    assert all(heads == 4 and kv == 2 for heads, kv, _ in calls)  # K/V arrive grouped; the variant repeats them
+
+
+def test_repeat_kv_sdpa_hands_pytorch_repeated_heads_without_enable_gqa(monkeypatch):
+    """What reaches torch's sdpa: float32 prefill -> repeated K/V, no enable_gqa; decode and bf16 unchanged."""
+    import torch.nn.functional as F
+
+    seen = []
+    real = F.scaled_dot_product_attention
+
+    def spy(query, key, value, *args, **kwargs):
+        seen.append((key.shape[1], bool(kwargs.get("enable_gqa", False))))
+        return real(query, key, value, *args, **kwargs)
+
+    monkeypatch.setattr(F, "scaled_dot_product_attention", spy)
+    module = tiny_model("llama", vocab=VOCAB).model.layers[0].self_attn
+    for dtype, q_len, expect in [(torch.float32, 40, (4, False)), (torch.bfloat16, 40, (2, True))]:
+        q = torch.randn(1, 4, q_len, 16, dtype=dtype)
+        k, v = torch.randn(1, 2, q_len, 16, dtype=dtype), torch.randn(1, 2, q_len, 16, dtype=dtype)
+        out, _ = compat._sdpa_repeat_kv(module, q, k, v, None, scaling=0.25)
+        assert out.shape == (1, q_len, 4, 16) and seen[-1] == expect
