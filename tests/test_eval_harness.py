@@ -396,3 +396,24 @@ def test_cache_len_option_sets_the_final_cache(model_dir, essays, tmp_path, caps
     (record,) = payload["records"]
     assert record["status"] == "ok", record["error"]
     assert record["used_tokens"] == 64
+
+
+@pytest.mark.parametrize("preset", [None, "cuda"])
+def test_bm25s_import_keeps_jax_off_the_gpu(monkeypatch, preset):
+    """bm25s runs a JAX op at import when JAX is installed, and JAX then takes 75% of the GPU:
+    the import helper points JAX at the CPU unless the caller chose a platform."""
+    import logging
+    import sys
+
+    from homer_llm.evaluation.methods import import_bm25s
+
+    monkeypatch.delitem(sys.modules, "jax", raising=False)
+    if preset is None:
+        monkeypatch.delenv("JAX_PLATFORMS", raising=False)
+    else:
+        monkeypatch.setenv("JAX_PLATFORMS", preset)
+    logging.getLogger("bm25s").setLevel(logging.DEBUG)
+    module = import_bm25s()
+    assert hasattr(module, "BM25")
+    assert __import__("os").environ["JAX_PLATFORMS"] == (preset or "cpu")
+    assert logging.getLogger("bm25s").level == logging.WARNING

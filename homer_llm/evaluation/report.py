@@ -167,11 +167,14 @@ def environment(
     model_name: str, device: str, dtype: str, window: int, chunk_len: int, threads: int | None = None
 ) -> dict:
     """Date, device and versions for the report (``threads``: torch CPU threads of the run)."""
-    import bm25s
     import torch
     import transformers
 
     import homer_llm
+
+    from .methods import import_bm25s
+
+    bm25s = import_bm25s()
 
     cpu = platform.processor() or platform.machine()
     try:
