@@ -52,8 +52,8 @@ def import_bm25s():
     """The bm25s module, imported so that it leaves the GPU and the log alone.
 
     bm25s imports JAX when it is installed (for its top-k) and runs a JAX op at import; JAX then
-    takes 75% of the GPU's memory for itself (seen on an H100: 59 GiB held outside PyTorch, and the
-    plain baselines ran out of memory). A few hundred passages need no GPU, so JAX is kept on the
+    takes 75% of the GPU memory free at that moment (on an H100: 54 GiB held outside PyTorch, and
+    the plain baselines ran out of memory). A few hundred passages need no GPU, so JAX is kept on the
     CPU unless the caller has configured it. bm25s also sets its logger to DEBUG at import.
     """
     import os
