@@ -210,6 +210,19 @@ if [[ $STAGE == 23b ]]; then
   "${EVAL[@]}" --out "$OUT-random-depths" --depths random --tasks passkey --methods full \
     --lengths 8k --samples 10 --call-seconds 900 --max-seconds 1200 --threads 2
 fi
+# 24. (session 7) the 4x comparison on 20 drawn depths: HOMER and BM25 at 32k and the plain model at
+#     8k on samples 10-19 (samples 0-13 also ran on an H100, with the same verdicts wherever both
+#     ran); 24a and 24b run at once, one thread each
+if [[ $STAGE == 24a ]]; then
+  "${EVAL[@]}" --out "$OUT-random-depths" --depths random --tasks passkey --methods homer \
+    --lengths 32k --samples 20 --call-seconds 900 --max-seconds 3900
+fi
+if [[ $STAGE == 24b ]]; then
+  "${EVAL[@]}" --out "$OUT-random-depths" --depths random --tasks passkey --methods full \
+    --lengths 8k --samples 20 --call-seconds 900 --max-seconds 2100
+  "${EVAL[@]}" --out "$OUT-random-depths" --depths random --tasks passkey --methods bm25 \
+    --lengths 32k --samples 20 --call-seconds 900 --max-seconds 2100
+fi
 # 3. more samples and the other tasks, as far as the budget goes
 if [[ $STAGE == 3 || $STAGE == all ]]; then
   "${EVAL[@]}" --tasks passkey,vartrack,multikey,multivalue,ppl --ppl-sink 0 \
