@@ -27,3 +27,21 @@ def test_cuda_pass_matches_cpu(dtype):
     assert b.kv[0][0].device.type == "cuda" and b.kv[0][0].dtype == dtype
     tol = 1e-4 if dtype == torch.float32 else 5e-2
     assert torch.nn.functional.cosine_similarity(a.last_logits, b.last_logits.cpu(), dim=0) > 1 - tol
+
+
+def test_float32_gqa_prefill_stays_off_the_math_kernel(tokenizer):
+    """A float32 GQA model wrapped by HomerModel on CUDA is switched to sdpa on repeated K/V heads, so
+    a 16k-token plain prefill needs far less than the math kernel's 4 x n x n float32 scores (4 GiB)."""
+    from homer_llm import HomerModel
+    from homer_llm.evaluation.runner import prefill
+
+    model = tiny_model("llama", vocab=len(tokenizer), window=32768).cuda()
+    hm = HomerModel(model, tokenizer, name="tiny-gqa-fp32")
+    assert model.config._attn_implementation == compat.SDPA_REPEAT_KV
+    ids = torch.randint(5, len(tokenizer), (16384,), generator=torch.Generator().manual_seed(0)).tolist()
+    torch.cuda.reset_peak_memory_stats()
+    before = torch.cuda.memory_allocated()
+    _, logits = prefill(hm.parts, ids, keep_kv=False)
+    peak = torch.cuda.max_memory_allocated() - before
+    assert torch.isfinite(logits).all()
+    assert peak < 1 << 30, f"peak {peak / 2**30:.2f} GiB: the math kernel's scores would be 4 GiB"
