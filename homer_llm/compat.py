@@ -19,10 +19,10 @@ import torch
 from torch import nn
 from transformers import DynamicCache, PreTrainedModel
 
-SUPPORTED_MODEL_TYPES: tuple[str, ...] = ("llama", "mistral", "qwen2", "qwen3")
-SUPPORTED_ATTENTION: tuple[str, ...] = ("sdpa", "eager", "flash_attention_2")
 logger = logging.getLogger(__name__)
 
+SUPPORTED_MODEL_TYPES: tuple[str, ...] = ("llama", "mistral", "qwen2", "qwen3")
+SUPPORTED_ATTENTION: tuple[str, ...] = ("sdpa", "eager", "flash_attention_2")
 SDPA_REPEAT_KV = "homer_sdpa_repeat_kv"
 """Name under which :func:`use_sdpa_repeat_kv` registers sdpa-with-repeated-K/V in transformers."""
 

@@ -81,9 +81,8 @@ class HomerModel:
     _shared_lock = threading.Lock()
 
     def __init__(self, model, tokenizer, *, name: str, homer: HomerConfig | None = None) -> None:
-        compat.check_supported(model)
-        compat.use_sdpa_repeat_kv(model)  # float32 GQA on CUDA only: keeps long plain prefills off sdpa's math kernel
         self.parts = compat.model_parts(model)
+        compat.use_sdpa_repeat_kv(model)  # float32 GQA on CUDA only: keeps long plain prefills off sdpa's math kernel
         model.eval()
         self.model = model
         self.tokenizer = tokenizer

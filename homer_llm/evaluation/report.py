@@ -8,6 +8,7 @@ from collections import Counter, defaultdict
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -163,6 +164,14 @@ def markdown_table(all_cells: list[Cell], methods: list[str], lengths: list[int]
     return "\n\n".join(blocks) + "\n"
 
 
+def _version(distribution: str) -> str:
+    """An installed distribution's version without importing it ("?" if it is not installed)."""
+    try:
+        return metadata.version(distribution)
+    except metadata.PackageNotFoundError:
+        return "?"
+
+
 def environment(
     model_name: str, device: str, dtype: str, window: int, chunk_len: int, threads: int | None = None
 ) -> dict:
@@ -171,10 +180,6 @@ def environment(
     import transformers
 
     import homer_llm
-
-    from .methods import import_bm25s
-
-    bm25s = import_bm25s()
 
     cpu = platform.processor() or platform.machine()
     try:
@@ -199,7 +204,7 @@ def environment(
         "python": platform.python_version(),
         "torch": torch.__version__,
         "transformers": transformers.__version__,
-        "bm25s": getattr(bm25s, "__version__", "?"),
+        "bm25s": _version("bm25s"),  # not imported for this: bm25s starts JAX at import (methods.import_bm25s)
         "homer_llm": homer_llm.__version__,
     }
 
