@@ -223,6 +223,12 @@ if [[ $STAGE == 24b ]]; then
   "${EVAL[@]}" --out "$OUT-random-depths" --depths random --tasks passkey --methods bm25 \
     --lengths 32k --samples 20 --call-seconds 900 --max-seconds 2100
 fi
+# 25. (session 7) the strongest RoPE baseline at 2x on the drawn depths: dynamic NTK on ten samples
+#     at 16k (the H100 run has one sample per RoPE baseline beyond 8k: float32 GQA ran out of memory)
+if [[ $STAGE == 25 ]]; then
+  "${EVAL[@]}" --out "$OUT-random-depths" --depths random --tasks passkey --methods ntk \
+    --lengths 16k --samples 10 --call-seconds 1200 --max-seconds 4200
+fi
 # 3. more samples and the other tasks, as far as the budget goes
 if [[ $STAGE == 3 || $STAGE == all ]]; then
   "${EVAL[@]}" --tasks passkey,vartrack,multikey,multivalue,ppl --ppl-sink 0 \
