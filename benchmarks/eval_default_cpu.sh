@@ -229,6 +229,12 @@ if [[ $STAGE == 25 ]]; then
   "${EVAL[@]}" --out "$OUT-random-depths" --depths random --tasks passkey --methods ntk \
     --lengths 16k --samples 10 --call-seconds 1200 --max-seconds 4200
 fi
+# 26. (session 7) the one cell of the matrix never run anywhere: the plain model at 64k (8x its
+#     window), one drawn-depth sample (about an hour on one CPU thread)
+if [[ $STAGE == 26 ]]; then
+  "${EVAL[@]}" --out "$OUT-random-depths" --depths random --tasks passkey --methods full \
+    --lengths 64k --samples 1 --call-seconds 5400 --max-seconds 5400
+fi
 # 3. more samples and the other tasks, as far as the budget goes
 if [[ $STAGE == 3 || $STAGE == all ]]; then
   "${EVAL[@]}" --tasks passkey,vartrack,multikey,multivalue,ppl --ppl-sink 0 \
