@@ -187,18 +187,23 @@ def test_engine_equals_slow_reference(context_len, leaves, calibrated, arch):
     torch.testing.assert_close(ctx.last_logits, ref_logits, atol=1e-5, rtol=1e-4)
 
 
+def _assert_same_tree(model_a, model_b, plan, ids) -> None:
+    """Both models compress ``ids`` with ``plan`` to the same last logits and per-layer K/V."""
+    a = compress(compat.model_parts(model_a), plan, ids)
+    b = compress(compat.model_parts(model_b), plan, ids)
+    torch.testing.assert_close(a.last_logits, b.last_logits, atol=1e-5, rtol=1e-4)
+    for (ka, va), (kb, vb) in zip(a.kv, b.kv, strict=True):
+        torch.testing.assert_close(ka, kb, atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(va, vb, atol=1e-5, rtol=1e-4)
+
+
 def test_eager_equals_sdpa_through_a_tree():
     sdpa = tiny_model("llama", attn="sdpa", vocab=VOCAB)
     eager = tiny_model("llama", attn="eager", vocab=VOCAB)
     ids = _ids(6 + 500 + 5, seed=3)
     plan = make_plan(6, 500, 5, chunk_len=128, cache_len=128, num_layers=6, warmup_layers=2)
     assert plan.height == 3
-    a = compress(compat.model_parts(sdpa), plan, ids)
-    b = compress(compat.model_parts(eager), plan, ids)
-    torch.testing.assert_close(a.last_logits, b.last_logits, atol=1e-5, rtol=1e-4)
-    for (ka, va), (kb, vb) in zip(a.kv, b.kv, strict=True):
-        torch.testing.assert_close(ka, kb, atol=1e-5, rtol=1e-4)
-        torch.testing.assert_close(va, vb, atol=1e-5, rtol=1e-4)
+    _assert_same_tree(sdpa, eager, plan, ids)
 
 
 def test_position_ids_never_reach_attention(monkeypatch, tiny_homer):
@@ -301,12 +306,7 @@ def test_repeat_kv_sdpa_switch_keeps_every_output(tokenizer):
     try:
         ids = _ids(6 + 500 + 5, seed=4)
         plan = make_plan(6, 500, 5, chunk_len=128, cache_len=128, num_layers=6, warmup_layers=2)
-        a = compress(compat.model_parts(base), plan, ids)
-        b = compress(compat.model_parts(switched), plan, ids)
-        torch.testing.assert_close(a.last_logits, b.last_logits, atol=1e-5, rtol=1e-4)
-        for (ka, va), (kb, vb) in zip(a.kv, b.kv, strict=True):
-            torch.testing.assert_close(ka, kb, atol=1e-5, rtol=1e-4)
-            torch.testing.assert_close(va, vb, atol=1e-5, rtol=1e-4)
+        _assert_same_tree(base, switched, plan, ids)
         with torch.no_grad():
             x = torch.randint(5, len(tokenizer), (1, 300), generator=torch.Generator().manual_seed(1))
             torch.testing.assert_close(switched(x).logits, base(x).logits, atol=1e-5, rtol=1e-4)
