@@ -113,6 +113,9 @@ def add_ask_arguments(parser: argparse.ArgumentParser) -> None:
                        help="token pruning rule")
     homer.add_argument("--prune-unit", default="token", choices=["token", "word"],
                        help="prune single tokens (the paper) or whole words/numbers (default: token)")
+    homer.add_argument("--merged-suffix", action="store_true",
+                       help="keep the tree's averaged question states, as published (default: read the question "
+                            "afresh after the merged document)")
     gen = parser.add_argument_group("generation")
     gen.add_argument("--max-new-tokens", type=_positive_int, default=256, metavar="N")
     gen.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
@@ -202,7 +205,8 @@ def _ask(args: argparse.Namespace, document: str) -> int:
     device = resolve_device(args.device)
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats(device)
-    homer = HomerConfig(chunk_len=args.chunk_len, pruning=args.pruning, prune_unit=args.prune_unit)
+    homer = HomerConfig(chunk_len=args.chunk_len, pruning=args.pruning, prune_unit=args.prune_unit,
+                        reread_suffix=not args.merged_suffix)
     started = time.perf_counter()
     hm = HomerModel.load(args.model, device=device, dtype=args.dtype, attn_implementation=args.attn, homer=homer)
     load_seconds = time.perf_counter() - started

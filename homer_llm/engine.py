@@ -101,10 +101,11 @@ class TreePass:
         random_generator: torch.Generator | None,
         progress: Progress | None,
         spans: torch.Tensor | None = None,
+        reread: bool = False,
     ) -> None:
         """``spans``: [P + C + S] word-span id of every prompt token (``homer_llm.spans``), or None
-        to prune token by token."""
-        self.parts, self.plan, self.ids = parts, plan, ids
+        to prune token by token. ``reread``: read the suffix afresh after the tree (see :meth:`finish`)."""
+        self.parts, self.plan, self.ids, self.reread = parts, plan, ids, reread
         self.bias, self.random_generator, self.progress = bias, random_generator, progress
         if spans is not None and spans.shape != ids.shape:
             raise ValueError(f"spans must have the shape of ids {tuple(ids.shape)}, got {tuple(spans.shape)}")
@@ -154,10 +155,17 @@ class TreePass:
         self.peak_kv = max(self.peak_kv, live)
 
     def finish(self, start: float) -> CompressedContext:
-        """Run the whole tree and package the root as the compressed context (``start``: perf_counter)."""
+        """Run the whole tree and package the root as the compressed context (``start``: perf_counter).
+
+        With ``reread_suffix`` and more than one leaf, the root's suffix (the mean of every leaf's
+        copy) is replaced by the suffix read afresh after the pruned cache (see :func:`reread_suffix`).
+        """
         plan = self.plan
         root = self.run(plan.root)
-        logits = compat.final_logits(self.parts, root.hidden[:, -1:])
+        kv, logits = root.kv, compat.final_logits(self.parts, root.hidden[:, -1:])
+        if self.reread and plan.num_leaves > 1 and plan.suffix_len > 0:
+            S = plan.suffix_len
+            kv, logits = append_tokens(self.parts, drop_last(kv, S), self.ids[-S:], plan.next_position - S)
         stats = CompressionStats(
             input_tokens=plan.prefix_len + plan.context_len + plan.suffix_len,
             cache_tokens=root.length,
@@ -167,7 +175,7 @@ class TreePass:
             seconds=time.perf_counter() - start,
         )
         logger.debug("HOMER pass: %s", stats)
-        return CompressedContext(root.kv, plan.next_position, logits, stats, root.origin)
+        return CompressedContext(kv, plan.next_position, logits, stats, root.origin)
 
     def run_layers(self, state: ChunkState, node: Node) -> ChunkState:
         parts = self.parts
@@ -215,6 +223,53 @@ class TreePass:
         return calibrated_scores(logits, state.positions, query_position, bias_row)
 
 
+def drop_last(kv: tuple[compat.KV, ...], n: int) -> tuple[compat.KV, ...]:
+    """Per-layer (K, V) without their last ``n`` tokens (views, no copy)."""
+    return tuple((k[:, :, :-n], v[:, :, :-n]) for k, v in kv)
+
+
+@torch.inference_mode()
+def append_tokens(
+    parts: compat.ModelParts, kv: tuple[compat.KV, ...], ids: torch.Tensor, start_position: int
+) -> tuple[tuple[compat.KV, ...], torch.Tensor]:
+    """Run ``ids`` ([n] long) through every layer after the cached ``kv`` ([1, n_kv, F, d] each).
+
+    The new tokens take position ids ``start_position .. start_position + n - 1`` and attend
+    causally to all F cached tokens. Returns the K/V with them appended ([1, n_kv, F + n, d]; the
+    input tensors are not modified) and the [vocab] float32 logits of the last new token.
+    """
+    n = int(ids.numel())
+    cache = compat.cache_from_kv(kv)
+    hidden = compat.embed(parts, ids)
+    positions = torch.arange(start_position, start_position + n)
+    pos_emb = compat.position_embeddings(parts, hidden, positions)
+    mask = compat.attention_mask(parts, n, int(kv[0][0].shape[2]), hidden.dtype, hidden.device)
+    for index in range(parts.num_layers):
+        hidden, _ = compat.run_layer(parts, index, hidden, pos_emb, mask, past=cache)
+    return tuple(compat.kv_from_cache(cache)), compat.final_logits(parts, hidden[:, -1:])
+
+
+def reread_suffix(
+    parts: compat.ModelParts, context: CompressedContext, suffix: list[int] | tuple[int, ...] | torch.Tensor
+) -> CompressedContext:
+    """``context`` (a merged root ending with ``suffix``) with its suffix read afresh.
+
+    At the root of HOMER's tree the suffix's states are the mean of every leaf's copy (HOMER.md
+    9), most of which never saw the part of the document that matters. This drops those
+    ``len(suffix)`` cache entries and runs the suffix again through every layer, at the same
+    position ids, attending to the pruned prefix + context; logits come from that fresh pass.
+    Pruning is unchanged (it was chosen with the question). ``context`` is untouched.
+    """
+    ids = torch.as_tensor(suffix, dtype=torch.long)
+    n = int(ids.numel())
+    if n == 0:
+        return context
+    if n >= context.cache_tokens:
+        raise ValueError(f"a suffix of {n} tokens does not fit a cache of {context.cache_tokens}")
+    kv, logits = append_tokens(parts, drop_last(context.kv, n), ids, context.next_position - n)
+    return CompressedContext(kv, context.next_position, logits, context.stats, context.kept)
+
+
 @torch.inference_mode()
 def compress(
     parts: compat.ModelParts,
@@ -225,6 +280,7 @@ def compress(
     random_generator: torch.Generator | None = None,
     progress: Progress | None = None,
     spans: torch.Tensor | None = None,
+    reread_suffix: bool = False,
 ) -> CompressedContext:
     """Run HOMER over ``ids`` ([P + C + S] long, prefix + context + suffix) following ``plan``.
 
@@ -233,6 +289,8 @@ def compress(
         random_generator: if given, prune at random (the ablation) instead of by significance.
         progress: progress(done, total) after each layer pass.
         spans: [P + C + S] word-span ids (``homer_llm.spans.word_spans``): prune whole words.
+        reread_suffix: with more than one leaf, replace the root's averaged suffix by the suffix
+            read afresh after the pruned cache (:func:`reread_suffix`); False is HOMER as published.
     """
     if ids.dim() != 1:
         raise ValueError(f"HOMER runs batch 1: expected a 1-D id tensor, got shape {tuple(ids.shape)}")
@@ -240,4 +298,4 @@ def compress(
     if ids.numel() != expected:
         raise ValueError(f"plan is for {expected} tokens, got {ids.numel()}")
     start = time.perf_counter()
-    return TreePass(parts, plan, ids, bias, random_generator, progress, spans).finish(start)
+    return TreePass(parts, plan, ids, bias, random_generator, progress, spans, reread_suffix).finish(start)

@@ -16,7 +16,7 @@ import torch
 
 from . import compat
 from .config import GenerationConfig
-from .engine import CompressedContext
+from .engine import CompressedContext, append_tokens
 
 
 @dataclass(frozen=True)
@@ -165,19 +165,12 @@ def extend_context(parts: compat.ModelParts, context: CompressedContext, ids: li
     """
     if not ids:
         return context
-    cache = context.to_cache()
     n = len(ids)
-    hidden = compat.embed(parts, torch.tensor(list(ids)))
-    positions = torch.arange(context.next_position, context.next_position + n)
-    pos_emb = compat.position_embeddings(parts, hidden, positions)
-    mask = compat.attention_mask(parts, n, context.cache_tokens, hidden.dtype, hidden.device)
-    for index in range(parts.num_layers):
-        hidden, _ = compat.run_layer(parts, index, hidden, pos_emb, mask, past=cache)
+    kv, logits = append_tokens(parts, context.kv, torch.tensor(list(ids)), context.next_position)
     stats = replace(
         context.stats,
         input_tokens=context.stats.input_tokens + n,
         cache_tokens=context.stats.cache_tokens + n,
     )
-    return CompressedContext(
-        tuple(compat.kv_from_cache(cache)), context.next_position + n, compat.final_logits(parts, hidden[:, -1:]), stats
-    )
+    return CompressedContext(kv, context.next_position + n, logits, stats)
+

@@ -291,7 +291,8 @@ class HomerModel:
         spans = self.spans_for(ids)
         with self.lock:
             try:
-                return compress(self.parts, plan, ids, bias=bias, random_generator=gen, progress=progress, spans=spans)
+                return compress(self.parts, plan, ids, bias=bias, random_generator=gen, progress=progress, spans=spans,
+                                reread_suffix=self.homer.reread_suffix)
             except torch.OutOfMemoryError as err:
                 if torch.cuda.is_available():
                     torch.cuda.empty_cache()

@@ -11,7 +11,7 @@ from transformers import DynamicCache
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 from homer_llm import compat
-from homer_llm.engine import compress
+from homer_llm.engine import compress, reread_suffix
 from homer_llm.schedule import make_plan
 
 VOCAB = 100
@@ -243,6 +243,54 @@ def test_kept_indices_name_the_surviving_prompt_tokens():
     torch.testing.assert_close(ctx.kv[0][1], one.kv[0][1])
     flat = compress(parts, make_plan(P, 100, S, chunk_len=128, cache_len=128, num_layers=6), ids[: P + 100 + S])
     assert flat.kept.tolist() == list(range(P + 100 + S))
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen3"])
+def test_reread_suffix_equals_the_model_reading_the_question_after_the_merged_cache(arch):
+    """The reread suffix is what the model's own forward computes for the suffix tokens after
+    the pruned prefix + context cache, at the suffix's position ids; the rest of the cache is the
+    tree's, untouched; compress(reread_suffix=True) is that same result."""
+    model = tiny_model(arch, vocab=VOCAB, window=256)
+    parts = compat.model_parts(model)
+    P, C, S = 6, 400, 5
+    ids = _ids(P + C + S, seed=6)
+    plan = make_plan(P, C, S, chunk_len=128, cache_len=128, num_layers=6, warmup_layers=2)
+    assert plan.num_leaves == 4
+    tree = compress(parts, plan, ids)
+    reread = reread_suffix(parts, tree, ids[-S:])
+    assert reread.cache_tokens == tree.cache_tokens and reread.next_position == tree.next_position
+    assert torch.equal(reread.kept, tree.kept)
+    past = DynamicCache()
+    for index, (k, v) in enumerate(tree.kv):
+        past.update(k[:, :, :-S].clone(), v[:, :, :-S].clone(), index)
+    start = tree.next_position - S
+    with torch.no_grad():
+        out = model(ids[-S:][None], past_key_values=past, position_ids=torch.arange(start, start + S)[None],
+                    use_cache=True)
+    torch.testing.assert_close(reread.last_logits, out.logits[0, -1].float(), atol=1e-5, rtol=1e-4)
+    for (k, v), (tk, tv), layer in zip(reread.kv, tree.kv, out.past_key_values.layers, strict=True):
+        assert torch.equal(k[:, :, :-S], tk[:, :, :-S]) and torch.equal(v[:, :, :-S], tv[:, :, :-S])
+        torch.testing.assert_close(k, layer.keys, atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(v, layer.values, atol=1e-5, rtol=1e-4)
+    # the averaged suffix differs from the one read afresh (else the option would be moot)
+    assert not torch.allclose(reread.last_logits, tree.last_logits, atol=1e-3)
+    direct = compress(parts, plan, ids, reread_suffix=True)
+    torch.testing.assert_close(direct.last_logits, reread.last_logits, atol=1e-6, rtol=1e-6)
+    for (k, v), (rk, rv) in zip(direct.kv, reread.kv, strict=True):
+        torch.testing.assert_close(k, rk, atol=1e-6, rtol=1e-6)
+        torch.testing.assert_close(v, rv, atol=1e-6, rtol=1e-6)
+
+
+def test_reread_suffix_leaves_a_one_leaf_prompt_alone():
+    """One leaf: nothing was averaged, so the engine keeps the prefill's own suffix states."""
+    model = tiny_model("llama", vocab=VOCAB)
+    parts = compat.model_parts(model)
+    ids = _ids(90)
+    plan = make_plan(4, 80, 6, chunk_len=128, cache_len=128, num_layers=6)
+    a, b = compress(parts, plan, ids), compress(parts, plan, ids, reread_suffix=True)
+    assert torch.equal(a.last_logits, b.last_logits)
+    with pytest.raises(ValueError, match="does not fit"):
+        reread_suffix(parts, a, ids)
 
 
 def test_peak_kv_grows_with_log_length():

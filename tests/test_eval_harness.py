@@ -112,6 +112,9 @@ def test_cli_end_to_end_on_a_saved_tiny_model(model_dir, essays, tmp_path, capsy
     assert all(by[("passkey", m, 1024)]["reused"] for m in ("truncate", "bm25", "yarn", "ntk", "linear"))
     assert not any(by[("passkey", m, 2048)]["reused"] for m in ("truncate", "bm25", "yarn", "ntk", "linear"))
     assert by[("passkey", "truncate", 1024)]["output"] == by[("passkey", "full", 1024)]["output"]
+    # homer-merged prunes alike (same cache, same needle survival); only the suffix's states differ
+    for key in ("used_tokens", "needle_kept"):
+        assert by[("passkey", "homer-merged", 2048)][key] == by[("passkey", "homer", 2048)][key]
     # at one window, truncation changes nothing: it scores exactly like the full model
     assert by[("ppl", "truncate", 1024)]["nll"] == pytest.approx(by[("ppl", "full", 1024)]["nll"], abs=1e-5)
 
@@ -153,7 +156,15 @@ def test_resume_refuses_records_made_with_other_settings(model_dir, tmp_path, ca
         assert eval_cli.run(_args(**{**base, **change}, resume=True)) == 2
         err = capsys.readouterr().err
         assert "cannot resume into" in err and next(iter(change)) in err
+    assert eval_cli.run(_args(**base, merged_suffix=True, resume=True)) == 2
+    assert "reread_suffix" in capsys.readouterr().err
     assert len(load_records(out / "records.jsonl")) == 2  # nothing added, nothing lost
+    # a folder from before the setting existed was made with the averaged (merged) suffix
+    settings = json.loads((out / "settings.json").read_text())
+    del settings["homer"]["reread_suffix"]
+    (out / "settings.json").write_text(json.dumps(settings))
+    assert eval_cli.run(_args(**base, resume=True)) == 2
+    assert eval_cli.run(_args(**base, merged_suffix=True, resume=True)) == 0
 
 
 def test_random_depths_give_every_sample_its_own_seeded_layout(model_dir, tmp_path, capsys):

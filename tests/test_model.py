@@ -135,6 +135,12 @@ def test_bad_homer_config(kwargs):
         HomerConfig(**kwargs)
 
 
+def test_reread_suffix_must_be_a_bool():
+    assert HomerConfig().reread_suffix is True
+    with pytest.raises(TypeError, match="reread_suffix"):
+        HomerConfig(reread_suffix="no")
+
+
 def test_bad_load_arguments():
     with pytest.raises(ValueError, match="attn_implementation"):
         HomerModel.load("/nonexistent", attn_implementation="magic")

@@ -79,7 +79,7 @@ def check_resumable(settings_path: Path, current: dict) -> None:
     differently: the table would mix them in one cell without a word.
 
     Compares the model, the seed, the depths and the HOMER settings (chunk, cache, warm-up layers,
-    calibration samples) with the folder's ``settings.json``; keys an older file lacks are not
+    calibration samples, reread suffix; absent in older files: False) with the folder's ``settings.json``; keys an older file lacks are not
     compared. Perplexity flags are not compared (they change no passkey or RULER record).
 
     Raises:
@@ -88,6 +88,9 @@ def check_resumable(settings_path: Path, current: dict) -> None:
     if not settings_path.exists():
         return
     before = json.loads(settings_path.read_text())
+    if isinstance(before.get("homer"), dict):
+        # folders from before the setting existed were made with the tree's averaged suffix
+        before["homer"].setdefault("reread_suffix", False)
     diff = [f"{k}: {before[k]!r} there, {current[k]!r} now" for k in RESUME_KEYS if k in before and before[k] != current[k]]
     if diff:
         raise ValueError(f"cannot resume into {settings_path.parent}: its records were made with other settings "
@@ -131,6 +134,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--chunk-len", type=int, default=None, help="HOMER chunk length M (default: window / 2)")
     parser.add_argument("--cache-len", type=int, default=None, help="HOMER final cache length T (default: chunk_len)")
     parser.add_argument("--warmup-layers", type=int, default=None, help="HOMER warm-up layers W (default: engine's)")
+    parser.add_argument("--merged-suffix", action="store_true",
+                        help="every homer* method keeps the tree's averaged question states, as published "
+                             "(default: reread; the homer-merged method compares the two in one run)")
     parser.add_argument("--calibration-samples", type=int, default=None, help="chunks used for HOMER's bias table")
     parser.add_argument("--yarn-calibration-samples", type=int, default=None,
                         help="chunks for homer-yarn's own bias table (chunks are factor x longer; default: as homer)")
@@ -173,6 +179,7 @@ def run(args: argparse.Namespace) -> int:
         homer_kwargs = {k: v for k, v in (("chunk_len", args.chunk_len), ("cache_len", args.cache_len),
                                           ("warmup_layers", args.warmup_layers),
                                           ("calibration_samples", args.calibration_samples)) if v is not None}
+        homer_kwargs["reread_suffix"] = not args.merged_suffix
         say(f"loading {args.model or 'the default model'} ...")
         hm = HomerModel.load(args.model, device=args.device, dtype=args.dtype, attn_implementation=args.attn,
                              homer=HomerConfig(**homer_kwargs))
@@ -206,7 +213,8 @@ def run(args: argparse.Namespace) -> int:
 
     depths = settings.depths if settings.depths == RANDOM_DEPTHS else list(settings.depths)
     homer_settings = {"chunk_len": hm.chunk_len, "cache_len": hm.homer.cache_len,
-                      "warmup_layers": hm.homer.warmup_layers, "calibration_samples": hm.homer.calibration_samples}
+                      "warmup_layers": hm.homer.warmup_layers, "calibration_samples": hm.homer.calibration_samples,
+                      "reread_suffix": hm.homer.reread_suffix}
     run_settings = {**vars(settings), "depths": depths, "torch_threads": torch.get_num_threads(), "model": hm.name,
                     "homer": homer_settings}
     if previous and out is not None:

@@ -8,6 +8,8 @@ stop with TimeBudgetExceeded once it has passed.
     homer-uncal      HOMER with B = 0 (no recency-bias correction)
     homer-random     HOMER with random pruning (the paper's ablation)
     homer-word       HOMER, calibrated, pruning whole words (``HomerConfig.prune_unit="word"``)
+    homer-merged     HOMER, calibrated, answering from the tree's averaged suffix, as published
+                     (``HomerConfig.reread_suffix=False``; ``homer`` follows the run's setting)
     homer-yarn       HOMER on a YaRN-scaled model (factor f) with chunk_len scaled by f
     full             the plain model over the whole prompt, also beyond its window
     truncate         the plain model over the prompt cut to the window: prefix and suffix kept,
@@ -71,7 +73,7 @@ def import_bm25s():
 ANSWER_ROOM = 64
 """Tokens of a length budget left for the answer: a length-L sample has an L - ANSWER_ROOM prompt."""
 
-ALL_METHODS = ("homer", "homer-uncal", "homer-random", "homer-word", "full", "truncate", "yarn", "ntk", "linear",
+ALL_METHODS = ("homer", "homer-uncal", "homer-random", "homer-word", "homer-merged", "full", "truncate", "yarn", "ntk", "linear",
                "homer-yarn", "bm25")
 
 
@@ -202,23 +204,26 @@ class EvalModel:
 
     def homer_variant(
         self, pruning: str, rope: tuple[str, float] | None = None, calibration_samples: int | None = None,
-        prune_unit: str = "token",
+        prune_unit: str = "token", reread_suffix: bool | None = None,
     ) -> HomerModel:
-        """A HomerModel over the same weights with another pruning rule / unit, or on a RoPE-scaled
-        view with chunk_len scaled by the factor (and its own calibration table)."""
-        key = (pruning, rope, calibration_samples, prune_unit)
+        """A HomerModel over the same weights with another pruning rule / unit / suffix handling
+        (``reread_suffix`` None: the base's), or on a RoPE-scaled view with chunk_len scaled by
+        the factor (and its own calibration table)."""
+        base = self.homer
+        reread = base.homer.reread_suffix if reread_suffix is None else reread_suffix
+        key = (pruning, rope, calibration_samples, prune_unit, reread)
         if key not in self._homers:
-            base = self.homer
             if rope is None:
                 self._homers[key] = HomerModel(base.model, base.tokenizer, name=base.name,
-                                               homer=replace(base.homer, pruning=pruning, prune_unit=prune_unit))
+                                               homer=replace(base.homer, pruning=pruning, prune_unit=prune_unit,
+                                                             reread_suffix=reread))
             else:
                 kind, factor = rope
                 chunk = int(base.chunk_len * factor)
                 config = HomerConfig(chunk_len=chunk, cache_len=None, warmup_layers=base.homer.warmup_layers,
                                      pruning=pruning, prune_unit=prune_unit,
                                      calibration_samples=calibration_samples or base.homer.calibration_samples,
-                                     seed=base.homer.seed)
+                                     seed=base.homer.seed, reread_suffix=reread)
                 self._homers[key] = HomerModel(self.view(kind, factor), base.tokenizer,
                                                name=f"{base.name}+{kind}{factor:g}", homer=config)
         return self._homers[key]
@@ -252,15 +257,17 @@ class HomerMethod(Method):
 
     def __init__(
         self, model: EvalModel, name: str, pruning: str, rope: tuple[str, float] | None = None,
-        calibration_samples: int | None = None, prune_unit: str = "token",
+        calibration_samples: int | None = None, prune_unit: str = "token", reread_suffix: bool | None = None,
     ) -> None:
+        """``reread_suffix``: None follows the run's HomerConfig."""
         super().__init__(model)
         self.name, self.pruning, self.rope = name, pruning, rope
-        self.calibration_samples, self.prune_unit = calibration_samples, prune_unit
+        self.calibration_samples, self.prune_unit, self.reread_suffix = calibration_samples, prune_unit, reread_suffix
 
     @property
     def hm(self) -> HomerModel:
-        return self.model.homer_variant(self.pruning, self.rope, self.calibration_samples, self.prune_unit)
+        return self.model.homer_variant(self.pruning, self.rope, self.calibration_samples, self.prune_unit,
+                                        self.reread_suffix)
 
     def setup(self) -> None:
         self.hm.bias_table()
@@ -493,6 +500,7 @@ def make_methods(
         "homer-uncal": lambda: HomerMethod(model, "homer-uncal", "uncalibrated"),
         "homer-random": lambda: HomerMethod(model, "homer-random", "random"),
         "homer-word": lambda: HomerMethod(model, "homer-word", "calibrated", prune_unit="word"),
+        "homer-merged": lambda: HomerMethod(model, "homer-merged", "calibrated", reread_suffix=False),
         "homer-yarn": lambda: HomerMethod(model, "homer-yarn", "calibrated", ("yarn", homer_yarn_factor),
                                           homer_yarn_calibration_samples),
         "full": lambda: FullMethod(model),

@@ -1,0 +1,66 @@
+"""Probe: does HOMER answer better when the question is read afresh after the tree?
+
+HOMER's suffix (question + assistant tag) rides in every leaf and is averaged at each merge
+(HOMER.md 9), so at the root its lower layers' K/V and the last token's hidden state are a mean
+of 2^H views, most of which never saw the needle. This probe compresses each chosen passkey
+sample of ``homer-llm eval`` ONCE (same generator, seed and depths) and answers from that one
+compression two ways:
+
+- ``tree``: as published (``HomerConfig(reread_suffix=False)``: the averaged suffix's cache and logits);
+- ``reread``: (``engine.reread_suffix``, the engine's default since session 8) the suffix's cache entries are dropped and the suffix tokens are run again through
+  every layer after the compressed prefix + context, at the same position ids (pruning was still
+  chosen by the question, so the cache is the same; only the question's own states differ).
+
+    .venv/bin/python benchmarks/suffix_probe.py --length 32k --depths random --samples 0,6,8
+
+Prints one line per sample: depth, needle kept, each answer and whether it is right.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+from homer_llm import HomerConfig, HomerModel
+from homer_llm.engine import reread_suffix
+from homer_llm.evaluation.cli import parse_depths, parse_lengths
+from homer_llm.evaluation.harness import EvalSettings, SampleBank
+from homer_llm.evaluation.methods import EvalModel, build_parts
+from homer_llm.evaluation.tasks import QA_TASKS
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--length", default="32k")
+    ap.add_argument("--samples", default="0", help="comma-separated sample indices")
+    ap.add_argument("--depths", default="random", help="the eval run's --depths")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=1)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    hm = HomerModel.load(None, homer=HomerConfig(reread_suffix=False))
+    (length,) = parse_lengths(args.length, hm.window)
+    indices = [int(a) for a in args.samples.split(",")]
+    model = EvalModel(hm)
+    bank = SampleBank(model, EvalSettings(tasks=("passkey",), methods=("homer",), lengths=(length,),
+                                          samples=max(indices) + 1, seed=args.seed,
+                                          depths=parse_depths(args.depths)))
+    task = QA_TASKS["passkey"]
+    for index in indices:
+        sample = bank.get("passkey", length, index)
+        parts = build_parts(hm.tokenizer, sample)
+        config = model.generation_config(sample)
+        start = time.perf_counter()
+        context = hm.compress(parts)
+        seconds = time.perf_counter() - start
+        answers = {"tree": hm.generate(context, config).text,
+                   "reread": hm.generate(reread_suffix(hm.parts, context, parts.suffix), config).text}
+        verdicts = " ".join(f"{name}={int(task.check(sample, text))} {text[:40]!r}" for name, text in answers.items())
+        print(f"sample {index} depth {sample.depth:.3f} key {sample.expected[0]} ({seconds:.0f} s): {verdicts}",
+              flush=True)
+
+
+if __name__ == "__main__":
+    main()
