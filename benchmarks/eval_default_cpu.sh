@@ -11,10 +11,17 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-results/eval-cpu}
-EVAL=(.venv/bin/homer-llm eval --out "$OUT" --resume --threads 1 --lengths 8k,16k,32k,64k --depths 50,25,75,0,100)
+# Stages 1-26 ran before session 8 made HOMER read the question afresh after the tree
+# (HomerConfig.reread_suffix); --merged-suffix keeps them as they ran, so --resume continues their
+# folders (a folder refuses records made with the other setting). Stage 27 runs the new default.
+EVAL=(.venv/bin/homer-llm eval --out "$OUT" --resume --threads 1 --lengths 8k,16k,32k,64k --depths 50,25,75,0,100
+      --merged-suffix)
 # session 5: eight 16k passkey samples, all at depth 25 % (give each variant its own --out)
 D25=(.venv/bin/homer-llm eval --resume --threads 1 --depths 25 --tasks passkey --lengths 16k --samples 8
-     --call-seconds 900 --max-seconds 1800)
+     --call-seconds 900 --max-seconds 1800 --merged-suffix)
+# session 8: the default (question reread after the tree) on the drawn depths of stages 22-26
+REREAD=(.venv/bin/homer-llm eval --resume --threads 1 --depths random --tasks passkey --methods homer
+        --call-seconds 900)
 STAGE=${1:-all}
 
 # 1. passkey: the plain model (inside the window, and at 2x), then HOMER against truncation and
@@ -234,6 +241,22 @@ fi
 if [[ $STAGE == 26 ]]; then
   "${EVAL[@]}" --out "$OUT-random-depths" --depths random --tasks passkey --methods full \
     --lengths 64k --samples 1 --call-seconds 5400 --max-seconds 5400
+fi
+# 27. (session 8) the question read afresh after the tree (the new default). 27c answers stage 24's
+#     twenty 32k samples both ways from one compression each (benchmarks/suffix_probe.py: the
+#     averaged suffix, as stage 24 ran, and the reread one); 27a and 27b run the eval with the new
+#     default at 8x, and at 2x and 1x, one thread each, at once
+if [[ $STAGE == 27a ]]; then
+  "${REREAD[@]}" --out "$OUT-reread-64k" --lengths 64k --samples 10 --max-seconds 3300
+fi
+if [[ $STAGE == 27b ]]; then
+  "${REREAD[@]}" --out "$OUT-reread" --lengths 16k --samples 20 --max-seconds 2400
+  "${REREAD[@]}" --out "$OUT-reread" --lengths 8k --samples 20 --max-seconds 1500
+  # one 32k sample through the eval: must give 27c's reread answer for sample 0
+  "${REREAD[@]}" --out "$OUT-reread" --lengths 32k --samples 1 --max-seconds 600
+fi
+if [[ $STAGE == 27c ]]; then
+  .venv/bin/python benchmarks/suffix_probe.py --length 32k --samples "$(seq -s, 0 19)" | tee results/suffix-probe-32k.txt
 fi
 # 3. more samples and the other tasks, as far as the budget goes
 if [[ $STAGE == 3 || $STAGE == all ]]; then
