@@ -9,7 +9,10 @@ compression two ways:
 - ``tree``: as published (``HomerConfig(reread_suffix=False)``: the averaged suffix's cache and logits);
 - ``reread``: (``engine.reread_suffix``, the engine's default since session 8) the suffix's cache entries are dropped and the suffix tokens are run again through
   every layer after the compressed prefix + context, at the same position ids (pruning was still
-  chosen by the question, so the cache is the same; only the question's own states differ).
+  chosen by the question, so the cache is the same; only the question's own states differ);
+- ``reencode`` (with ``--reencode``): HOMER only as a token selector: the plain model prefills the
+  prompt tokens that survived pruning (prefix, kept document tokens in order, suffix; at most one
+  chunk) with fresh consecutive positions, and answers from that.
 
     .venv/bin/python benchmarks/suffix_probe.py --length 32k --depths random --samples 0,6,8
 
@@ -23,7 +26,7 @@ import time
 
 import torch
 
-from homer_llm import HomerConfig, HomerModel
+from homer_llm import HomerConfig, HomerModel, PromptParts
 from homer_llm.engine import reread_suffix
 from homer_llm.evaluation.cli import parse_depths, parse_lengths
 from homer_llm.evaluation.harness import EvalSettings, SampleBank
@@ -38,6 +41,7 @@ def main() -> None:
     ap.add_argument("--depths", default="random", help="the eval run's --depths")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--reencode", action="store_true", help="also answer from a plain prefill of the kept tokens")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     hm = HomerModel.load(None, homer=HomerConfig(reread_suffix=False))
@@ -57,6 +61,10 @@ def main() -> None:
         seconds = time.perf_counter() - start
         answers = {"tree": hm.generate(context, config).text,
                    "reread": hm.generate(reread_suffix(hm.parts, context, parts.suffix), config).text}
+        if args.reencode:
+            p, c = len(parts.prefix), len(parts.context)
+            kept = [parts.ids[i] for i in context.kept.tolist() if p <= i < p + c]
+            answers["reencode"] = hm.generate(PromptParts(parts.prefix, tuple(kept), parts.suffix), config).text
         verdicts = " ".join(f"{name}={int(task.check(sample, text))} {text[:40]!r}" for name, text in answers.items())
         print(f"sample {index} depth {sample.depth:.3f} key {sample.expected[0]} ({seconds:.0f} s): {verdicts}",
               flush=True)

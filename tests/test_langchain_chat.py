@@ -53,6 +53,9 @@ def test_construction_is_lazy_and_default_model_is_shared(monkeypatch):
     model, kwargs = calls[-1]
     assert model is None and kwargs["device"] == "cpu" and kwargs["dtype"] == "bfloat16"
     assert kwargs["homer"].chunk_len == 64 and kwargs["homer"].prune_unit == "word"
+    assert kwargs["homer"].reread_suffix is True
+    HomerLLM(reread_suffix=False).invoke("x")
+    assert calls[-1][1]["homer"].reread_suffix is False
     HomerLLM().invoke("x", model="/models/other")  # per-call override
     assert calls[-1][0] == "/models/other"
 
