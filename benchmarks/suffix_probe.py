@@ -27,11 +27,24 @@ import time
 import torch
 
 from homer_llm import HomerConfig, HomerModel, PromptParts
-from homer_llm.engine import reread_suffix
+from homer_llm.engine import compact_positions, reread_suffix
 from homer_llm.evaluation.cli import parse_depths, parse_lengths
 from homer_llm.evaluation.harness import EvalSettings, SampleBank
 from homer_llm.evaluation.methods import EvalModel, build_parts
 from homer_llm.evaluation.tasks import QA_TASKS
+
+
+def show_needle(tokenizer, parts, kept: list[int], key: str, width: int) -> None:
+    """Print the document tokens around each occurrence of the key's first token, pruned ones bracketed."""
+    p, ctx = len(parts.prefix), list(parts.context)
+    first = tokenizer(key, add_special_tokens=False)["input_ids"][0]
+    survived = {i - p for i in kept}
+    for at in [i for i, t in enumerate(ctx) if t == first]:
+        pieces = []
+        for i in range(max(0, at - width), min(len(ctx), at + width)):
+            piece = tokenizer.decode([ctx[i]])
+            pieces.append(piece if i in survived else f"[{piece}]")
+        print(f"  token {at}: {''.join(pieces)!r}", flush=True)
 
 
 def main() -> None:
@@ -42,6 +55,10 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--reencode", action="store_true", help="also answer from a plain prefill of the kept tokens")
+    ap.add_argument("--compact", action="store_true",
+                    help="also answer with the cache moved to positions 0..F-1 (engine.compact_positions), suffix reread")
+    ap.add_argument("--show-needle", type=int, default=0, metavar="N",
+                    help="print the N document tokens either side of the key, pruned ones in [brackets]")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     hm = HomerModel.load(None, homer=HomerConfig(reread_suffix=False))
@@ -61,6 +78,11 @@ def main() -> None:
         seconds = time.perf_counter() - start
         answers = {"tree": hm.generate(context, config).text,
                    "reread": hm.generate(reread_suffix(hm.parts, context, parts.suffix), config).text}
+        if args.show_needle:
+            show_needle(hm.tokenizer, parts, context.kept.tolist(), sample.expected[0], args.show_needle)
+        if args.compact:
+            answers["compact"] = hm.generate(reread_suffix(hm.parts, compact_positions(hm.parts, context), parts.suffix),
+                                             config).text
         if args.reencode:
             p, c = len(parts.prefix), len(parts.context)
             kept = [parts.ids[i] for i in context.kept.tolist() if p <= i < p + c]
