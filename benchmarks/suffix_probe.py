@@ -27,7 +27,7 @@ import time
 import torch
 
 from homer_llm import HomerConfig, HomerModel, PromptParts
-from homer_llm.engine import compact_positions, reread_suffix
+from homer_llm.engine import reread_suffix
 from homer_llm.evaluation.cli import parse_depths, parse_lengths
 from homer_llm.evaluation.harness import EvalSettings, SampleBank
 from homer_llm.evaluation.methods import EvalModel, build_parts
@@ -55,8 +55,6 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--reencode", action="store_true", help="also answer from a plain prefill of the kept tokens")
-    ap.add_argument("--compact", action="store_true",
-                    help="also answer with the cache moved to positions 0..F-1 (engine.compact_positions), suffix reread")
     ap.add_argument("--show-needle", type=int, default=0, metavar="N",
                     help="print the N document tokens either side of the key, pruned ones in [brackets]")
     args = ap.parse_args()
@@ -80,9 +78,6 @@ def main() -> None:
                    "reread": hm.generate(reread_suffix(hm.parts, context, parts.suffix), config).text}
         if args.show_needle:
             show_needle(hm.tokenizer, parts, context.kept.tolist(), sample.expected[0], args.show_needle)
-        if args.compact:
-            answers["compact"] = hm.generate(reread_suffix(hm.parts, compact_positions(hm.parts, context), parts.suffix),
-                                             config).text
         if args.reencode:
             p, c = len(parts.prefix), len(parts.context)
             kept = [parts.ids[i] for i in context.kept.tolist() if p <= i < p + c]

@@ -57,8 +57,6 @@ class CompressedContext:
         kept: [F] long index in the prompt (prefix + context + suffix ids) of each cache token, in
             cache order; None where not tracked (plain prefills, extended or reloaded caches).
             Tells which document tokens survived pruning (e.g. whether a needle did).
-        positions: [F] long position id each cache token's key was rotated with; None where not
-            tracked. After merges, tokens of different leaves share ids (HOMER.md 4).
     """
 
     kv: tuple[compat.KV, ...]
@@ -66,7 +64,6 @@ class CompressedContext:
     last_logits: torch.Tensor
     stats: CompressionStats
     kept: torch.Tensor | None = None
-    positions: torch.Tensor | None = None
 
     @property
     def cache_tokens(self) -> int:
@@ -178,7 +175,7 @@ class TreePass:
             seconds=time.perf_counter() - start,
         )
         logger.debug("HOMER pass: %s", stats)
-        return CompressedContext(kv, plan.next_position, logits, stats, root.origin, root.positions)
+        return CompressedContext(kv, plan.next_position, logits, stats, root.origin)
 
     def run_layers(self, state: ChunkState, node: Node) -> ChunkState:
         parts = self.parts
@@ -270,36 +267,7 @@ def reread_suffix(
     if n >= context.cache_tokens:
         raise ValueError(f"a suffix of {n} tokens does not fit a cache of {context.cache_tokens}")
     kv, logits = append_tokens(parts, drop_last(context.kv, n), ids, context.next_position - n)
-    return CompressedContext(kv, context.next_position, logits, context.stats, context.kept, context.positions)
-
-
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
-    half = x.shape[-1] // 2
-    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-
-
-@torch.inference_mode()
-def compact_positions(parts: compat.ModelParts, context: CompressedContext) -> CompressedContext:
-    """``context`` with its cache tokens moved to positions 0 .. F-1, in cache order.
-
-    After HOMER's merges, tokens from different leaves share position ids. Keys are stored after
-    rotary, and a rotary embedding is a rotation by an angle linear in the position, so a key is
-    moved from position p to p' by rotating it once more by (p' - p); values carry no position.
-    The rotation is the model's own rotary module at the offsets, divided by its value at
-    offset 0 (rotary variants that scale cos/sin, e.g. YaRN's attention factor, would otherwise
-    scale twice). ``next_position`` becomes F. Needs ``context.positions``.
-    """
-    if context.positions is None:
-        raise ValueError("this context does not record its position ids (plain, extended or reloaded cache)")
-    old = context.positions.to(torch.long)
-    F = int(old.numel())
-    probe = context.kv[0][0]
-    offsets = torch.arange(F, device=old.device) - old
-    cos, sin = compat.position_embeddings(parts, probe, torch.cat([torch.zeros(1, dtype=torch.long, device=old.device), offsets]))
-    unit = cos[:, :1, :1]
-    cos, sin = (cos[:, 1:] / unit)[:, None], (sin[:, 1:] / unit)[:, None]  # [1, 1, F, d]
-    kv = tuple(((k * cos.to(k) + _rotate_half(k) * sin.to(k)), v) for k, v in context.kv)
-    return CompressedContext(kv, F, context.last_logits, context.stats, context.kept, torch.arange(F))
+    return CompressedContext(kv, context.next_position, logits, context.stats, context.kept)
 
 
 @torch.inference_mode()

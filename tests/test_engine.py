@@ -11,7 +11,7 @@ from transformers import DynamicCache
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 from homer_llm import compat
-from homer_llm.engine import CompressedContext, compact_positions, compress, reread_suffix
+from homer_llm.engine import compress, reread_suffix
 from homer_llm.schedule import make_plan
 
 VOCAB = 100
@@ -291,27 +291,6 @@ def test_reread_suffix_leaves_a_one_leaf_prompt_alone():
     assert torch.equal(a.last_logits, b.last_logits)
     with pytest.raises(ValueError, match="does not fit"):
         reread_suffix(parts, a, ids)
-
-
-@pytest.mark.parametrize("arch", ["llama", "qwen3"])
-def test_compact_positions_moves_keys_as_a_prefill_at_those_positions_would(arch):
-    """A prefill at positions 7..n+6 differs from one at 0..n-1 only by the keys' rotation (the
-    attention is relative); moving the first to 0..n-1 must give the second's keys and values."""
-    model = tiny_model(arch, vocab=VOCAB, window=256)
-    ids = _ids(60, seed=8)
-    with torch.no_grad():
-        at0 = model(ids[None], use_cache=True).past_key_values
-        at7 = model(ids[None], position_ids=torch.arange(7, 67)[None], use_cache=True).past_key_values
-    kv7 = tuple((layer.keys, layer.values) for layer in at7.layers)
-    assert not torch.allclose(kv7[0][0], at0.layers[0].keys, atol=1e-3)
-    stats = compress(compat.model_parts(model), make_plan(4, 50, 6, chunk_len=128, cache_len=128, num_layers=6),
-                     ids).stats
-    moved = compact_positions(compat.model_parts(model),
-                              CompressedContext(kv7, 67, torch.zeros(VOCAB), stats, None, torch.arange(7, 67)))
-    assert moved.next_position == 60 and moved.positions.tolist() == list(range(60))
-    for (k, v), layer in zip(moved.kv, at0.layers, strict=True):
-        torch.testing.assert_close(k, layer.keys, atol=1e-5, rtol=1e-4)
-        torch.testing.assert_close(v, layer.values, atol=1e-5, rtol=1e-4)
 
 
 def test_peak_kv_grows_with_log_length():
