@@ -255,6 +255,17 @@ if [[ $STAGE == 27b ]]; then
   # one 32k sample through the eval: must give 27c's reread answer for sample 0
   "${REREAD[@]}" --out "$OUT-reread" --lengths 32k --samples 1 --max-seconds 600
 fi
+# 27d/27e: HOMER + YaRN (8192-token chunks, so a 64k tree is as tall as HOMER's at 32k, where the
+#     reread suffix helped) at 8x with the reread and with the averaged suffix, one thread each,
+#     the same 2-chunk bias table (eight 8k chunks cost ~25 CPU minutes)
+if [[ $STAGE == 27d ]]; then
+  "${REREAD[@]}" --out "$OUT-reread-yarn" --methods homer-yarn --yarn-calibration-samples 2 --lengths 64k \
+    --samples 9 --max-seconds 2400
+fi
+if [[ $STAGE == 27e ]]; then
+  "${REREAD[@]}" --out "$OUT-merged-yarn" --methods homer-yarn --yarn-calibration-samples 2 --lengths 64k \
+    --samples 9 --max-seconds 2400 --merged-suffix
+fi
 if [[ $STAGE == 27c ]]; then
   .venv/bin/python benchmarks/suffix_probe.py --length 32k --samples "$(seq -s, 0 19)" | tee results/suffix-probe-32k.txt
 fi
