@@ -79,8 +79,8 @@ def check_resumable(settings_path: Path, current: dict) -> None:
     differently: the table would mix them in one cell without a word.
 
     Compares the model, the seed, the depths and the HOMER settings (chunk, cache, warm-up layers,
-    calibration samples, reread suffix; absent in older files: False) with the folder's ``settings.json``; keys an older file lacks are not
-    compared. Perplexity flags are not compared (they change no passkey or RULER record).
+    calibration samples, reread suffix: absent in older files, read as False) with the folder's
+    ``settings.json``; other keys an older file lacks are not compared. Perplexity flags are not compared (they change no passkey or RULER record).
 
     Raises:
         ValueError: naming every setting that differs, with both values.
