@@ -6,10 +6,12 @@ of 2^H views, most of which never saw the needle. This probe compresses each cho
 sample of ``homer-llm eval`` ONCE (same generator, seed and depths) and answers from that one
 compression two ways:
 
-- ``tree``: as published (``HomerConfig(reread_suffix=False)``: the averaged suffix's cache and logits);
-- ``reread``: (``engine.reread_suffix``, the engine's default since session 8) the suffix's cache entries are dropped and the suffix tokens are run again through
-  every layer after the compressed prefix + context, at the same position ids (pruning was still
-  chosen by the question, so the cache is the same; only the question's own states differ);
+- ``tree``: as published (``HomerConfig(reread_suffix=False)``): the averaged suffix's cache and
+  logits;
+- ``reread`` (``engine.reread_suffix``, HomerConfig's default since session 8): the suffix's cache
+  entries are dropped and the suffix tokens run again through every layer after the compressed
+  prefix + context, at the same position ids (pruning was still chosen by the question, so the
+  cache is the same; only the question's own states differ);
 - ``reencode`` (with ``--reencode``): HOMER only as a token selector: the plain model prefills the
   prompt tokens that survived pruning (prefix, kept document tokens in order, suffix; at most one
   chunk) with fresh consecutive positions, and answers from that.

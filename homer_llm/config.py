@@ -36,8 +36,8 @@ class HomerConfig:
             assistant tag), whose states are the mean of every leaf's copy, and run it again after
             the pruned cache, so the question reads the merged document with all its layers
             (``engine.reread_suffix``; costs one pass of S tokens). False: HOMER as published.
-            Default True: measured better on the default model's passkey misses beyond 2x its
-            window (README, results).
+            Default True: on the default model's passkey at 4x its window it answered 15/20 where
+            the averaged suffix answered 10/20, and the same as it at 1x, 2x and 8x (README results).
     """
 
     chunk_len: int | None = None

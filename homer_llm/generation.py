@@ -173,4 +173,3 @@ def extend_context(parts: compat.ModelParts, context: CompressedContext, ids: li
         cache_tokens=context.stats.cache_tokens + n,
     )
     return CompressedContext(kv, context.next_position + n, logits, stats)
-

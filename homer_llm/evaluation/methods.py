@@ -73,8 +73,8 @@ def import_bm25s():
 ANSWER_ROOM = 64
 """Tokens of a length budget left for the answer: a length-L sample has an L - ANSWER_ROOM prompt."""
 
-ALL_METHODS = ("homer", "homer-uncal", "homer-random", "homer-word", "homer-merged", "full", "truncate", "yarn", "ntk", "linear",
-               "homer-yarn", "bm25")
+ALL_METHODS = ("homer", "homer-uncal", "homer-random", "homer-word", "homer-merged", "full", "truncate", "yarn",
+               "ntk", "linear", "homer-yarn", "bm25")
 
 
 class NotApplicable(Exception):
