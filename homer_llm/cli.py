@@ -302,6 +302,7 @@ def plain_answer(hm, ids: Sequence[int], config) -> dict[str, Any]:
     """
     import torch
 
+    from . import compat
     from .generation import sample_next
 
     model, tokenizer = hm.model, hm.tokenizer
@@ -317,7 +318,7 @@ def plain_answer(hm, ids: Sequence[int], config) -> dict[str, Any]:
         except torch.OutOfMemoryError as err:
             raise MemoryError(f"out of memory running the plain model on {len(ids)} tokens") from err
         prefill = time.perf_counter() - start
-        cache = out.past_key_values
+        cache = compat.output_cache(out)
         kv_bytes = sum(layer.keys.numel() * layer.keys.element_size() * 2 for layer in cache.layers)
         logits = out.logits[0, -1].float()
         position = len(ids)
@@ -334,11 +335,11 @@ def plain_answer(hm, ids: Sequence[int], config) -> dict[str, Any]:
                 break
             out = model(
                 input_ids=torch.tensor([[token]], device=hm.device),
-                past_key_values=cache,
                 position_ids=torch.tensor([[position]], device=hm.device),
                 use_cache=True,
+                **compat.cache_kwargs(model, cache),
             )
-            cache = out.past_key_values
+            cache = compat.output_cache(out)
             logits = out.logits[0, -1].float()
             position += 1
         decode = time.perf_counter() - start

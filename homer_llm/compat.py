@@ -12,8 +12,11 @@ new packed sequence, which would silently block attention across merged chunks (
 
 from __future__ import annotations
 
+import functools
+import inspect
 import logging
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -242,12 +245,35 @@ def run_layer(
         hidden,
         attention_mask=mask,
         position_embeddings=(cos, sin),
-        past_key_values=capture,
         use_cache=True,
+        **cache_kwargs(parts.layers[index], capture),
     )
     if isinstance(out, tuple):  # older layers returned (hidden,) tuples
         out = out[0]
     return out, (capture.kv if past is None else None)
+
+
+@functools.cache
+def _cache_keyword(cls: type) -> str:
+    params = inspect.signature(cls.forward).parameters  # follows functools.wraps of the deprecation wrapper
+    return "cache" if "cache" in params else "past_key_values"
+
+
+def cache_kwargs(module: nn.Module, cache: Any) -> dict[str, Any]:
+    """``{name: cache}`` under the keyword ``module.forward`` takes a KV cache by.
+
+    transformers 5.24 renamed ``past_key_values`` to ``cache`` in every model and decoder layer
+    (the old name warns on each call and goes in 5.40); 5.0-5.23 know only ``past_key_values``.
+    Works for a causal LM and for one of its decoder layers.
+    """
+    return {_cache_keyword(type(module)): cache}
+
+
+def output_cache(out: Any) -> DynamicCache:
+    """The cache a model forward returned: ``out.cache`` from transformers 5.24,
+    ``out.past_key_values`` before (5.24 keeps that name only as a deprecated alias)."""
+    cache = getattr(out, "cache", None)
+    return cache if cache is not None else out.past_key_values
 
 
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:

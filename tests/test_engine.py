@@ -34,7 +34,7 @@ def test_layer_loop_equals_model_forward(arch, attn):
     with torch.no_grad():
         out = model(ids[None], use_cache=True)
     torch.testing.assert_close(ctx.last_logits, out.logits[0, -1].float(), atol=1e-5, rtol=1e-5)
-    for (k, v), layer in zip(ctx.kv, out.past_key_values.layers, strict=True):
+    for (k, v), layer in zip(ctx.kv, compat.output_cache(out).layers, strict=True):
         torch.testing.assert_close(k, layer.keys, atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(v, layer.values, atol=1e-5, rtol=1e-5)
     assert ctx.next_position == 90
@@ -113,7 +113,8 @@ def _reference_homer(model, ids: torch.Tensor, P: int, S: int, M: int, W: int, b
                 layer = inner.layers[layer_idx]
                 h_in = node["h"]
                 cache = DynamicCache()
-                node["h"] = layer(h_in, attention_mask=mask, position_embeddings=(cos, sin), past_key_values=cache)
+                node["h"] = layer(h_in, attention_mask=mask, position_embeddings=(cos, sin),
+                                  **compat.cache_kwargs(layer, cache))
                 keys, values = cache.layers[layer_idx].keys, cache.layers[layer_idx].values
                 node["kv"].append((keys, values))
             ctx_len = n - P - S
@@ -265,10 +266,10 @@ def test_reread_suffix_equals_the_model_reading_the_question_after_the_merged_ca
         past.update(k[:, :, :-S].clone(), v[:, :, :-S].clone(), index)
     start = tree.next_position - S
     with torch.no_grad():
-        out = model(ids[-S:][None], past_key_values=past, position_ids=torch.arange(start, start + S)[None],
-                    use_cache=True)
+        out = model(ids[-S:][None], position_ids=torch.arange(start, start + S)[None], use_cache=True,
+                    **compat.cache_kwargs(model, past))
     torch.testing.assert_close(reread.last_logits, out.logits[0, -1].float(), atol=1e-5, rtol=1e-4)
-    for (k, v), (tk, tv), layer in zip(reread.kv, tree.kv, out.past_key_values.layers, strict=True):
+    for (k, v), (tk, tv), layer in zip(reread.kv, tree.kv, compat.output_cache(out).layers, strict=True):
         assert torch.equal(k[:, :, :-S], tk[:, :, :-S]) and torch.equal(v[:, :, :-S], tv[:, :, :-S])
         torch.testing.assert_close(k, layer.keys, atol=1e-5, rtol=1e-4)
         torch.testing.assert_close(v, layer.values, atol=1e-5, rtol=1e-4)
@@ -387,3 +388,29 @@ def test_repeat_kv_sdpa_hands_pytorch_repeated_heads_without_enable_gqa(monkeypa
         k, v = torch.randn(1, 2, q_len, 16, dtype=dtype), torch.randn(1, 2, q_len, 16, dtype=dtype)
         out, _ = compat._sdpa_repeat_kv(module, q, k, v, None, scaling=0.25)
         assert out.shape == (1, q_len, 4, 16) and seen[-1] == expect
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_no_deprecated_cache_keyword_reaches_transformers(arch, recwarn):
+    """The engine hands a layer its cache under the name that layer declares (``cache`` from
+    transformers 5.24, ``past_key_values`` before), so no deprecation warning is raised: the
+    old name is removed in 5.40."""
+    import inspect
+    import warnings
+
+    model = tiny_model(arch, vocab=VOCAB)
+    parts = compat.model_parts(model)
+    layer = parts.layers[0]
+    declared = inspect.signature(type(layer).forward).parameters
+    name = next(iter(compat.cache_kwargs(layer, None)))
+    assert name in declared
+    assert next(iter(compat.cache_kwargs(model, None))) in inspect.signature(type(model).forward).parameters
+    plan = make_plan(4, 300, 6, chunk_len=128, cache_len=128, num_layers=6)
+    assert plan.num_leaves > 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        ctx = compress(parts, plan, _ids(310))
+        reread_suffix(parts, ctx, _ids(310)[-6:])
+        with torch.no_grad():
+            out = model(_ids(8)[None], use_cache=True)
+            model(_ids(1)[None], use_cache=True, **compat.cache_kwargs(model, compat.output_cache(out)))

@@ -428,3 +428,29 @@ def test_bm25s_import_keeps_jax_off_the_gpu(monkeypatch, preset):
     assert hasattr(module, "BM25")
     assert __import__("os").environ["JAX_PLATFORMS"] == (preset or "cpu")
     assert logging.getLogger("bm25s").level == logging.WARNING
+
+
+def test_first_sample_splits_one_sample_set(small_eval):
+    """--first-sample runs only the tail of the sample range, and each sample is the one a full run
+    would give it (so split runs can be joined into one table)."""
+    seen: dict[int, str] = {}
+
+    class Spy(Method):
+        name = "spy"
+
+        def answer(self, sample, deadline):
+            seen[sample.index] = sample.document
+            return MethodResult("", 0, 0)
+
+    whole = EvalSettings(tasks=("passkey",), methods=("spy",), lengths=(1500,), samples=3, depths="random")
+    run_eval(small_eval, [Spy(small_eval)], whole)
+    full = dict(seen)
+    seen.clear()
+    tail = EvalSettings(tasks=("passkey",), methods=("spy",), lengths=(1500,), samples=3, depths="random",
+                        first_sample=1)
+    records, _ = run_eval(small_eval, [Spy(small_eval)], tail)
+    assert sorted(seen) == [1, 2] and [r.index for r in records] == [1, 2]
+    assert all(seen[i] == full[i] for i in (1, 2))
+    for bad in (-1, 3):
+        with pytest.raises(ValueError, match="first_sample"):
+            EvalSettings(tasks=("passkey",), methods=("spy",), lengths=(1500,), samples=3, first_sample=bad)

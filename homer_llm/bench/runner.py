@@ -242,7 +242,7 @@ class Bench:
     def _plain(self, ids: torch.Tensor) -> _Prefill:
         keep = 1 if self.settings.plain_logits == "last" else 0
         out = self.model(input_ids=ids[None], use_cache=True, logits_to_keep=keep)
-        cache = out.past_key_values
+        cache = compat.output_cache(out)
         n = int(ids.numel())
         size = _cache_bytes(cache)
         return _Prefill(cache, n, n, size, size)

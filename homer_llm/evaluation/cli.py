@@ -108,6 +108,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lengths", default="1x,2x,4x,8x",
                         help="total tokens per sample: Nx (times the window), Nk (x1024) or integers")
     parser.add_argument("--samples", type=int, default=5, help="samples per task and length (same for every method)")
+    parser.add_argument("--first-sample", type=int, default=0,
+                        help="run samples FIRST..SAMPLES-1 only (split one sample set over several processes, "
+                             "one --out each)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--depths", default="0,25,50,75,100",
                         help="needle depths in percent, sample i takes the i-th (cycled); 'random': each sample "
@@ -185,6 +188,7 @@ def run(args: argparse.Namespace) -> int:
                              homer=HomerConfig(**homer_kwargs))
         lengths = parse_lengths(args.lengths, hm.window)
         settings = EvalSettings(tasks=tasks, methods=methods, lengths=lengths, samples=args.samples, seed=args.seed,
+                                first_sample=args.first_sample,
                                 depths=depths, max_seconds=args.max_seconds, call_seconds=args.call_seconds,
                                 ppl_tokens=args.ppl_tokens, essays=args.essays)
         if min(args.ppl_recent, args.ppl_append, args.ppl_sink) < 0:

@@ -43,6 +43,9 @@ class EvalSettings:
         tasks, methods: names (see tasks.QA_TASKS + "ppl", methods.ALL_METHODS).
         lengths: total tokens per sample (prompt + ANSWER_ROOM for QA; context + target for ppl).
         samples: samples per (task, length); the same samples go to every method.
+        first_sample: run only the samples ``first_sample .. samples - 1`` (default 0: all), so one
+            set of samples can be split over several processes, each with its own output folder;
+            a sample's content depends only on (task, length, seed, index), never on the split.
         seed: base seed of every generator.
         depths: needle depths in [0, 1]; sample i uses depths[i % len(depths)]. ``"random"``: each
             sample draws its own depth, uniform in [0, 1] and seeded by (seed, i), so no two samples
@@ -59,6 +62,7 @@ class EvalSettings:
     lengths: tuple[int, ...]
     samples: int = 5
     seed: int = 0
+    first_sample: int = 0
     depths: tuple[float, ...] | Literal["random"] = (0.0, 0.25, 0.5, 0.75, 1.0)
     max_seconds: float | None = None
     call_seconds: float | None = None
@@ -73,6 +77,8 @@ class EvalSettings:
             raise ValueError("tasks, methods and lengths must each name at least one value")
         if self.samples < 1:
             raise ValueError(f"samples must be >= 1, got {self.samples}")
+        if not 0 <= self.first_sample < self.samples:
+            raise ValueError(f"first_sample must be in [0, samples={self.samples}), got {self.first_sample}")
         if self.depths != RANDOM_DEPTHS and (
             isinstance(self.depths, str) or not self.depths or any(not 0.0 <= d <= 1.0 for d in self.depths)
         ):
@@ -301,7 +307,7 @@ def run_eval(
 
     bank = SampleBank(model, settings)
     lengths = sorted(settings.lengths)
-    total = settings.samples * len(lengths) * len(settings.tasks) * len(methods)
+    total = (settings.samples - settings.first_sample) * len(lengths) * len(settings.tasks) * len(methods)
     step = 0
     stopped = False
     log = None if records_path is None else records_path.open("a", encoding="utf-8")
@@ -314,7 +320,7 @@ def run_eval(
             log.flush()
 
     try:
-        for index in range(settings.samples):
+        for index in range(settings.first_sample, settings.samples):
             for length in lengths:
                 for task in [t for t in ALL_TASKS if t in wanted]:
                     sample = None
