@@ -116,6 +116,11 @@ def add_ask_arguments(parser: argparse.ArgumentParser) -> None:
     homer.add_argument("--merged-suffix", action="store_true",
                        help="keep the tree's averaged question states, as published (default: read the question "
                             "afresh after the merged document)")
+    homer.add_argument("--rope-scaling", default=None, choices=["yarn", "linear"],
+                       help="run HOMER on a RoPE-scaled view (HOMER + YaRN): chunks --rope-factor times longer, "
+                            "a shallower tree (default: off)")
+    homer.add_argument("--rope-factor", type=float, default=2.0, metavar="F",
+                       help="scaling factor with --rope-scaling (default: 2)")
     gen = parser.add_argument_group("generation")
     gen.add_argument("--max-new-tokens", type=_positive_int, default=256, metavar="N")
     gen.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
@@ -206,7 +211,8 @@ def _ask(args: argparse.Namespace, document: str) -> int:
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats(device)
     homer = HomerConfig(chunk_len=args.chunk_len, pruning=args.pruning, prune_unit=args.prune_unit,
-                        reread_suffix=not args.merged_suffix)
+                        reread_suffix=not args.merged_suffix, rope_scaling=args.rope_scaling,
+                        rope_factor=args.rope_factor)
     started = time.perf_counter()
     hm = HomerModel.load(args.model, device=device, dtype=args.dtype, attn_implementation=args.attn, homer=homer)
     load_seconds = time.perf_counter() - started
@@ -262,6 +268,7 @@ def _ask(args: argparse.Namespace, document: str) -> int:
         "chunk_len": None if args.plain else hm.chunk_len,
         "pruning": None if args.plain else hm.homer.pruning,
         "prune_unit": None if args.plain else hm.homer.prune_unit,
+        "rope_scaling": None if hm.homer.rope_scaling is None else f"{hm.homer.rope_scaling}:{hm.homer.rope_factor:g}",
         "device": str(hm.device),
         "dtype": str(next(hm.model.parameters()).dtype).removeprefix("torch."),
         "attn": args.attn,

@@ -13,6 +13,8 @@ Pruning = Literal["calibrated", "uncalibrated", "random"]
 PRUNING_MODES: tuple[str, ...] = ("calibrated", "uncalibrated", "random")
 PruneUnit = Literal["token", "word"]
 PRUNE_UNITS: tuple[str, ...] = ("token", "word")
+RopeScaling = Literal["yarn", "linear"]
+ROPE_SCALINGS: tuple[str, ...] = ("yarn", "linear")
 
 
 @dataclass(frozen=True)
@@ -38,6 +40,14 @@ class HomerConfig:
             (``engine.reread_suffix``; costs one pass of S tokens). False: HOMER as published.
             Default True: on the default model's passkey at 4x its window it answered 15/20 where
             the averaged suffix answered 10/20, and the same as it at 1x, 2x and 8x (README results).
+        rope_scaling: None (default), "yarn" or "linear": run HOMER on a view of the model whose
+            rotary embedding is scaled by ``rope_factor`` through transformers' own rope settings
+            (the paper's HOMER + YaRN). The scaled window is ``window * rope_factor``, so the default
+            chunk is that much longer and a long document needs fewer leaves (a shallower tree).
+            The view shares every weight; it gets its own calibration table. Dynamic NTK is not
+            offered: transformers' dynamic rule leaves sequences inside the pretrained window
+            unchanged, and every HOMER chunk is.
+        rope_factor: the scaling factor (> 1) when ``rope_scaling`` is set.
     """
 
     chunk_len: int | None = None
@@ -48,6 +58,8 @@ class HomerConfig:
     seed: int = 0
     prune_unit: PruneUnit = "token"
     reread_suffix: bool = True
+    rope_scaling: RopeScaling | None = None
+    rope_factor: float = 2.0
 
     def __post_init__(self) -> None:
         for name in ("chunk_len", "cache_len", "warmup_layers"):
@@ -71,6 +83,15 @@ class HomerConfig:
             raise TypeError(f"HomerConfig.reread_suffix must be a bool, got {self.reread_suffix!r}")
         if self.calibration_samples < 1:
             raise ValueError(f"HomerConfig.calibration_samples must be >= 1, got {self.calibration_samples}")
+        if self.rope_scaling is not None and self.rope_scaling not in ROPE_SCALINGS:
+            raise ValueError(f"HomerConfig.rope_scaling must be one of {ROPE_SCALINGS} or None, got "
+                             f"{self.rope_scaling!r}" + (" (dynamic NTK leaves every HOMER chunk unchanged: each is "
+                                                         "inside the pretrained window)"
+                                                         if self.rope_scaling in ("ntk", "dynamic") else ""))
+        if isinstance(self.rope_factor, bool) or not isinstance(self.rope_factor, int | float):
+            raise TypeError(f"HomerConfig.rope_factor must be a number, got {self.rope_factor!r}")
+        if self.rope_scaling is not None and not self.rope_factor > 1.0:
+            raise ValueError(f"HomerConfig.rope_factor must be > 1 with rope_scaling, got {self.rope_factor}")
 
 
 @dataclass(frozen=True)

@@ -81,13 +81,19 @@ class HomerModel:
     _shared_lock = threading.Lock()
 
     def __init__(self, model, tokenizer, *, name: str, homer: HomerConfig | None = None) -> None:
+        homer = homer or HomerConfig()
+        if homer.rope_scaling is not None:
+            if getattr(model, "hf_device_map", None):
+                raise ValueError("HomerConfig.rope_scaling is not supported on a model spread with device_map")
+            compat.check_supported(model)
+            model = compat.scaled_model(model, homer.rope_scaling, homer.rope_factor)  # shares every weight
+            name = f"{name}+{homer.rope_scaling}{homer.rope_factor:g}"
         self.parts = compat.model_parts(model)
         compat.use_sdpa_repeat_kv(model)  # float32 GQA on CUDA only: keeps long plain prefills off sdpa's math kernel
         model.eval()
         self.model = model
         self.tokenizer = tokenizer
         self.name = name
-        homer = homer or HomerConfig()
         chunk = homer.chunk_len or self.parts.window // 2
         if chunk > self.parts.window:
             raise ValueError(f"chunk_len {chunk} exceeds the model window {self.parts.window}")

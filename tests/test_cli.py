@@ -214,6 +214,24 @@ def test_chunk_len_option_changes_the_tree(capsys, long_doc, tiny_dir):
     assert heights[1] > heights[0]
 
 
+def test_rope_scaling_option_runs_homer_plus_yarn(capsys, long_doc, tiny_dir):
+    """--rope-scaling yarn: twice the window, twice the chunk, a shallower tree; a factor <= 1 is a
+    one-line error naming the value."""
+    reports = []
+    for extra in ([], ["--rope-scaling", "yarn"]):
+        code, out, err = run(capsys, "ask", "--model", tiny_dir, "--document", long_doc, "--max-new-tokens", "1",
+                             "--json", "--no-progress", *extra, "Q?")
+        assert code == 0, err
+        reports.append(json.loads(out))
+    base, yarn = reports
+    assert base["rope_scaling"] is None and yarn["rope_scaling"] == "yarn:2"
+    assert yarn["window"] == 2 * base["window"] and yarn["chunk_len"] == 2 * base["chunk_len"]
+    assert yarn["tree_height"] < base["tree_height"] and yarn["model"].endswith("+yarn2")
+    code, out, err = run(capsys, "ask", "--model", tiny_dir, "--document", long_doc, "--rope-scaling", "linear",
+                         "--rope-factor", "0.5", "--no-progress", "Q?")
+    assert_one_line_error(code, out, err, "rope_factor must be > 1", "0.5")
+
+
 def test_plain_equals_homer_when_the_document_fits(capsys, short_doc, tiny_dir):
     """One chunk, nothing pruned: HOMER's result is the plain model's, token for token."""
     answers = []

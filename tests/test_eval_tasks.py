@@ -10,10 +10,10 @@ import torch
 from tiny import tiny_model
 
 from homer_llm import HomerModel
+from homer_llm.compat import scaled_config, scaled_model
 from homer_llm.evaluation.cli import parse_depths, parse_lengths
 from homer_llm.evaluation.methods import ANSWER_ROOM, Bm25Method, EvalModel, TruncateMethod, build_parts
 from homer_llm.evaluation.perplexity import PerplexityTask, default_essay_dir, load_texts
-from homer_llm.evaluation.rope import scaled_config, scaled_model
 from homer_llm.evaluation.runner import (
     Deadline,
     TimeBudgetExceeded,

@@ -56,6 +56,10 @@ def test_construction_is_lazy_and_default_model_is_shared(monkeypatch):
     assert kwargs["homer"].reread_suffix is True
     HomerLLM(reread_suffix=False).invoke("x")
     assert calls[-1][1]["homer"].reread_suffix is False
+    HomerLLM(rope_scaling="yarn", rope_factor=4).invoke("x")  # HOMER + YaRN: its own engine key
+    homer = calls[-1][1]["homer"]
+    assert homer.rope_scaling == "yarn" and homer.rope_factor == 4
+    assert HomerModel.shared_key(None, **calls[-1][1]) != HomerModel.shared_key(None)
     HomerLLM().invoke("x", model="/models/other")  # per-call override
     assert calls[-1][0] == "/models/other"
 
@@ -73,6 +77,10 @@ def test_field_validation():
         HomerLLM(stop=[""])
     with pytest.raises(ValidationError):
         HomerLLM(prune_unit="sentence")
+    with pytest.raises(ValidationError):
+        HomerLLM(rope_scaling="ntk")
+    with pytest.raises(ValidationError, match="rope_factor must be > 1"):
+        HomerLLM(rope_scaling="yarn", rope_factor=1.0)
     with pytest.raises(TypeError, match="engine must be a homer_llm.HomerModel"):
         HomerLLM(engine=object())
     with pytest.raises(TypeError, match="get_or_compress"):

@@ -159,3 +159,45 @@ def test_model_from_folder_round_trip(tmp_path, tokenizer):
     assert same is HomerModel.shared(tmp_path / "m", dtype="float32")
     ans = hm.ask("words " * 80, "q?", config=GenerationConfig(max_new_tokens=3))
     assert ans.cache_tokens == 128
+
+
+@pytest.mark.parametrize("kwargs,exc,match", [
+    (dict(rope_scaling="ntk"), ValueError, "dynamic NTK leaves every HOMER chunk unchanged"),
+    (dict(rope_scaling="longrope"), ValueError, "rope_scaling must be one of"),
+    (dict(rope_scaling="yarn", rope_factor=1.0), ValueError, "rope_factor must be > 1"),
+    (dict(rope_scaling="yarn", rope_factor=True), TypeError, "rope_factor must be a number"),
+])
+def test_bad_rope_scaling(kwargs, exc, match):
+    with pytest.raises(exc, match=match):
+        HomerConfig(**kwargs)
+
+
+@pytest.mark.parametrize("kind", ["yarn", "linear"])
+def test_rope_scaling_runs_homer_on_a_scaled_view(tokenizer, kind):
+    """HomerConfig(rope_scaling=...) (HOMER + YaRN): the view shares the weights, doubles the window
+    and so the default chunk, its tree is shallower, and its rotary embedding really differs."""
+    model = tiny_model("llama", vocab=len(tokenizer))
+    base = HomerModel(model, tokenizer, name="tiny-llama")
+    scaled = HomerModel(model, tokenizer, name="tiny-llama", homer=HomerConfig(rope_scaling=kind, rope_factor=2))
+    assert scaled.name == f"tiny-llama+{kind}2" and scaled.homer.rope_scaling == kind
+    assert scaled.window == 2 * base.window and scaled.chunk_len == 2 * base.chunk_len
+    assert scaled.model is not model and base.model is model  # the base model object is left as it was
+    assert scaled.model.lm_head.weight.data_ptr() == model.lm_head.weight.data_ptr()
+    assert scaled.model.model.layers[0].self_attn.q_proj.weight.data_ptr() == \
+        model.model.layers[0].self_attn.q_proj.weight.data_ptr()
+    parts = base.prepare_question("lorem ipsum dolor " * 100, "q?")
+    config = GenerationConfig(max_new_tokens=2)
+    a, b = base.compress(parts), scaled.compress(parts)
+    assert b.stats.tree_height < a.stats.tree_height and b.cache_tokens == scaled.chunk_len
+    assert scaled.generate(b, config).text is not None
+    ids = torch.tensor([parts.ids[:200]])
+    with torch.no_grad():
+        assert not torch.allclose(base.model(ids).logits, scaled.model(ids).logits)
+    assert not torch.equal(base.bias_table(), scaled.bias_table())  # a table of its own
+
+
+def test_rope_scaling_refuses_device_map_models(tokenizer):
+    model = tiny_model("llama", vocab=len(tokenizer))
+    model.hf_device_map = {"": "cpu"}
+    with pytest.raises(ValueError, match="device_map"):
+        HomerModel(model, tokenizer, name="t", homer=HomerConfig(rope_scaling="yarn"))

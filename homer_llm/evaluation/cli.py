@@ -240,7 +240,7 @@ def run(args: argparse.Namespace) -> int:
         if out is not None:
             (out / "settings.json").write_text(json.dumps(run_settings, indent=1))
         say(f"model {hm.name}: window {hm.window}, chunk_len {hm.chunk_len}; lengths {list(lengths)}; "
-            f"{len(methods)} methods x {len(tasks)} tasks x {args.samples} samples")
+            f"{len(methods)} methods x {len(tasks)} tasks x samples {args.first_sample}..{args.samples - 1}")
         records, info = run_eval(model, instances, settings, progress=say, records_path=records_path,
                                  previous=previous)
 

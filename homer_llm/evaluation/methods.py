@@ -43,7 +43,6 @@ from homer_llm.prompt import (
 )
 
 from .perplexity import PPLSample
-from .rope import scaled_model
 from .runner import Deadline, plain_context, score_continuation, score_plain
 from .tasks import QASample
 
@@ -196,10 +195,10 @@ class EvalModel:
         """A RoPE-scaled model sharing the weights (dynamic NTK is rebuilt every time: its rotary
         module keeps state from the longest sequence it has seen)."""
         if kind == "ntk":
-            return scaled_model(self.homer.model, kind, factor)
+            return compat.scaled_model(self.homer.model, kind, factor)
         key = (kind, factor)
         if key not in self._views:
-            self._views[key] = scaled_model(self.homer.model, kind, factor)
+            self._views[key] = compat.scaled_model(self.homer.model, kind, factor)
         return self._views[key]
 
     def homer_variant(
@@ -218,14 +217,13 @@ class EvalModel:
                                                homer=replace(base.homer, pruning=pruning, prune_unit=prune_unit,
                                                              reread_suffix=reread))
             else:
-                kind, factor = rope
-                chunk = int(base.chunk_len * factor)
-                config = HomerConfig(chunk_len=chunk, cache_len=None, warmup_layers=base.homer.warmup_layers,
-                                     pruning=pruning, prune_unit=prune_unit,
+                kind, factor = rope  # the library's HomerConfig.rope_scaling (a view named "<name>+yarn2")
+                config = HomerConfig(chunk_len=int(base.chunk_len * factor), cache_len=None,
+                                     warmup_layers=base.homer.warmup_layers, pruning=pruning, prune_unit=prune_unit,
                                      calibration_samples=calibration_samples or base.homer.calibration_samples,
-                                     seed=base.homer.seed, reread_suffix=reread)
-                self._homers[key] = HomerModel(self.view(kind, factor), base.tokenizer,
-                                               name=f"{base.name}+{kind}{factor:g}", homer=config)
+                                     seed=base.homer.seed, reread_suffix=reread, rope_scaling=kind,
+                                     rope_factor=factor)
+                self._homers[key] = HomerModel(base.model, base.tokenizer, name=base.name, homer=config)
         return self._homers[key]
 
     def generation_config(self, sample: QASample) -> GenerationConfig:

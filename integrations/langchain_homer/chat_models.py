@@ -147,7 +147,9 @@ class HomerLLM(BaseChatModel):
     Decoding: ``max_tokens``, ``temperature`` (0 = greedy), ``top_p``, ``top_k``, ``seed``,
     ``stop``. HOMER: ``chunk_len``, ``cache_len``, ``warmup_layers`` (None: derive from the
     model), ``pruning``, ``prune_unit`` ("word": keep or drop whole words and numbers),
-    ``reread_suffix`` (False: answer from the tree's averaged question states, as published).
+    ``reread_suffix`` (False: answer from the tree's averaged question states, as published),
+    ``rope_scaling`` ("yarn" or "linear": HOMER on a RoPE-scaled view with ``rope_factor`` times
+    longer chunks, the paper's HOMER + YaRN; None: off).
     ``documents``: texts used as the context of every call (also accepted per call and through
     ``.bind(documents=[...])``). ``edge_tokens``: the token budget of the
     leading and of the trailing paragraphs kept out of an auto-detected document (None:
@@ -175,6 +177,8 @@ class HomerLLM(BaseChatModel):
     pruning: Literal["calibrated", "uncalibrated", "random"] = "calibrated"
     prune_unit: Literal["token", "word"] = "token"
     reread_suffix: bool = True
+    rope_scaling: Literal["yarn", "linear"] | None = None
+    rope_factor: float = 2.0
     max_tokens: int | None = Field(default=512, ge=1)
     """Most new tokens per call (None: as many as the model's window allows)."""
     temperature: float = Field(default=0.0, ge=0.0)
@@ -229,7 +233,8 @@ class HomerLLM(BaseChatModel):
     def _homer_config(self) -> HomerConfig:
         return HomerConfig(chunk_len=self.chunk_len, cache_len=self.cache_len,
                            warmup_layers=self.warmup_layers, pruning=self.pruning, prune_unit=self.prune_unit,
-                           reread_suffix=self.reread_suffix)
+                           reread_suffix=self.reread_suffix, rope_scaling=self.rope_scaling,
+                           rope_factor=self.rope_factor)
 
     # ------------------------------------------------------------------ identity
     @property
@@ -249,7 +254,9 @@ class HomerLLM(BaseChatModel):
             "model": self.model_name, "device": self.device, "dtype": self.dtype,
             "attn_implementation": self.attn_implementation, "chunk_len": self.chunk_len,
             "cache_len": self.cache_len, "warmup_layers": self.warmup_layers, "pruning": self.pruning,
-            "prune_unit": self.prune_unit, "reread_suffix": self.reread_suffix, "max_tokens": self.max_tokens, "temperature": self.temperature, "top_p": self.top_p,
+            "prune_unit": self.prune_unit, "reread_suffix": self.reread_suffix, "rope_scaling": self.rope_scaling,
+            "rope_factor": self.rope_factor, "max_tokens": self.max_tokens, "temperature": self.temperature,
+            "top_p": self.top_p,
             "top_k": self.top_k, "seed": self.seed, "stop": self.stop,
         }
 
