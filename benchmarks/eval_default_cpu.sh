@@ -269,6 +269,33 @@ fi
 if [[ $STAGE == 27c ]]; then
   .venv/bin/python benchmarks/suffix_probe.py --length 32k --samples "$(seq -s, 0 19)" | tee results/suffix-probe-32k.txt
 fi
+# 28. (session 9) the 8x cell on twenty drawn depths: HOMER (question read afresh, the default),
+#     HOMER + YaRN (8192-token chunks, 2-chunk table as in 27d) and BM25 at 64k, then HOMER + YaRN at
+#     32k; each sample set split over two 1-thread processes (--first-sample), joined by stage 28j
+S9=(.venv/bin/homer-llm eval --resume --threads 1 --depths random --tasks passkey --call-seconds 1500)
+S9Y=("${S9[@]}" --methods homer-yarn --yarn-calibration-samples 2)
+if [[ $STAGE == 28a ]]; then
+  "${S9Y[@]}" --out "$OUT-s9-yarn-a" --lengths 64k --samples 10 &
+  "${S9Y[@]}" --out "$OUT-s9-yarn-b" --lengths 64k --first-sample 10 --samples 20 &
+  wait
+fi
+if [[ $STAGE == 28b ]]; then
+  "${S9[@]}" --out "$OUT-s9-homer-b" --methods homer --lengths 64k --first-sample 9 --samples 20
+  "${S9[@]}" --out "$OUT-s9-homer-a" --methods homer --lengths 64k --samples 9
+  "${S9[@]}" --out "$OUT-s9-bm25" --methods bm25 --lengths 64k --samples 20
+fi
+if [[ $STAGE == 28c ]]; then
+  "${S9Y[@]}" --out "$OUT-s9-yarn32-a" --lengths 32k --samples 10 &
+  "${S9Y[@]}" --out "$OUT-s9-yarn32-b" --lengths 32k --first-sample 10 --samples 20 &
+  wait
+fi
+if [[ $STAGE == 28j ]]; then  # join the split folders into one table (records are per sample; order is free)
+  J="$OUT-s9"
+  mkdir -p "$J"
+  cat "$OUT"-s9-{homer,yarn,yarn32}-{a,b}/records.jsonl "$OUT-s9-bm25/records.jsonl" > "$J/records.jsonl"
+  .venv/bin/homer-llm eval --out "$J" --report-only --methods homer,homer-yarn,bm25 --tasks passkey --lengths 32k,64k \
+    --samples 20 --depths random --yarn-calibration-samples 2
+fi
 # 3. more samples and the other tasks, as far as the budget goes
 if [[ $STAGE == 3 || $STAGE == all ]]; then
   "${EVAL[@]}" --tasks passkey,vartrack,multikey,multivalue,ppl --ppl-sink 0 \
