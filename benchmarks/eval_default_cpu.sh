@@ -294,7 +294,7 @@ if [[ $STAGE == 28j ]]; then  # join the split folders into one table (records a
   mkdir -p "$J"
   cat "$OUT"-s9-{homer,yarn,yarn32}-{a,b}/records.jsonl "$OUT-s9-bm25/records.jsonl" > "$J/records.jsonl"
   .venv/bin/homer-llm eval --out "$J" --report-only --methods homer,homer-yarn,bm25 --tasks passkey --lengths 32k,64k \
-    --samples 20 --depths random --yarn-calibration-samples 2
+    --samples 20 --depths random --yarn-calibration-samples 2 --threads 1
 fi
 # 3. more samples and the other tasks, as far as the budget goes
 if [[ $STAGE == 3 || $STAGE == all ]]; then
