@@ -289,11 +289,20 @@ if [[ $STAGE == 28c ]]; then
   "${S9Y[@]}" --out "$OUT-s9-yarn32-b" --lengths 32k --first-sample 10 --samples 20 &
   wait
 fi
+# 28n: the strongest RoPE baseline at 2x on the other ten drawn depths (stage 25 ran samples 0-9), and
+#     HOMER (question read afresh) at 2x on all twenty
+if [[ $STAGE == 28n ]]; then
+  "${S9[@]}" --out "$OUT-s9-ntk16" --methods ntk --lengths 16k --first-sample 10 --samples 20 &
+  "${S9[@]}" --out "$OUT-s9-homer16" --methods homer --lengths 16k --samples 20 &  # session 8's records were not kept
+  wait
+fi
 if [[ $STAGE == 28j ]]; then  # join the split folders into one table (records are per sample; order is free)
   J="$OUT-s9"
   mkdir -p "$J"
-  cat "$OUT"-s9-{homer,yarn,yarn32}-{a,b}/records.jsonl "$OUT-s9-bm25/records.jsonl" > "$J/records.jsonl"
-  .venv/bin/homer-llm eval --out "$J" --report-only --methods homer,homer-yarn,bm25 --tasks passkey --lengths 32k,64k \
+  cat "$OUT"-s9-{homer,yarn,yarn32}-{a,b}/records.jsonl "$OUT"-s9-{bm25,ntk16,homer16}/records.jsonl > "$J/records.jsonl"
+  # dynamic NTK's 16k samples 0-9 (stage 25, session 7, transformers 5.23; the same samples)
+  grep '"method": "ntk", "length": 16384' "$OUT-random-depths/records.jsonl" >> "$J/records.jsonl"
+  .venv/bin/homer-llm eval --out "$J" --report-only --methods homer,homer-yarn,ntk,bm25 --tasks passkey --lengths 16k,32k,64k \
     --samples 20 --depths random --yarn-calibration-samples 2 --threads 1
 fi
 # 3. more samples and the other tasks, as far as the budget goes
