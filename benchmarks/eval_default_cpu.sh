@@ -296,13 +296,22 @@ if [[ $STAGE == 28n ]]; then
   "${S9[@]}" --out "$OUT-s9-homer16" --methods homer --lengths 16k --samples 20 &  # session 8's records were not kept
   wait
 fi
+# 28s: HOMER + YaRN at 2x (two 8192-token leaves) and HOMER at 1x (records of session 8's 27b were not kept)
+if [[ $STAGE == 28s ]]; then
+  "${S9Y[@]}" --out "$OUT-s9-yarn16" --lengths 16k --samples 20 &
+  "${S9[@]}" --out "$OUT-s9-homer8" --methods homer --lengths 8k --samples 20 &
+  wait
+fi
 if [[ $STAGE == 28j ]]; then  # join the split folders into one table (records are per sample; order is free)
   J="$OUT-s9"
   mkdir -p "$J"
-  cat "$OUT"-s9-{homer,yarn,yarn32}-{a,b}/records.jsonl "$OUT"-s9-{bm25,ntk16,homer16}/records.jsonl > "$J/records.jsonl"
-  # dynamic NTK's 16k samples 0-9 (stage 25, session 7, transformers 5.23; the same samples)
-  grep '"method": "ntk", "length": 16384' "$OUT-random-depths/records.jsonl" >> "$J/records.jsonl"
-  .venv/bin/homer-llm eval --out "$J" --report-only --methods homer,homer-yarn,ntk,bm25 --tasks passkey --lengths 16k,32k,64k \
+  cat "$OUT"-s9-{homer,yarn,yarn32}-{a,b}/records.jsonl "$OUT"-s9-{bm25,ntk16,homer16,yarn16,homer8}/records.jsonl \
+    > "$J/records.jsonl"
+  # the same samples from session 7 (transformers 5.23): dynamic NTK at 16k, samples 0-9 (stage 25),
+  # and the plain model inside its window, 8k, samples 0-19 (stages 23b/24b)
+  grep -e '"method": "ntk", "length": 16384' -e '"method": "full", "length": 8192' \
+    "$OUT-random-depths/records.jsonl" >> "$J/records.jsonl"
+  .venv/bin/homer-llm eval --out "$J" --report-only --methods homer,homer-yarn,full,ntk,bm25 --tasks passkey --lengths 8k,16k,32k,64k \
     --samples 20 --depths random --yarn-calibration-samples 2 --threads 1
 fi
 # 3. more samples and the other tasks, as far as the budget goes
