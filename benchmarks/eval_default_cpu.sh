@@ -308,7 +308,8 @@ if [[ $STAGE == 28j ]]; then  # join the split folders into one table (records a
   cat "$OUT"-s9-{homer,yarn,yarn32}-{a,b}/records.jsonl "$OUT"-s9-{bm25,ntk16,homer16,yarn16,homer8}/records.jsonl \
     > "$J/records.jsonl"
   # the same samples from session 7 (transformers 5.23): dynamic NTK at 16k, samples 0-9 (stage 25),
-  # and the plain model inside its window, 8k, samples 0-19 (stages 23b/24b)
+  # and the plain model inside its window, 8k, samples 0-19 (stages 23b/24b); on a fresh clone that
+  # folder is committed as benchmarks/results/eval-cpu-random-depths: copy it to $OUT-random-depths first
   grep -e '"method": "ntk", "length": 16384' -e '"method": "full", "length": 8192' \
     "$OUT-random-depths/records.jsonl" >> "$J/records.jsonl"
   .venv/bin/homer-llm eval --out "$J" --report-only --methods homer,homer-yarn,full,ntk,bm25 --tasks passkey --lengths 8k,16k,32k,64k \

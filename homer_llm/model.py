@@ -85,7 +85,7 @@ class HomerModel:
         if homer.rope_scaling is not None:
             if getattr(model, "hf_device_map", None):
                 raise ValueError("HomerConfig.rope_scaling is not supported on a model spread with device_map")
-            compat.check_supported(model)
+            compat.check_supported(model)  # an unsupported model gets its own error, not one from building the view
             model = compat.scaled_model(model, homer.rope_scaling, homer.rope_factor)  # shares every weight
             name = f"{name}+{homer.rope_scaling}{homer.rope_factor:g}"
         self.parts = compat.model_parts(model)
