@@ -315,6 +315,18 @@ if [[ $STAGE == 28j ]]; then  # join the split folders into one table (records a
   .venv/bin/homer-llm eval --out "$J" --report-only --methods homer,homer-yarn,full,ntk,bm25 --tasks passkey --lengths 8k,16k,32k,64k \
     --samples 20 --depths random --yarn-calibration-samples 2 --threads 1
 fi
+# Session 10 (stage 29): the strongest RoPE baseline at 4x on the drawn depths (dynamic NTK had only
+#     three cycled samples at 32k), and a deeper leaf at 8x: with the default W = 11 a 64k tree (32
+#     leaves, height 5) runs only 15 layers per leaf where 8k-32k run 18; W = 16 gives 20 (2 per level)
+if [[ $STAGE == 29n ]]; then
+  "${S9[@]}" --out "$OUT-s10-ntk32-a" --methods ntk --lengths 32k --samples 5 --call-seconds 2400 --max-seconds 6000 &
+  "${S9[@]}" --out "$OUT-s10-ntk32-b" --methods ntk --lengths 32k --first-sample 5 --samples 10 --call-seconds 2400 \
+    --max-seconds 6000 &
+  wait
+fi
+if [[ $STAGE == 29w ]]; then
+  "${S9[@]}" --out "$OUT-s10-w16-64k" --methods homer --lengths 64k --samples 20 --warmup-layers 16 --max-seconds 5400
+fi
 # 3. more samples and the other tasks, as far as the budget goes
 if [[ $STAGE == 3 || $STAGE == all ]]; then
   "${EVAL[@]}" --tasks passkey,vartrack,multikey,multivalue,ppl --ppl-sink 0 \

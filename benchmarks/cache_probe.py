@@ -1,0 +1,201 @@
+"""Probe: does a smaller, better-chosen final cache help the question copy the key at 8x?
+
+Session 9 found that at 64k (16 leaves) HOMER often keeps the whole needle in its 4096-token
+cache and still answers "1." or the key's first digit. After the merges, tokens of 16 leaves
+share every position id, so each needle token sits among ~16 others at the same distance from
+the question. This probe compresses each chosen passkey sample of ``homer-llm eval`` ONCE (same
+generator, seed and depths; question read afresh, the default) and answers from several caches
+cut from that one compression, all with the question read afresh after the cut:
+
+- ``base``: the engine's cache as is (what ``homer-llm eval`` answers from);
+- ``rootN``: only the N best context tokens by the root's own significance (the averaged
+  question's last token at the root's last layer): exactly what ``cache_len = P + N + S``
+  would give, since the root prunes after its last layer;
+- ``freshN``: only the N best context tokens by the significance of the question read afresh
+  (its last token's calibrated logits at the last layer, against the whole cache);
+- ``leaf`` (diagnostic, uses the answer's position): only the context tokens from the leaf that
+  holds the needle: no other leaf's tokens at the same positions;
+- ``best-mass-all`` / ``best-mass-upper``: only the tokens of the one leaf that draws the most
+  attention from the question read afresh (softmax of its calibrated logits, max over heads,
+  summed over all layers / the upper half), and ``top2-mass-upper``: the two best leaves;
+- ``reread-topK``: the plain model (no HOMER) over the prefix, the WHOLE text of the K best leaves
+  by that upper-half mass (in document order) and the question: the tree used as a retriever.
+
+The line also gives the rank of the needle's leaf (1 = first) under each leaf score: the max
+token significance at the root or for the fresh question, and the attention masses.
+
+    .venv/bin/python benchmarks/cache_probe.py --length 64k --samples 2,3 --keep 2048,1024
+
+Prints one line per sample: depth, needle kept, and each cache's answer and verdict.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+from homer_llm import PromptParts, compat
+from homer_llm.engine import CompressedContext, TreePass, append_tokens, drop_last
+from homer_llm.evaluation.cli import parse_depths, parse_lengths
+from homer_llm.evaluation.harness import EvalSettings, SampleBank
+from homer_llm.evaluation.methods import EvalModel, build_parts
+from homer_llm.evaluation.runner import plain_context
+from homer_llm.evaluation.tasks import QA_TASKS
+from homer_llm.generation import generate
+from homer_llm.model import HomerModel
+from homer_llm.significance import calibrated_scores, last_query_logits
+
+
+class RecordingPass(TreePass):
+    """A TreePass that also keeps the root's significance of every token it held before its cut."""
+
+    root_scores: dict[int, float]
+    positions: dict[int, int]
+
+    def prune_node(self, state, node, hidden_last, pos_emb):
+        if node is self.plan.root:
+            scores = self.scores(state, node.layer_end - 1, hidden_last, pos_emb)
+            origin = state.origin.tolist()
+            self.root_scores = dict(zip(origin, scores.tolist(), strict=True))
+            self.positions = dict(zip(origin, state.positions.tolist(), strict=True))
+        return super().prune_node(state, node, hidden_last, pos_emb)
+
+
+def fresh_scores(parts, kv, suffix: torch.Tensor, start: int, positions: torch.Tensor, bias) -> torch.Tensor:
+    """Calibrated significance of every cached token for the question read afresh, every layer.
+
+    ``kv``: the cache without its suffix ([1, n_kv, F', d] per layer); ``positions``: [F'] ids.
+    Returns [L, F'] float32.
+    """
+    cache = compat.cache_from_kv(kv)
+    hidden = compat.embed(parts, suffix)
+    pos = torch.arange(start, start + suffix.numel())
+    pos_emb = compat.position_embeddings(parts, hidden, pos)
+    mask = compat.attention_mask(parts, suffix.numel(), int(kv[0][0].shape[2]), hidden.dtype, hidden.device)
+    cos, sin = pos_emb
+    rows = []
+    for index in range(parts.num_layers):
+        query = compat.last_query(parts, index, hidden[:, -1:], (cos[:, -1:], sin[:, -1:]))
+        logits = last_query_logits(query, kv[index][0], compat.attention_scaling(parts, index))
+        rows.append(calibrated_scores(logits, positions, start + suffix.numel() - 1,
+                                      None if bias is None else bias[index]))
+        hidden, _ = compat.run_layer(parts, index, hidden, pos_emb, mask, past=cache)
+    return torch.stack(rows)
+
+
+def subset(kv, keep: torch.Tensor):
+    return tuple((k[:, :, keep], v[:, :, keep]) for k, v in kv)
+
+
+@torch.inference_mode()
+def probe(hm: HomerModel, model: EvalModel, bias, sample, keeps: list[int]):
+    """One compression of ``sample``, answered from every cut cache.
+
+    Returns (answers by cache name, rank of the needle's leaf by leaf score, seconds, needle leaf, leaves).
+    """
+    parts = build_parts(hm.tokenizer, sample)
+    config = model.generation_config(sample)
+    ids = torch.tensor(parts.ids, dtype=torch.long)
+    plan = hm.plan(parts)
+    P, C, S = len(parts.prefix), len(parts.context), len(parts.suffix)
+    start = time.perf_counter()
+    tree = RecordingPass(hm.parts, plan, ids, bias, None, None, None, reread=True)
+    context = tree.finish(start)
+    seconds = time.perf_counter() - start
+    kept = context.kept.tolist()  # prompt index of every cache token
+    body = drop_last(context.kv, S)
+    n_body = len(kept) - S
+    ctx_rows = [i for i in range(n_body) if P <= kept[i] < P + C]
+    positions = torch.tensor([tree.positions[kept[i]] for i in range(n_body)])
+    suffix = ids[-S:]
+    fresh_all = fresh_scores(hm.parts, body, suffix, plan.next_position - S, positions, bias)
+    fresh = fresh_all[-1]
+    mass = torch.softmax(fresh_all, dim=1)  # [L, F']: each layer's attention share of every token
+    # needle's leaf: the leaf range holding the answer's first occurrence in the document
+    at = sample.document.find(sample.expected[0])
+    enc = hm.tokenizer(sample.document, add_special_tokens=False, return_offsets_mapping=True)
+    token_at = next(i for i, (a, b) in enumerate(enc["offset_mapping"]) if b > at)
+    leaf = next((lo, hi) for lo, hi in plan.leaf_ranges() if lo <= token_at < hi)
+
+    def answer(rows: list[int]) -> str:
+        keep = torch.tensor(sorted(set(range(P)) | set(rows)), dtype=torch.long)
+        kv, logits = append_tokens(hm.parts, subset(body, keep), suffix, plan.next_position - S)
+        cut = CompressedContext(kv, plan.next_position, logits, context.stats, None)
+        return hm.generate(cut, config).text
+
+    answers = {"base": hm.generate(context, config).text}
+    picks: dict[str, int] = {}
+    for n in keeps:
+        by_root = sorted(ctx_rows, key=lambda i: tree.root_scores[kept[i]], reverse=True)[:n]
+        answers[f"root{n}"] = answer(by_root)
+        by_fresh = sorted(ctx_rows, key=lambda i: float(fresh[i]), reverse=True)[:n]
+        answers[f"fresh{n}"] = answer(by_fresh)
+    answers["leaf"] = answer([i for i in ctx_rows if leaf[0] <= kept[i] - P < leaf[1]])
+    ranges = plan.leaf_ranges()
+
+    def leaf_of(i: int) -> int:
+        return next(j for j, (lo, hi) in enumerate(ranges) if lo <= kept[i] - P < hi)
+
+    needle_leaf = ranges.index(leaf)
+    owner = torch.tensor([leaf_of(i) for i in ctx_rows])
+    rows_t = torch.tensor(ctx_rows)
+    leaf_scores = {
+        "max-root": torch.zeros(len(ranges)).index_reduce_(
+            0, owner, torch.tensor([tree.root_scores[kept[i]] for i in ctx_rows]), "amax", include_self=False),
+        "max-fresh": torch.zeros(len(ranges)).index_reduce_(0, owner, fresh[rows_t], "amax", include_self=False),
+        "mass-last": torch.zeros(len(ranges)).index_add_(0, owner, mass[-1, rows_t]),
+        "mass-all": torch.zeros(len(ranges)).index_add_(0, owner, mass[:, rows_t].sum(0)),
+        "mass-upper": torch.zeros(len(ranges)).index_add_(0, owner, mass[mass.shape[0] // 2:, rows_t].sum(0)),
+    }
+    for name, per_leaf in leaf_scores.items():
+        order = torch.argsort(per_leaf, descending=True).tolist()
+        picks[name] = order.index(needle_leaf) + 1  # rank of the needle's leaf, 1 = best
+    for name in ("mass-all", "mass-upper"):
+        best = int(torch.argmax(leaf_scores[name]))
+        answers[f"best-{name}"] = answer([i for i in ctx_rows if leaf_of(i) == best])
+    order = torch.argsort(leaf_scores["mass-upper"], descending=True).tolist()
+    answers["top2-mass-upper"] = answer([i for i in ctx_rows if leaf_of(i) in order[:2]])
+    for k in (1, 2):
+        # the plain model over the located leaves' whole text (not just their kept tokens), in
+        # document order, with the same prefix and question: HOMER's tree as a retriever
+        chosen = sorted(ranges[j] for j in order[:k])
+        text = tuple(t for lo, hi in chosen for t in parts.context[lo:hi])
+        plain = plain_context(hm.parts, PromptParts(parts.prefix, text, parts.suffix).ids)
+        answers[f"reread-top{k}"] = generate(hm.parts, hm.tokenizer, plain, config, hm.eos_ids).text
+    return answers, picks, seconds, needle_leaf, len(ranges)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--length", default="64k")
+    ap.add_argument("--samples", default="0", help="comma-separated sample indices")
+    ap.add_argument("--depths", default="random", help="the eval run's --depths")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--keep", default="2048,1024", help="context tokens kept by rootN / freshN")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    hm = HomerModel.load(None)
+    (length,) = parse_lengths(args.length, hm.window)
+    indices = [int(a) for a in args.samples.split(",")]
+    keeps = [int(a) for a in args.keep.split(",")]
+    model = EvalModel(hm)
+    bank = SampleBank(model, EvalSettings(tasks=("passkey",), methods=("homer",), lengths=(length,),
+                                          samples=max(indices) + 1, seed=args.seed,
+                                          depths=parse_depths(args.depths)))
+    task = QA_TASKS["passkey"]
+    bias = hm.bias_table()
+    for index in indices:
+        sample = bank.get("passkey", length, index)
+        answers, picks, seconds, needle_leaf, leaves = probe(hm, model, bias, sample, keeps)
+        verdicts = " ".join(f"{name}={int(task.check(sample, text))} {text[:24]!r}" for name, text in answers.items())
+        ranks = ",".join(f"{k}={v}" for k, v in picks.items())
+        print(f"sample {index} depth {sample.depth:.3f} key {sample.expected[0]} ({seconds:.0f} s) needle leaf "
+              f"{needle_leaf}/{leaves} ranked {ranks}: {verdicts}",
+              flush=True)
+
+
+if __name__ == "__main__":
+    main()
