@@ -48,6 +48,14 @@ class HomerConfig:
             offered: transformers' dynamic rule leaves sequences inside the pretrained window
             unchanged, and every HOMER chunk is.
         rope_factor: the scaling factor (> 1) when ``rope_scaling`` is set.
+        focus_leaves: 0 (default): answer from HOMER's compressed cache. k > 0 (``homer_llm.focus``):
+            when the tree has more than one leaf, rank the leaves by the attention the question,
+            read afresh after the pruned cache, gives their surviving tokens in the upper half of
+            the layers, and answer from a plain read of the prefix, the whole text of the k best
+            leaves (document order; as many as fit ``window - (window - chunk_len) // 2`` tokens
+            with the affixes) and the question. A locator plus a fresh full-resolution read of at
+            most one window: better at copying a detail out of a very long document, blind to
+            whatever lies in the leaves it leaves out (not for summaries of the whole).
     """
 
     chunk_len: int | None = None
@@ -60,6 +68,7 @@ class HomerConfig:
     reread_suffix: bool = True
     rope_scaling: RopeScaling | None = None
     rope_factor: float = 2.0
+    focus_leaves: int = 0
 
     def __post_init__(self) -> None:
         for name in ("chunk_len", "cache_len", "warmup_layers"):
@@ -90,6 +99,10 @@ class HomerConfig:
                                                          if self.rope_scaling in ("ntk", "dynamic") else ""))
         if isinstance(self.rope_factor, bool) or not isinstance(self.rope_factor, int | float):
             raise TypeError(f"HomerConfig.rope_factor must be a number, got {self.rope_factor!r}")
+        if isinstance(self.focus_leaves, bool) or not isinstance(self.focus_leaves, int):
+            raise TypeError(f"HomerConfig.focus_leaves must be an int, got {self.focus_leaves!r}")
+        if self.focus_leaves < 0:
+            raise ValueError(f"HomerConfig.focus_leaves must be >= 0, got {self.focus_leaves}")
         if self.rope_scaling is not None and not self.rope_factor > 1.0:
             raise ValueError(f"HomerConfig.rope_factor must be > 1 with rope_scaling, got {self.rope_factor}")
 

@@ -21,6 +21,7 @@ from . import compat
 from .calibration import get_bias
 from .config import GenerationConfig, HomerConfig
 from .engine import CompressedContext, Progress, compress
+from .focus import choose_leaves, focused_parts, leaf_attention
 from .generation import Generation, TextStream, generate
 from .prompt import PromptParts, split_chat, split_text
 from .schedule import Plan, make_plan
@@ -297,8 +298,11 @@ class HomerModel:
         spans = self.spans_for(ids)
         with self.lock:
             try:
-                return compress(self.parts, plan, ids, bias=bias, random_generator=gen, progress=progress, spans=spans,
-                                reread_suffix=self.homer.reread_suffix)
+                context = compress(self.parts, plan, ids, bias=bias, random_generator=gen, progress=progress,
+                                   spans=spans, reread_suffix=self.homer.reread_suffix)
+                if self.homer.focus_leaves and plan.num_leaves > 1:
+                    context = self._focus(parts, plan, context, bias)
+                return context
             except torch.OutOfMemoryError as err:
                 if torch.cuda.is_available():
                     torch.cuda.empty_cache()
@@ -306,6 +310,32 @@ class HomerModel:
                     f"out of memory compressing {len(parts)} tokens with chunk_len={self.chunk_len}; "
                     "lower chunk_len, use a smaller dtype, or spread the model with device_map"
                 ) from err
+
+    @property
+    def focus_budget(self) -> int:
+        """Most tokens of a focused prompt (``HomerConfig.focus_leaves``): the window less half of
+        what HOMER itself leaves free for the answer (window - chunk_len)."""
+        return self.parts.window - (self.parts.window - self.chunk_len) // 2
+
+    def _focus(self, parts: PromptParts, plan: Plan, tree: CompressedContext,
+               bias: torch.Tensor | None) -> CompressedContext:
+        """The plain read of the leaves the tree points to (``homer_llm.focus``); caller holds the lock."""
+        suffix = torch.tensor(parts.suffix, dtype=torch.long)
+        attention = leaf_attention(self.parts, plan, tree, suffix, bias)
+        budget = self.focus_budget - len(parts.prefix) - len(parts.suffix)
+        leaves = choose_leaves(plan, attention, self.homer.focus_leaves, budget)
+        focused, index = focused_parts(parts, plan, leaves)
+        logger.info("focus: leaves %s of %d (attention %s), %d tokens read plainly", leaves, plan.num_leaves,
+                    [round(float(attention[i]), 3) for i in leaves], len(focused))
+        one = make_plan(len(focused.prefix), len(focused.context), len(focused.suffix), chunk_len=len(focused),
+                        cache_len=len(focused), num_layers=self.parts.num_layers, warmup_layers=0)
+        plain = compress(self.parts, one, torch.tensor(focused.ids, dtype=torch.long))
+        stats = replace(plain.stats, input_tokens=tree.stats.input_tokens, tree_height=tree.stats.tree_height,
+                        num_leaves=tree.stats.num_leaves,
+                        peak_kv_bytes=max(tree.stats.peak_kv_bytes, plain.stats.peak_kv_bytes),
+                        seconds=tree.stats.seconds + plain.stats.seconds)
+        kept = None if plain.kept is None else index[plain.kept.cpu()]
+        return CompressedContext(plain.kv, plain.next_position, plain.last_logits, stats, kept)
 
     def stream(
         self, source: PromptParts | CompressedContext, config: GenerationConfig | None = None,

@@ -232,6 +232,24 @@ def test_rope_scaling_option_runs_homer_plus_yarn(capsys, long_doc, tiny_dir):
     assert_one_line_error(code, out, err, "rope_factor must be > 1", "0.5")
 
 
+def test_focus_leaves_option_reads_whole_leaves(capsys, long_doc, tiny_dir):
+    """--focus-leaves 2: the answer comes from a plain read of two whole leaves (more tokens than
+    HOMER's cache, within the window); a negative count is a one-line error naming the value."""
+    reports = []
+    for extra in ([], ["--focus-leaves", "2"]):
+        code, out, err = run(capsys, "ask", "--model", tiny_dir, "--document", long_doc, "--max-new-tokens", "1",
+                             "--json", "--no-progress", *extra, "Q?")
+        assert code == 0, err
+        reports.append(json.loads(out))
+    base, focus = reports
+    assert base["focus_leaves"] == 0 and focus["focus_leaves"] == 2
+    assert focus["tree_height"] == base["tree_height"] > 0
+    assert focus["cache_tokens"] != base["cache_tokens"] and focus["cache_tokens"] <= focus["window"]
+    code, out, err = run(capsys, "ask", "--model", tiny_dir, "--document", long_doc, "--focus-leaves", "-1",
+                         "--no-progress", "Q?")
+    assert_one_line_error(code, out, err, "focus_leaves must be >= 0", "-1")
+
+
 def test_plain_equals_homer_when_the_document_fits(capsys, short_doc, tiny_dir):
     """One chunk, nothing pruned: HOMER's result is the plain model's, token for token."""
     answers = []

@@ -400,6 +400,21 @@ def test_leaf_mode_falls_back_to_exact_for_a_long_suffix(tiny_homer):
     assert cache.get_or_compress(tiny_homer, parts)[1]  # cached as an exact entry
 
 
+@pytest.mark.parametrize("mode", ["agnostic", "leaf"])
+def test_focus_engines_are_cached_exactly(tokenizer, mode):
+    """Focus reads the leaves the question points to, so nothing question-free can be shared:
+    the sharing modes fall back to exact entries (per question) instead of a wrong read."""
+    from tiny import tiny_model
+
+    hm = HomerModel(tiny_model(vocab=len(tokenizer)), tokenizer, name="t", homer=HomerConfig(focus_leaves=1))
+    cache = DocumentCache(mode=mode, generic_suffix=GENERIC, suffix_budget=48)
+    q1 = hm.prepare_question(DOC, "Box 3 coins?")
+    q2 = hm.prepare_question(DOC, "Blue box?")
+    ctx, hit = cache.get_or_compress(hm, q1)
+    assert not hit and same(ctx, hm.compress(q1))
+    assert cache.get_or_compress(hm, q1)[1] and not cache.get_or_compress(hm, q2)[1]
+
+
 def test_no_document_is_never_cached(tiny_homer):
     cache = DocumentCache(generic_suffix=GENERIC)
     parts = tiny_homer.prepare_chat([{"role": "user", "content": "hi"}])

@@ -134,6 +134,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rope-factor", type=float, default=None,
                         help="fixed RoPE scaling factor for yarn/ntk/linear (default: ceil(length / window))")
     parser.add_argument("--homer-yarn-factor", type=float, default=2.0, help="YaRN factor of homer-yarn (chunk_len x it)")
+    parser.add_argument("--focus-leaves", type=int, default=2,
+                        help="leaves homer-focus reads plainly (HomerConfig.focus_leaves; default 2)")
     parser.add_argument("--chunk-len", type=int, default=None, help="HOMER chunk length M (default: window / 2)")
     parser.add_argument("--cache-len", type=int, default=None, help="HOMER final cache length T (default: chunk_len)")
     parser.add_argument("--warmup-layers", type=int, default=None, help="HOMER warm-up layers W (default: engine's)")
@@ -191,13 +193,16 @@ def run(args: argparse.Namespace) -> int:
                                 first_sample=args.first_sample,
                                 depths=depths, max_seconds=args.max_seconds, call_seconds=args.call_seconds,
                                 ppl_tokens=args.ppl_tokens, essays=args.essays)
+        if "homer-focus" in methods and args.focus_leaves < 1:
+            raise ValueError(f"--focus-leaves must be >= 1 for homer-focus, got {args.focus_leaves}")
         if min(args.ppl_recent, args.ppl_append, args.ppl_sink) < 0:
             raise ValueError(f"--ppl-recent / --ppl-append / --ppl-sink must be >= 0, "
                              f"got {args.ppl_recent} / {args.ppl_append} / {args.ppl_sink}")
         model = EvalModel(hm, ppl_recent=args.ppl_recent, ppl_append=args.ppl_append, ppl_sink=args.ppl_sink)
         instances = make_methods(model, list(methods), rope_factor=args.rope_factor,
                                  homer_yarn_factor=args.homer_yarn_factor,
-                                 homer_yarn_calibration_samples=args.yarn_calibration_samples)
+                                 homer_yarn_calibration_samples=args.yarn_calibration_samples,
+                                 focus_leaves=args.focus_leaves)
     except (ValueError, TypeError, FileNotFoundError) as err:
         print(f"homer-llm eval: error: {err}", file=sys.stderr)
         return 2
@@ -219,6 +224,8 @@ def run(args: argparse.Namespace) -> int:
     homer_settings = {"chunk_len": hm.chunk_len, "cache_len": hm.homer.cache_len,
                       "warmup_layers": hm.homer.warmup_layers, "calibration_samples": hm.homer.calibration_samples,
                       "reread_suffix": hm.homer.reread_suffix}
+    if "homer-focus" in methods:  # only then: folders made before the method existed still resume
+        homer_settings["focus_leaves"] = args.focus_leaves
     run_settings = {**vars(settings), "depths": depths, "torch_threads": torch.get_num_threads(), "model": hm.name,
                     "homer": homer_settings}
     if previous and out is not None:

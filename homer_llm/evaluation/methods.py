@@ -11,6 +11,8 @@ stop with TimeBudgetExceeded once it has passed.
     homer-merged     HOMER, calibrated, answering from the tree's averaged suffix, as published
                      (``HomerConfig.reread_suffix=False``; ``homer`` follows the run's setting)
     homer-yarn       HOMER on a YaRN-scaled model (factor f) with chunk_len scaled by f
+    homer-focus      HOMER's tree as a locator: the plain model reads the k leaves the question
+                     attends to most (``HomerConfig.focus_leaves``; question answering only)
     full             the plain model over the whole prompt, also beyond its window
     truncate         the plain model over the prompt cut to the window: prefix and suffix kept,
                      the END of the document kept (for perplexity: the last window of tokens)
@@ -73,7 +75,7 @@ ANSWER_ROOM = 64
 """Tokens of a length budget left for the answer: a length-L sample has an L - ANSWER_ROOM prompt."""
 
 ALL_METHODS = ("homer", "homer-uncal", "homer-random", "homer-word", "homer-merged", "full", "truncate", "yarn",
-               "ntk", "linear", "homer-yarn", "bm25")
+               "ntk", "linear", "homer-yarn", "homer-focus", "bm25")
 
 
 class NotApplicable(Exception):
@@ -203,26 +205,26 @@ class EvalModel:
 
     def homer_variant(
         self, pruning: str, rope: tuple[str, float] | None = None, calibration_samples: int | None = None,
-        prune_unit: str = "token", reread_suffix: bool | None = None,
+        prune_unit: str = "token", reread_suffix: bool | None = None, focus_leaves: int = 0,
     ) -> HomerModel:
         """A HomerModel over the same weights with another pruning rule / unit / suffix handling
-        (``reread_suffix`` None: the base's), or on a RoPE-scaled view with chunk_len scaled by
-        the factor (and its own calibration table)."""
+        (``reread_suffix`` None: the base's) / focus, or on a RoPE-scaled view with chunk_len
+        scaled by the factor (and its own calibration table)."""
         base = self.homer
         reread = base.homer.reread_suffix if reread_suffix is None else reread_suffix
-        key = (pruning, rope, calibration_samples, prune_unit, reread)
+        key = (pruning, rope, calibration_samples, prune_unit, reread, focus_leaves)
         if key not in self._homers:
             if rope is None:
                 self._homers[key] = HomerModel(base.model, base.tokenizer, name=base.name,
                                                homer=replace(base.homer, pruning=pruning, prune_unit=prune_unit,
-                                                             reread_suffix=reread))
+                                                             reread_suffix=reread, focus_leaves=focus_leaves))
             else:
                 kind, factor = rope  # the library's HomerConfig.rope_scaling (a view named "<name>+yarn2")
                 config = HomerConfig(chunk_len=int(base.chunk_len * factor), cache_len=None,
                                      warmup_layers=base.homer.warmup_layers, pruning=pruning, prune_unit=prune_unit,
                                      calibration_samples=calibration_samples or base.homer.calibration_samples,
                                      seed=base.homer.seed, reread_suffix=reread, rope_scaling=kind,
-                                     rope_factor=factor)
+                                     rope_factor=factor, focus_leaves=focus_leaves)
                 self._homers[key] = HomerModel(base.model, base.tokenizer, name=base.name, homer=config)
         return self._homers[key]
 
@@ -256,16 +258,18 @@ class HomerMethod(Method):
     def __init__(
         self, model: EvalModel, name: str, pruning: str, rope: tuple[str, float] | None = None,
         calibration_samples: int | None = None, prune_unit: str = "token", reread_suffix: bool | None = None,
+        focus_leaves: int = 0,
     ) -> None:
         """``reread_suffix``: None follows the run's HomerConfig."""
         super().__init__(model)
         self.name, self.pruning, self.rope = name, pruning, rope
         self.calibration_samples, self.prune_unit, self.reread_suffix = calibration_samples, prune_unit, reread_suffix
+        self.focus_leaves = focus_leaves
 
     @property
     def hm(self) -> HomerModel:
         return self.model.homer_variant(self.pruning, self.rope, self.calibration_samples, self.prune_unit,
-                                        self.reread_suffix)
+                                        self.reread_suffix, self.focus_leaves)
 
     def setup(self) -> None:
         self.hm.bias_table()
@@ -283,6 +287,8 @@ class HomerMethod(Method):
         return MethodResult(out.text, len(parts), context.cache_tokens, needle_kept=kept)
 
     def score(self, sample, deadline):
+        if self.focus_leaves:
+            raise NotApplicable(f"{self.name} reads the leaves a question points to; it does not score perplexity")
         hm = self.hm
         bos, ctx, sink = bos_prefix(hm.tokenizer), sample.context, self.model.ppl_sink
         # anchor_prefix: without a BOS, the document's first tokens are every chunk's shared prefix
@@ -485,6 +491,7 @@ def make_methods(
     rope_factor: float | None = None,
     homer_yarn_factor: float = 2.0,
     homer_yarn_calibration_samples: int | None = None,
+    focus_leaves: int = 2,
 ) -> list[Method]:
     """Instantiate methods by name (see the module docstring).
 
@@ -492,6 +499,7 @@ def make_methods(
         rope_factor: fixed factor for yarn / ntk / linear (None: ceil(length / window) per length).
         homer_yarn_factor: YaRN factor of homer-yarn; its chunk_len is the base chunk_len times it.
         homer_yarn_calibration_samples: chunks for homer-yarn's own bias table (None: as homer).
+        focus_leaves: leaves homer-focus reads plainly (``HomerConfig.focus_leaves``).
     """
     builders = {
         "homer": lambda: HomerMethod(model, "homer", "calibrated"),
@@ -501,6 +509,7 @@ def make_methods(
         "homer-merged": lambda: HomerMethod(model, "homer-merged", "calibrated", reread_suffix=False),
         "homer-yarn": lambda: HomerMethod(model, "homer-yarn", "calibrated", ("yarn", homer_yarn_factor),
                                           homer_yarn_calibration_samples),
+        "homer-focus": lambda: HomerMethod(model, "homer-focus", "calibrated", focus_leaves=focus_leaves),
         "full": lambda: FullMethod(model),
         "truncate": lambda: TruncateMethod(model),
         "yarn": lambda: RopeMethod(model, "yarn", rope_factor),

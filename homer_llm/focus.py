@@ -1,0 +1,125 @@
+"""Focus: HOMER's tree as a locator, then a plain read of the parts of the document it points to.
+
+On the default model at 8x its window (a 32-leaf tree) HOMER's compressed cache often holds the
+whole answer and the model still cannot copy it: the kept tokens' upper-layer states were computed
+after five merges, among the tokens of many leaves that share their position ids (session 10,
+``benchmarks/cache_probe.py``). The same tree still knows WHERE the answer is: the question read
+afresh after the pruned cache gives most of its upper-layer attention to the tokens of the leaf that
+holds it. Focus ranks the leaves that way and runs the plain model over the prefix, the whole text
+of the best leaves (in document order) and the question: a fresh, full-resolution read of at most
+one window, located by the model's own attention over the entire document.
+
+Free functions; ``HomerModel.compress`` applies them when ``HomerConfig.focus_leaves > 0``.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from . import compat
+from .engine import CompressedContext, drop_last
+from .prompt import PromptParts
+from .schedule import Plan
+from .significance import calibrated_scores, last_query_logits
+
+
+def cache_positions(plan: Plan, kept: torch.Tensor) -> torch.Tensor:
+    """Position ids of the cache tokens from their prompt indices ([F] long -> [F] long).
+
+    HOMER gives every leaf the ids prefix 0..P-1, context P.. from the leaf's start, suffix from
+    P + nominal leaf length (HOMER.md 4), so a token's id follows from its prompt index and leaf.
+    """
+    P, C = plan.prefix_len, plan.context_len
+    starts = torch.tensor([lo for lo, _ in plan.leaf_ranges()], dtype=torch.long)
+    kept = kept.to(torch.long).cpu()
+    ctx = kept - P
+    in_ctx = (ctx >= 0) & (ctx < C)
+    leaf_start = starts[torch.searchsorted(starts, ctx.clamp(min=0), right=True) - 1]
+    suffix_pos = P + plan.nominal_leaf + (kept - P - C)
+    return torch.where(kept < P, kept, torch.where(in_ctx, P + ctx - leaf_start, suffix_pos))
+
+
+def token_leaves(plan: Plan, kept: torch.Tensor) -> torch.Tensor:
+    """Leaf index of every cache token ([F] long), -1 for prefix and suffix tokens."""
+    P, C = plan.prefix_len, plan.context_len
+    ends = torch.tensor([hi for _, hi in plan.leaf_ranges()], dtype=torch.long)
+    ctx = kept.to(torch.long).cpu() - P
+    leaf = torch.searchsorted(ends, ctx, right=True)
+    return torch.where((ctx >= 0) & (ctx < C), leaf, torch.full_like(leaf, -1))
+
+
+@torch.inference_mode()
+def leaf_attention(
+    parts: compat.ModelParts,
+    plan: Plan,
+    context: CompressedContext,
+    suffix: torch.Tensor,
+    bias: torch.Tensor | None,
+) -> torch.Tensor:
+    """How much attention the question read afresh gives each leaf: [N] float32.
+
+    The suffix (``suffix``: [S] ids, the cache's last S tokens) is run again after the cache without
+    it. At every layer of the upper half, its last token's significance of each cached token (max
+    over heads of the logit, minus the calibration bias at that distance, as for pruning) is turned
+    into a softmax over the cached tokens; the shares of each leaf's surviving tokens are summed over
+    those layers. ``context.kept`` must map the cache to prompt indices.
+    """
+    if context.kept is None:
+        raise ValueError("leaf_attention needs a compressed context that tracks its tokens (kept)")
+    S = int(suffix.numel())
+    body = drop_last(context.kv, S)
+    kept = context.kept[:-S]
+    positions = cache_positions(plan, kept)
+    owner = token_leaves(plan, kept)
+    start = plan.next_position - S
+    cache = compat.cache_from_kv(body)
+    hidden = compat.embed(parts, suffix)
+    pos_emb = compat.position_embeddings(parts, hidden, torch.arange(start, start + S))
+    mask = compat.attention_mask(parts, S, int(body[0][0].shape[2]), hidden.dtype, hidden.device)
+    cos, sin = pos_emb
+    total = torch.zeros(int(positions.numel()), dtype=torch.float32)
+    upper = parts.num_layers // 2
+    for index in range(parts.num_layers):
+        if index >= upper:
+            query = compat.last_query(parts, index, hidden[:, -1:], (cos[:, -1:], sin[:, -1:]))
+            logits = last_query_logits(query, body[index][0], compat.attention_scaling(parts, index))
+            scores = calibrated_scores(logits, positions, start + S - 1, None if bias is None else bias[index])
+            total += torch.softmax(scores.float(), dim=0).cpu()
+        if index < parts.num_layers - 1:
+            hidden, _ = compat.run_layer(parts, index, hidden, pos_emb, mask, past=cache)
+    ctx = owner >= 0
+    return torch.zeros(plan.num_leaves).index_add_(0, owner[ctx], total[ctx])
+
+
+def choose_leaves(plan: Plan, attention: torch.Tensor, k: int, budget: int) -> list[int]:
+    """The ``k`` leaves with the most attention that fit ``budget`` context tokens, in document order.
+
+    Leaves are taken best first; one that would overflow the budget is skipped. At least the best
+    leaf is returned (a leaf is at most one chunk, which fits any window).
+    """
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    order = torch.argsort(attention, descending=True, stable=True).tolist()
+    chosen, used = [], 0
+    for leaf in order:
+        size = plan.leaf_sizes[leaf]
+        if not chosen or used + size <= budget:
+            chosen.append(leaf)
+            used += size
+        if len(chosen) == k:
+            break
+    return sorted(chosen)
+
+
+def focused_parts(parts: PromptParts, plan: Plan, leaves: list[int]) -> tuple[PromptParts, torch.Tensor]:
+    """Prefix + the whole text of ``leaves`` (document order) + suffix, and for every token of that
+    prompt its index in the original prompt ([n] long)."""
+    P, C = len(parts.prefix), len(parts.context)
+    ranges = plan.leaf_ranges()
+    index = list(range(P))
+    for leaf in leaves:
+        lo, hi = ranges[leaf]
+        index.extend(range(P + lo, P + hi))
+    index.extend(range(P + C, P + C + len(parts.suffix)))
+    text = tuple(t for leaf in leaves for t in parts.context[ranges[leaf][0] : ranges[leaf][1]])
+    return PromptParts(parts.prefix, text, parts.suffix), torch.tensor(index, dtype=torch.long)

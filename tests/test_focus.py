@@ -1,0 +1,112 @@
+"""Focus (``homer_llm.focus``, ``HomerConfig.focus_leaves``): the tree as a locator, then a plain read."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from tiny import tiny_model
+
+from homer_llm import GenerationConfig, HomerConfig, HomerModel
+from homer_llm.engine import compress
+from homer_llm.focus import cache_positions, choose_leaves, focused_parts, leaf_attention, token_leaves
+from homer_llm.prompt import PromptParts
+from homer_llm.schedule import make_plan
+
+DOC = "lorem ipsum dolor sit amet " * 60  # about 1800 tiny-tokenizer tokens: a 16- or 32-leaf tree
+
+
+def small_plan():
+    """P=2, C=10, S=3 in two leaves of 5: leaf 0 is context 0-4, leaf 1 context 5-9."""
+    return make_plan(2, 10, 3, chunk_len=10, cache_len=10, num_layers=4, warmup_layers=1)
+
+
+def test_positions_and_leaves_of_cache_tokens_by_hand():
+    plan = small_plan()
+    assert plan.num_leaves == 2 and plan.leaf_ranges() == [(0, 5), (5, 10)] and plan.nominal_leaf == 5
+    kept = torch.tensor([0, 1, 2, 4, 8, 9, 12, 13, 14])  # prefix, ctx 0 and 2, ctx 6 and 7, suffix
+    # every leaf restarts at P; the suffix sits at P + nominal leaf
+    assert cache_positions(plan, kept).tolist() == [0, 1, 2, 4, 3, 4, 7, 8, 9]
+    assert token_leaves(plan, kept).tolist() == [-1, -1, 0, 0, 1, 1, -1, -1, -1]
+
+
+def test_choose_leaves_best_first_within_budget_in_document_order():
+    plan = make_plan(2, 40, 3, chunk_len=10, cache_len=10, num_layers=8, warmup_layers=1)
+    assert plan.leaf_sizes == (5,) * 8
+    attention = torch.tensor([0.1, 0.9, 0.0, 0.5, 0.7, 0.0, 0.0, 0.2])
+    assert choose_leaves(plan, attention, 2, budget=100) == [1, 4]
+    assert choose_leaves(plan, attention, 3, budget=100) == [1, 3, 4]
+    assert choose_leaves(plan, attention, 3, budget=10) == [1, 4]  # the third would overflow
+    assert choose_leaves(plan, attention, 2, budget=1) == [1]  # the best leaf is always read
+    with pytest.raises(ValueError, match="k must be >= 1"):
+        choose_leaves(plan, attention, 0, budget=100)
+
+
+def test_focused_parts_keep_affixes_and_whole_leaves():
+    plan = small_plan()
+    parts = PromptParts((100, 101), tuple(range(10)), (200, 201, 202))
+    focused, index = focused_parts(parts, plan, [1])
+    assert focused == PromptParts((100, 101), (5, 6, 7, 8, 9), (200, 201, 202))
+    assert [parts.ids[i] for i in index.tolist()] == list(focused.ids)
+
+
+def test_leaf_attention_is_a_share_of_the_upper_layers(tiny_homer):
+    parts = tiny_homer.prepare_question(DOC, "which word?")
+    plan = tiny_homer.plan(parts)
+    assert plan.num_leaves > 2
+    ids = torch.tensor(parts.ids)
+    bias = tiny_homer.bias_table()
+    context = compress(tiny_homer.parts, plan, ids, bias=bias, reread_suffix=True)
+    attention = leaf_attention(tiny_homer.parts, plan, context, ids[-len(parts.suffix):], bias)
+    upper = tiny_homer.parts.num_layers - tiny_homer.parts.num_layers // 2
+    assert attention.shape == (plan.num_leaves,) and bool((attention >= 0).all())
+    assert 0 < float(attention.sum()) <= upper + 1e-4  # softmax shares; the prefix takes the rest
+    again = leaf_attention(tiny_homer.parts, plan, context, ids[-len(parts.suffix):], bias)
+    torch.testing.assert_close(attention, again)
+    # a leaf with no token in the cache gets no attention
+    owners = set(token_leaves(plan, context.kept).tolist()) - {-1}
+    for leaf in set(range(plan.num_leaves)) - owners:
+        assert float(attention[leaf]) == 0.0
+
+
+def test_focus_answers_from_a_plain_read_of_the_chosen_leaves(tokenizer):
+    model = tiny_model("llama", vocab=len(tokenizer))
+    hm = HomerModel(model, tokenizer, name="tiny-llama", homer=HomerConfig(focus_leaves=2))
+    parts = hm.prepare_question(DOC, "which word?")
+    plan = hm.plan(parts)
+    context = hm.compress(parts)
+    P, C, S = len(parts.prefix), len(parts.context), len(parts.suffix)
+    kept = context.kept.tolist()
+    assert kept[:P] == list(range(P)) and kept[-S:] == list(range(P + C, P + C + S))
+    leaves = sorted({int(v) for v in token_leaves(plan, context.kept).tolist()} - {-1})
+    assert len(leaves) == 2
+    ranges = plan.leaf_ranges()
+    assert kept[P:-S] == [P + i for leaf in leaves for i in range(*ranges[leaf])]  # whole leaves, in order
+    assert context.cache_tokens == P + sum(plan.leaf_sizes[leaf] for leaf in leaves) + S <= hm.focus_budget
+    assert context.stats.input_tokens == len(parts) and context.stats.num_leaves == plan.num_leaves
+    # the read is the plain model over those tokens: the same logits as its own forward
+    with torch.no_grad():
+        reference = model(torch.tensor([[parts.ids[i] for i in kept]])).logits[0, -1]
+    torch.testing.assert_close(context.last_logits, reference, atol=1e-4, rtol=1e-4)
+    # the chosen leaves are the two the question read afresh attends to most
+    bias = hm.bias_table()
+    tree = compress(hm.parts, plan, torch.tensor(parts.ids), bias=bias, reread_suffix=True)
+    attention = leaf_attention(hm.parts, plan, tree, torch.tensor(parts.suffix), bias)
+    assert leaves == sorted(torch.argsort(attention, descending=True)[:2].tolist())
+    out = hm.generate(context, GenerationConfig(max_new_tokens=3))
+    assert out.token_ids[0] == int(context.last_logits.argmax())
+
+
+def test_focus_leaves_nothing_to_do_on_one_chunk(tokenizer):
+    model = tiny_model("llama", vocab=len(tokenizer))
+    plain = HomerModel(model, tokenizer, name="t")
+    focus = HomerModel(model, tokenizer, name="t", homer=HomerConfig(focus_leaves=2))
+    parts = plain.prepare_question("a short document", "q?")
+    a, b = plain.compress(parts), focus.compress(parts)
+    torch.testing.assert_close(a.last_logits, b.last_logits)
+    assert a.cache_tokens == b.cache_tokens == len(parts)
+
+
+@pytest.mark.parametrize(("value", "exc"), [(-1, ValueError), ("2", TypeError), (True, TypeError), (1.0, TypeError)])
+def test_bad_focus_leaves(value, exc):
+    with pytest.raises(exc, match="focus_leaves"):
+        HomerConfig(focus_leaves=value)
