@@ -327,6 +327,22 @@ fi
 if [[ $STAGE == 29w ]]; then
   "${S9[@]}" --out "$OUT-s10-w16-64k" --methods homer --lengths 64k --samples 20 --warmup-layers 16 --max-seconds 5400
 fi
+# 29f: focus (HomerConfig.focus_leaves = 2: the tree locates two leaves, the plain model reads them
+#     whole) on the same drawn depths, 8x first, then 4x, 2x, 1x; two processes share the sample
+#     set and stop together at END (epoch seconds; default: 95 minutes from the start)
+if [[ $STAGE == 29f ]]; then
+  END=${END:-$(( $(date +%s) + 5700 ))}
+  focus() {  # $1: first sample, $2: end sample, $3: folder suffix
+    for L in 64k 32k 16k 8k; do
+      left=$(( END - $(date +%s) )); (( left > 60 )) || break
+      "${S9[@]}" --out "$OUT-s10-focus-$3" --methods homer-focus --lengths $L --first-sample "$1" --samples "$2" \
+        --max-seconds $left
+    done
+  }
+  focus 0 10 a &
+  focus 10 20 b &
+  wait
+fi
 # 3. more samples and the other tasks, as far as the budget goes
 if [[ $STAGE == 3 || $STAGE == all ]]; then
   "${EVAL[@]}" --tasks passkey,vartrack,multikey,multivalue,ppl --ppl-sink 0 \
