@@ -35,54 +35,29 @@ import argparse
 import time
 
 import torch
+from probe_samples import add_sample_args, load_samples
 
-from homer_llm import PromptParts, compat
+from homer_llm import PromptParts
 from homer_llm.engine import CompressedContext, TreePass, append_tokens, drop_last
-from homer_llm.evaluation.cli import parse_depths, parse_lengths
-from homer_llm.evaluation.harness import EvalSettings, SampleBank
 from homer_llm.evaluation.methods import EvalModel, build_parts
 from homer_llm.evaluation.runner import plain_context
 from homer_llm.evaluation.tasks import QA_TASKS
+from homer_llm.focus import question_scores
 from homer_llm.generation import generate
 from homer_llm.model import HomerModel
-from homer_llm.significance import calibrated_scores, last_query_logits
 
 
 class RecordingPass(TreePass):
     """A TreePass that also keeps the root's significance of every token it held before its cut."""
 
     root_scores: dict[int, float]
-    positions: dict[int, int]
 
     def prune_node(self, state, node, hidden_last, pos_emb):
         if node is self.plan.root:
             scores = self.scores(state, node.layer_end - 1, hidden_last, pos_emb)
             origin = state.origin.tolist()
             self.root_scores = dict(zip(origin, scores.tolist(), strict=True))
-            self.positions = dict(zip(origin, state.positions.tolist(), strict=True))
         return super().prune_node(state, node, hidden_last, pos_emb)
-
-
-def fresh_scores(parts, kv, suffix: torch.Tensor, start: int, positions: torch.Tensor, bias) -> torch.Tensor:
-    """Calibrated significance of every cached token for the question read afresh, every layer.
-
-    ``kv``: the cache without its suffix ([1, n_kv, F', d] per layer); ``positions``: [F'] ids.
-    Returns [L, F'] float32.
-    """
-    cache = compat.cache_from_kv(kv)
-    hidden = compat.embed(parts, suffix)
-    pos = torch.arange(start, start + suffix.numel())
-    pos_emb = compat.position_embeddings(parts, hidden, pos)
-    mask = compat.attention_mask(parts, suffix.numel(), int(kv[0][0].shape[2]), hidden.dtype, hidden.device)
-    cos, sin = pos_emb
-    rows = []
-    for index in range(parts.num_layers):
-        query = compat.last_query(parts, index, hidden[:, -1:], (cos[:, -1:], sin[:, -1:]))
-        logits = last_query_logits(query, kv[index][0], compat.attention_scaling(parts, index))
-        rows.append(calibrated_scores(logits, positions, start + suffix.numel() - 1,
-                                      None if bias is None else bias[index]))
-        hidden, _ = compat.run_layer(parts, index, hidden, pos_emb, mask, past=cache)
-    return torch.stack(rows)
 
 
 def subset(kv, keep: torch.Tensor):
@@ -108,9 +83,8 @@ def probe(hm: HomerModel, model: EvalModel, bias, sample, keeps: list[int]):
     body = drop_last(context.kv, S)
     n_body = len(kept) - S
     ctx_rows = [i for i in range(n_body) if P <= kept[i] < P + C]
-    positions = torch.tensor([tree.positions[kept[i]] for i in range(n_body)])
     suffix = ids[-S:]
-    fresh_all = fresh_scores(hm.parts, body, suffix, plan.next_position - S, positions, bias)
+    fresh_all = question_scores(hm.parts, plan, context, suffix, bias, range(hm.parts.num_layers))
     fresh = fresh_all[-1]
     mass = torch.softmax(fresh_all, dim=1)  # [L, F']: each layer's attention share of every token
     # needle's leaf: the leaf range holding the answer's first occurrence in the document
@@ -169,26 +143,14 @@ def probe(hm: HomerModel, model: EvalModel, bias, sample, keeps: list[int]):
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--length", default="64k")
-    ap.add_argument("--samples", default="0", help="comma-separated sample indices")
-    ap.add_argument("--depths", default="random", help="the eval run's --depths")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--threads", type=int, default=1)
+    add_sample_args(ap, length="64k", samples="0", depths="random")
     ap.add_argument("--keep", default="2048,1024", help="context tokens kept by rootN / freshN")
     args = ap.parse_args()
-    torch.set_num_threads(args.threads)
-    hm = HomerModel.load(None)
-    (length,) = parse_lengths(args.length, hm.window)
-    indices = [int(a) for a in args.samples.split(",")]
+    hm, model, samples = load_samples(args)
     keeps = [int(a) for a in args.keep.split(",")]
-    model = EvalModel(hm)
-    bank = SampleBank(model, EvalSettings(tasks=("passkey",), methods=("homer",), lengths=(length,),
-                                          samples=max(indices) + 1, seed=args.seed,
-                                          depths=parse_depths(args.depths)))
     task = QA_TASKS["passkey"]
     bias = hm.bias_table()
-    for index in indices:
-        sample = bank.get("passkey", length, index)
+    for index, sample in samples:
         answers, picks, seconds, needle_leaf, leaves = probe(hm, model, bias, sample, keeps)
         verdicts = " ".join(f"{name}={int(task.check(sample, text))} {text[:24]!r}" for name, text in answers.items())
         ranks = ",".join(f"{k}={v}" for k, v in picks.items())

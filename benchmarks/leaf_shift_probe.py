@@ -20,13 +20,10 @@ import argparse
 import time
 from unittest import mock
 
-import torch
+from probe_samples import add_sample_args, load_samples
 
 import homer_llm.schedule as schedule
-from homer_llm import HomerModel
-from homer_llm.evaluation.cli import parse_depths, parse_lengths
-from homer_llm.evaluation.harness import EvalSettings, SampleBank
-from homer_llm.evaluation.methods import EvalModel, build_parts
+from homer_llm.evaluation.methods import build_parts
 
 
 def shifted_sizes(sizes: tuple[int, ...], key_at: int, shift: int, capacity: int) -> tuple[int, ...]:
@@ -48,23 +45,13 @@ def shifted_sizes(sizes: tuple[int, ...], key_at: int, shift: int, capacity: int
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--length", default="16k")
-    ap.add_argument("--samples", default="6", help="comma-separated sample indices")
+    add_sample_args(ap, length="16k", samples="6", depths="50,25,75,0,100")
     ap.add_argument("--shifts", default="0,-64,64", help="comma-separated boundary shifts in tokens")
-    ap.add_argument("--depths", default="50,25,75,0,100", help="the eval run's --depths (percent, cycled)")
-    ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
-    torch.set_num_threads(args.threads)
-    hm = HomerModel.load(None)
-    (length,) = parse_lengths(args.length, hm.window)
-    indices = [int(a) for a in args.samples.split(",")]
+    hm, model, samples = load_samples(args)
     shifts = [int(a) for a in args.shifts.split(",")]
-    model = EvalModel(hm)
-    bank = SampleBank(model, EvalSettings(tasks=("passkey",), methods=("homer",), lengths=(length,),
-                                                  samples=max(indices) + 1, depths=parse_depths(args.depths)))
     even = schedule.leaf_sizes
-    for index in indices:
-        sample = bank.get("passkey", length, index)
+    for index, sample in samples:
         parts = build_parts(hm.tokenizer, sample)
         ctx = list(parts.context)
         key = hm.tokenizer(sample.expected[0], add_special_tokens=False)["input_ids"]

@@ -26,13 +26,11 @@ from __future__ import annotations
 import argparse
 import time
 
-import torch
+from probe_samples import add_sample_args, load_samples
 
-from homer_llm import HomerConfig, HomerModel, PromptParts
+from homer_llm import HomerConfig, PromptParts
 from homer_llm.engine import reread_suffix
-from homer_llm.evaluation.cli import parse_depths, parse_lengths
-from homer_llm.evaluation.harness import EvalSettings, SampleBank
-from homer_llm.evaluation.methods import EvalModel, build_parts
+from homer_llm.evaluation.methods import build_parts
 from homer_llm.evaluation.tasks import QA_TASKS
 
 
@@ -51,26 +49,14 @@ def show_needle(tokenizer, parts, kept: list[int], key: str, width: int) -> None
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--length", default="32k")
-    ap.add_argument("--samples", default="0", help="comma-separated sample indices")
-    ap.add_argument("--depths", default="random", help="the eval run's --depths")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--threads", type=int, default=1)
+    add_sample_args(ap, length="32k", samples="0", depths="random")
     ap.add_argument("--reencode", action="store_true", help="also answer from a plain prefill of the kept tokens")
     ap.add_argument("--show-needle", type=int, default=0, metavar="N",
                     help="print the N document tokens either side of the key, pruned ones in [brackets]")
     args = ap.parse_args()
-    torch.set_num_threads(args.threads)
-    hm = HomerModel.load(None, homer=HomerConfig(reread_suffix=False))
-    (length,) = parse_lengths(args.length, hm.window)
-    indices = [int(a) for a in args.samples.split(",")]
-    model = EvalModel(hm)
-    bank = SampleBank(model, EvalSettings(tasks=("passkey",), methods=("homer",), lengths=(length,),
-                                          samples=max(indices) + 1, seed=args.seed,
-                                          depths=parse_depths(args.depths)))
+    hm, model, samples = load_samples(args, HomerConfig(reread_suffix=False))
     task = QA_TASKS["passkey"]
-    for index in indices:
-        sample = bank.get("passkey", length, index)
+    for index, sample in samples:
         parts = build_parts(hm.tokenizer, sample)
         config = model.generation_config(sample)
         start = time.perf_counter()

@@ -14,6 +14,8 @@ Free functions; ``HomerModel.compress`` applies them when ``HomerConfig.focus_le
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 
 from . import compat
@@ -49,6 +51,44 @@ def token_leaves(plan: Plan, kept: torch.Tensor) -> torch.Tensor:
 
 
 @torch.inference_mode()
+def question_scores(
+    parts: compat.ModelParts,
+    plan: Plan,
+    context: CompressedContext,
+    suffix: torch.Tensor,
+    bias: torch.Tensor | None,
+    layers: Sequence[int],
+) -> torch.Tensor:
+    """Significance of every cached token for the question read afresh: [len(layers), F - S] float32.
+
+    The suffix (``suffix``: [S] ids, the cache's last S tokens) is run again after the cache without
+    it; at each of ``layers`` its last token's significance of each cached token is the pruning
+    rule's (max over heads of the logit, minus the calibration bias at that distance; ``bias`` None:
+    uncalibrated). ``context.kept`` must map the cache to prompt indices (it gives the position ids).
+    """
+    if context.kept is None:
+        raise ValueError("question_scores needs a compressed context that tracks its tokens (kept)")
+    S = int(suffix.numel())
+    body = drop_last(context.kv, S)
+    positions = cache_positions(plan, context.kept[:-S])
+    start = plan.next_position - S
+    cache = compat.cache_from_kv(body)
+    hidden = compat.embed(parts, suffix)
+    pos_emb = compat.position_embeddings(parts, hidden, torch.arange(start, start + S))
+    mask = compat.attention_mask(parts, S, int(body[0][0].shape[2]), hidden.dtype, hidden.device)
+    cos, sin = pos_emb
+    wanted, rows = set(layers), {}
+    for index in range(max(wanted) + 1):
+        if index in wanted:
+            query = compat.last_query(parts, index, hidden[:, -1:], (cos[:, -1:], sin[:, -1:]))
+            logits = last_query_logits(query, body[index][0], compat.attention_scaling(parts, index))
+            rows[index] = calibrated_scores(logits, positions, start + S - 1,
+                                            None if bias is None else bias[index]).float().cpu()
+        if index < max(wanted):
+            hidden, _ = compat.run_layer(parts, index, hidden, pos_emb, mask, past=cache)
+    return torch.stack([rows[index] for index in layers])
+
+
 def leaf_attention(
     parts: compat.ModelParts,
     plan: Plan,
@@ -58,35 +98,13 @@ def leaf_attention(
 ) -> torch.Tensor:
     """How much attention the question read afresh gives each leaf: [N] float32.
 
-    The suffix (``suffix``: [S] ids, the cache's last S tokens) is run again after the cache without
-    it. At every layer of the upper half, its last token's significance of each cached token (max
-    over heads of the logit, minus the calibration bias at that distance, as for pruning) is turned
-    into a softmax over the cached tokens; the shares of each leaf's surviving tokens are summed over
-    those layers. ``context.kept`` must map the cache to prompt indices.
+    At every layer of the upper half, :func:`question_scores` are turned into a softmax over the
+    cached tokens (prefix included); the shares of each leaf's surviving tokens are summed over
+    those layers.
     """
-    if context.kept is None:
-        raise ValueError("leaf_attention needs a compressed context that tracks its tokens (kept)")
-    S = int(suffix.numel())
-    body = drop_last(context.kv, S)
-    kept = context.kept[:-S]
-    positions = cache_positions(plan, kept)
-    owner = token_leaves(plan, kept)
-    start = plan.next_position - S
-    cache = compat.cache_from_kv(body)
-    hidden = compat.embed(parts, suffix)
-    pos_emb = compat.position_embeddings(parts, hidden, torch.arange(start, start + S))
-    mask = compat.attention_mask(parts, S, int(body[0][0].shape[2]), hidden.dtype, hidden.device)
-    cos, sin = pos_emb
-    total = torch.zeros(int(positions.numel()), dtype=torch.float32)
-    upper = parts.num_layers // 2
-    for index in range(parts.num_layers):
-        if index >= upper:
-            query = compat.last_query(parts, index, hidden[:, -1:], (cos[:, -1:], sin[:, -1:]))
-            logits = last_query_logits(query, body[index][0], compat.attention_scaling(parts, index))
-            scores = calibrated_scores(logits, positions, start + S - 1, None if bias is None else bias[index])
-            total += torch.softmax(scores.float(), dim=0).cpu()
-        if index < parts.num_layers - 1:
-            hidden, _ = compat.run_layer(parts, index, hidden, pos_emb, mask, past=cache)
+    upper = range(parts.num_layers // 2, parts.num_layers)
+    total = torch.softmax(question_scores(parts, plan, context, suffix, bias, upper), dim=1).sum(0)
+    owner = token_leaves(plan, context.kept[: -int(suffix.numel())])
     ctx = owner >= 0
     return torch.zeros(plan.num_leaves).index_add_(0, owner[ctx], total[ctx])
 
