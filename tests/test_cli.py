@@ -214,16 +214,21 @@ def test_chunk_len_option_changes_the_tree(capsys, long_doc, tiny_dir):
     assert heights[1] > heights[0]
 
 
-def test_rope_scaling_option_runs_homer_plus_yarn(capsys, long_doc, tiny_dir):
-    """--rope-scaling yarn: twice the window, twice the chunk, a shallower tree; a factor <= 1 is a
-    one-line error naming the value."""
+def json_reports(capsys, tiny_dir, document, *variants: list[str]) -> list[dict]:
+    """`homer-llm ask --json` on ``document`` once per list of extra flags (one new token each)."""
     reports = []
-    for extra in ([], ["--rope-scaling", "yarn"]):
-        code, out, err = run(capsys, "ask", "--model", tiny_dir, "--document", long_doc, "--max-new-tokens", "1",
+    for extra in variants:
+        code, out, err = run(capsys, "ask", "--model", tiny_dir, "--document", document, "--max-new-tokens", "1",
                              "--json", "--no-progress", *extra, "Q?")
         assert code == 0, err
         reports.append(json.loads(out))
-    base, yarn = reports
+    return reports
+
+
+def test_rope_scaling_option_runs_homer_plus_yarn(capsys, long_doc, tiny_dir):
+    """--rope-scaling yarn: twice the window, twice the chunk, a shallower tree; a factor <= 1 is a
+    one-line error naming the value."""
+    base, yarn = json_reports(capsys, tiny_dir, long_doc, [], ["--rope-scaling", "yarn"])
     assert base["rope_scaling"] is None and yarn["rope_scaling"] == "yarn:2"
     assert yarn["window"] == 2 * base["window"] and yarn["chunk_len"] == 2 * base["chunk_len"]
     assert yarn["tree_height"] < base["tree_height"] and yarn["model"].endswith("+yarn2")
@@ -235,13 +240,7 @@ def test_rope_scaling_option_runs_homer_plus_yarn(capsys, long_doc, tiny_dir):
 def test_focus_leaves_option_reads_whole_leaves(capsys, long_doc, tiny_dir):
     """--focus-leaves 2: the answer comes from a plain read of two whole leaves (more tokens than
     HOMER's cache, within the window); a negative count is a one-line error naming the value."""
-    reports = []
-    for extra in ([], ["--focus-leaves", "2"]):
-        code, out, err = run(capsys, "ask", "--model", tiny_dir, "--document", long_doc, "--max-new-tokens", "1",
-                             "--json", "--no-progress", *extra, "Q?")
-        assert code == 0, err
-        reports.append(json.loads(out))
-    base, focus = reports
+    base, focus = json_reports(capsys, tiny_dir, long_doc, [], ["--focus-leaves", "2"])
     assert base["focus_leaves"] == 0 and focus["focus_leaves"] == 2
     assert focus["tree_height"] == base["tree_height"] > 0
     assert focus["cache_tokens"] != base["cache_tokens"] and focus["cache_tokens"] <= focus["window"]
