@@ -343,6 +343,15 @@ if [[ $STAGE == 29f ]]; then
   focus 10 20 b &
   wait
 fi
+# 29j: one table of session 10's records with session 9's on the same samples (on a fresh clone
+#     session 9's joined folder is committed as benchmarks/results/eval-cpu-s9: copy it to $OUT-s9)
+if [[ $STAGE == 29j ]]; then
+  J="$OUT-s10"
+  mkdir -p "$J"
+  cat "$OUT"-s10-{focus,ntk32}-{a,b}/records.jsonl "$OUT-s9/records.jsonl" > "$J/records.jsonl"
+  .venv/bin/homer-llm eval --out "$J" --report-only --methods homer,homer-focus,homer-yarn,full,ntk,bm25 \
+    --tasks passkey --lengths 8k,16k,32k,64k --samples 20 --depths random --yarn-calibration-samples 2 --threads 1
+fi
 # 3. more samples and the other tasks, as far as the budget goes
 if [[ $STAGE == 3 || $STAGE == all ]]; then
   "${EVAL[@]}" --tasks passkey,vartrack,multikey,multivalue,ppl --ppl-sink 0 \

@@ -296,12 +296,20 @@ class HomerModel:
             gen = torch.Generator().manual_seed(self.homer.seed)
         ids = torch.tensor(parts.ids, dtype=torch.long)
         spans = self.spans_for(ids)
+        focus = bool(self.homer.focus_leaves) and plan.num_leaves > 1
+        tree_progress = progress
+        if focus and progress is not None:
+            report = progress
+
+            def tree_progress(done: int, total: int) -> None:  # one count: the tree, then the plain read
+                report(done, total + self.parts.num_layers)
+
         with self.lock:
             try:
-                context = compress(self.parts, plan, ids, bias=bias, random_generator=gen, progress=progress,
+                context = compress(self.parts, plan, ids, bias=bias, random_generator=gen, progress=tree_progress,
                                    spans=spans, reread_suffix=self.homer.reread_suffix)
-                if self.homer.focus_leaves and plan.num_leaves > 1:
-                    context = self._focus(parts, plan, context, bias)
+                if focus:
+                    context = self._focus(parts, plan, context, bias, progress)
                 return context
             except torch.OutOfMemoryError as err:
                 if torch.cuda.is_available():
@@ -317,9 +325,11 @@ class HomerModel:
         what HOMER itself leaves free for the answer (window - chunk_len)."""
         return self.parts.window - (self.parts.window - self.chunk_len) // 2
 
-    def _focus(self, parts: PromptParts, plan: Plan, tree: CompressedContext,
-               bias: torch.Tensor | None) -> CompressedContext:
-        """The plain read of the leaves the tree points to (``homer_llm.focus``); caller holds the lock."""
+    def _focus(self, parts: PromptParts, plan: Plan, tree: CompressedContext, bias: torch.Tensor | None,
+               progress: Progress | None = None) -> CompressedContext:
+        """The plain read of the leaves the tree points to (``homer_llm.focus``); caller holds the lock.
+
+        ``progress`` continues the tree's count: its layer passes, then the plain read's L."""
         suffix = torch.tensor(parts.suffix, dtype=torch.long)
         attention = leaf_attention(self.parts, plan, tree, suffix, bias)
         budget = self.focus_budget - len(parts.prefix) - len(parts.suffix)
@@ -329,7 +339,9 @@ class HomerModel:
                     [round(float(attention[i]), 3) for i in leaves], len(focused))
         one = make_plan(len(focused.prefix), len(focused.context), len(focused.suffix), chunk_len=len(focused),
                         cache_len=len(focused), num_layers=self.parts.num_layers, warmup_layers=0)
-        plain = compress(self.parts, one, torch.tensor(focused.ids, dtype=torch.long))
+        done = sum(node.layer_end - node.layer_start for node in plan.nodes())
+        plain = compress(self.parts, one, torch.tensor(focused.ids, dtype=torch.long),
+                         progress=None if progress is None else lambda d, t: progress(done + d, done + t))
         stats = replace(plain.stats, input_tokens=tree.stats.input_tokens, tree_height=tree.stats.tree_height,
                         num_leaves=tree.stats.num_leaves,
                         peak_kv_bytes=max(tree.stats.peak_kv_bytes, plain.stats.peak_kv_bytes),

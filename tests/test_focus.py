@@ -96,6 +96,17 @@ def test_focus_answers_from_a_plain_read_of_the_chosen_leaves(tokenizer):
     assert out.token_ids[0] == int(context.last_logits.argmax())
 
 
+def test_focus_progress_counts_the_tree_then_the_plain_read(tokenizer):
+    hm = HomerModel(tiny_model("llama", vocab=len(tokenizer)), tokenizer, name="t", homer=HomerConfig(focus_leaves=1))
+    parts = hm.prepare_question(DOC, "which word?")
+    calls: list[tuple[int, int]] = []
+    hm.compress(parts, progress=lambda done, total: calls.append((done, total)))
+    tree = sum(node.layer_end - node.layer_start for node in hm.plan(parts).nodes())
+    total = tree + hm.parts.num_layers
+    assert {t for _, t in calls} == {total} and calls[-1] == (total, total)
+    assert [d for d, _ in calls] == list(range(1, total + 1))
+
+
 def test_focus_leaves_nothing_to_do_on_one_chunk(tokenizer):
     model = tiny_model("llama", vocab=len(tokenizer))
     plain = HomerModel(model, tokenizer, name="t")
