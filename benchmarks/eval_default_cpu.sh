@@ -349,6 +349,9 @@ if [[ $STAGE == 29j ]]; then
   J="$OUT-s10"
   mkdir -p "$J"
   cat "$OUT"-s10-{focus,ntk32}-{a,b}/records.jsonl "$OUT-s9/records.jsonl" > "$J/records.jsonl"
+  # BM25 at 16k and 32k on the same samples (sessions 6-7; benchmarks/results/eval-cpu-random-depths)
+  grep -e '"method": "bm25", "length": 16384' -e '"method": "bm25", "length": 32768' \
+    "$OUT-random-depths/records.jsonl" >> "$J/records.jsonl"
   .venv/bin/homer-llm eval --out "$J" --report-only --methods homer,homer-focus,homer-yarn,full,ntk,bm25 \
     --tasks passkey --lengths 8k,16k,32k,64k --samples 20 --depths random --yarn-calibration-samples 2 --threads 1
 fi
