@@ -343,6 +343,15 @@ if [[ $STAGE == 29f ]]; then
   focus 10 20 b &
   wait
 fi
+# 29m: focus beyond passkey: multi-key (a 7-digit value of one key among distractor keys) at 4x,
+#     ten drawn-depth samples, HOMER and BM25 on the same samples
+if [[ $STAGE == 29m ]]; then
+  MK=(.venv/bin/homer-llm eval --resume --threads 1 --depths random --tasks multikey --methods homer,homer-focus,bm25
+      --lengths 32k --call-seconds 900 --max-seconds 2400)
+  "${MK[@]}" --out "$OUT-s10-mk32-a" --samples 5 &
+  "${MK[@]}" --out "$OUT-s10-mk32-b" --first-sample 5 --samples 10 &
+  wait
+fi
 # 29j: one table of session 10's records with session 9's on the same samples (on a fresh clone
 #     session 9's joined folder is committed as benchmarks/results/eval-cpu-s9: copy it to $OUT-s9)
 if [[ $STAGE == 29j ]]; then

@@ -13,4 +13,4 @@ $PIP install -q --no-deps -e .
 .venv-min/bin/python -c "import transformers; print('engine tests on transformers', transformers.__version__)"
 exec .venv-min/bin/python -m pytest -q -p no:cacheprovider -o asyncio_mode=strict \
   tests/test_engine.py tests/test_schedule.py tests/test_calibration.py tests/test_generation.py tests/test_model.py \
-  tests/test_spans.py
+  tests/test_spans.py tests/test_focus.py
