@@ -351,6 +351,10 @@ if [[ $STAGE == 29m ]]; then
   "${MK[@]}" --out "$OUT-s10-mk32-a" --samples 5 &
   "${MK[@]}" --out "$OUT-s10-mk32-b" --first-sample 5 --samples 10 &
   wait
+  mkdir -p "$OUT-s10-mk32"
+  cat "$OUT"-s10-mk32-{a,b}/records.jsonl > "$OUT-s10-mk32/records.jsonl"
+  .venv/bin/homer-llm eval --out "$OUT-s10-mk32" --report-only --methods homer,homer-focus,bm25 --tasks multikey \
+    --lengths 32k --samples 10 --depths random --threads 1
 fi
 # 29j: one table of session 10's records with session 9's on the same samples (on a fresh clone
 #     session 9's joined folder is committed as benchmarks/results/eval-cpu-s9: copy it to $OUT-s9)
