@@ -31,18 +31,16 @@ Prints one line per sample: depth, needle kept, and each cache's answer and verd
 
 from __future__ import annotations
 
-import argparse
 import time
 
 import torch
-from probe_samples import add_sample_args, load_samples
+from probe_samples import int_list, load_samples, sample_parser
 
-from homer_llm import PromptParts
 from homer_llm.engine import CompressedContext, TreePass, append_tokens, drop_last
 from homer_llm.evaluation.methods import EvalModel, build_parts
 from homer_llm.evaluation.runner import plain_context
 from homer_llm.evaluation.tasks import QA_TASKS
-from homer_llm.focus import question_scores
+from homer_llm.focus import focused_parts, question_scores
 from homer_llm.generation import generate
 from homer_llm.model import HomerModel
 
@@ -134,20 +132,18 @@ def probe(hm: HomerModel, model: EvalModel, bias, sample, keeps: list[int]):
     for k in (1, 2):
         # the plain model over the located leaves' whole text (not just their kept tokens), in
         # document order, with the same prefix and question: HOMER's tree as a retriever
-        chosen = sorted(ranges[j] for j in order[:k])
-        text = tuple(t for lo, hi in chosen for t in parts.context[lo:hi])
-        plain = plain_context(hm.parts, PromptParts(parts.prefix, text, parts.suffix).ids)
+        focused, _ = focused_parts(parts, plan, sorted(order[:k]))
+        plain = plain_context(hm.parts, focused.ids)
         answers[f"reread-top{k}"] = generate(hm.parts, hm.tokenizer, plain, config, hm.eos_ids).text
     return answers, picks, seconds, needle_leaf, len(ranges)
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    add_sample_args(ap, length="64k", samples="0", depths="random")
+    ap = sample_parser(__doc__, length="64k", samples="0", depths="random")
     ap.add_argument("--keep", default="2048,1024", help="context tokens kept by rootN / freshN")
     args = ap.parse_args()
     hm, model, samples = load_samples(args)
-    keeps = [int(a) for a in args.keep.split(",")]
+    keeps = int_list(args.keep)
     task = QA_TASKS["passkey"]
     bias = hm.bias_table()
     for index, sample in samples:

@@ -16,11 +16,10 @@ Prints one line per (sample, shift): the answer, the expected key and seconds.
 
 from __future__ import annotations
 
-import argparse
 import time
 from unittest import mock
 
-from probe_samples import add_sample_args, load_samples
+from probe_samples import int_list, load_samples, sample_parser
 
 import homer_llm.schedule as schedule
 from homer_llm.evaluation.methods import build_parts
@@ -44,12 +43,11 @@ def shifted_sizes(sizes: tuple[int, ...], key_at: int, shift: int, capacity: int
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    add_sample_args(ap, length="16k", samples="6", depths="50,25,75,0,100")
+    ap = sample_parser(__doc__, length="16k", samples="6", depths="50,25,75,0,100")
     ap.add_argument("--shifts", default="0,-64,64", help="comma-separated boundary shifts in tokens")
     args = ap.parse_args()
     hm, model, samples = load_samples(args)
-    shifts = [int(a) for a in args.shifts.split(",")]
+    shifts = int_list(args.shifts)
     even = schedule.leaf_sizes
     for index, sample in samples:
         parts = build_parts(hm.tokenizer, sample)

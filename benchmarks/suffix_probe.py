@@ -23,10 +23,9 @@ Prints one line per sample: depth, needle kept, each answer and whether it is ri
 
 from __future__ import annotations
 
-import argparse
 import time
 
-from probe_samples import add_sample_args, load_samples
+from probe_samples import load_samples, sample_parser
 
 from homer_llm import HomerConfig, PromptParts
 from homer_llm.engine import reread_suffix
@@ -48,8 +47,7 @@ def show_needle(tokenizer, parts, kept: list[int], key: str, width: int) -> None
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    add_sample_args(ap, length="32k", samples="0", depths="random")
+    ap = sample_parser(__doc__, length="32k", samples="0", depths="random")
     ap.add_argument("--reencode", action="store_true", help="also answer from a plain prefill of the kept tokens")
     ap.add_argument("--show-needle", type=int, default=0, metavar="N",
                     help="print the N document tokens either side of the key, pruned ones in [brackets]")

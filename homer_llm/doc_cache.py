@@ -423,7 +423,7 @@ class DocumentCache:
         """
         if not parts.context:
             return engine.compress(parts, progress=progress), False
-        if self.mode != "exact" and getattr(getattr(engine, "homer", None), "focus_leaves", 0):
+        if self.mode != "exact" and engine.homer.focus_leaves:
             # focus reads the leaves the question points to: no question-free state to share
             logger.info("HomerConfig.focus_leaves is set: %s mode falls back to exact compression", self.mode)
             return self._exact(engine, parts, progress)

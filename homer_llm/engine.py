@@ -77,13 +77,6 @@ class CompressedContext:
         return sum(k.numel() * k.element_size() + v.numel() * v.element_size() for k, v in self.kv)
 
 
-def _layer_passes(node: Node) -> int:
-    own = node.layer_end - node.layer_start
-    if node.left is None or node.right is None:
-        return own
-    return own + _layer_passes(node.left) + _layer_passes(node.right)
-
-
 class TreePass:
     """One depth-first compression: holds what every node needs, and the live-memory bookkeeping.
 
@@ -110,7 +103,7 @@ class TreePass:
         if spans is not None and spans.shape != ids.shape:
             raise ValueError(f"spans must have the shape of ids {tuple(ids.shape)}, got {tuple(spans.shape)}")
         self.spans = spans
-        self.total = _layer_passes(plan.root)
+        self.total = plan.layer_passes
         self.done = 0
         self.waiting: list[ChunkState] = []  # finished left siblings, one per level at most
         self.peak_kv = 0

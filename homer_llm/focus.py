@@ -34,11 +34,10 @@ def cache_positions(plan: Plan, kept: torch.Tensor) -> torch.Tensor:
     P, C = plan.prefix_len, plan.context_len
     starts = torch.tensor([lo for lo, _ in plan.leaf_ranges()], dtype=torch.long)
     kept = kept.to(torch.long).cpu()
-    ctx = kept - P
-    in_ctx = (ctx >= 0) & (ctx < C)
-    leaf_start = starts[torch.searchsorted(starts, ctx.clamp(min=0), right=True) - 1]
+    leaf = token_leaves(plan, kept)
+    in_leaf = kept - starts[leaf.clamp(min=0)]  # P + offset inside the leaf
     suffix_pos = P + plan.nominal_leaf + (kept - P - C)
-    return torch.where(kept < P, kept, torch.where(in_ctx, P + ctx - leaf_start, suffix_pos))
+    return torch.where(kept < P, kept, torch.where(leaf >= 0, in_leaf, suffix_pos))
 
 
 def token_leaves(plan: Plan, kept: torch.Tensor) -> torch.Tensor:
@@ -78,13 +77,14 @@ def question_scores(
     mask = compat.attention_mask(parts, S, int(body[0][0].shape[2]), hidden.dtype, hidden.device)
     cos, sin = pos_emb
     wanted, rows = set(layers), {}
-    for index in range(max(wanted) + 1):
+    last = max(wanted)
+    for index in range(last + 1):
         if index in wanted:
             query = compat.last_query(parts, index, hidden[:, -1:], (cos[:, -1:], sin[:, -1:]))
             logits = last_query_logits(query, body[index][0], compat.attention_scaling(parts, index))
             rows[index] = calibrated_scores(logits, positions, start + S - 1,
                                             None if bias is None else bias[index]).float().cpu()
-        if index < max(wanted):
+        if index < last:
             hidden, _ = compat.run_layer(parts, index, hidden, pos_emb, mask, past=cache)
     return torch.stack([rows[index] for index in layers])
 

@@ -306,8 +306,9 @@ class HomerModel:
 
         with self.lock:
             try:
+                # focus reads the question afresh itself (focus.question_scores): no reread pass here
                 context = compress(self.parts, plan, ids, bias=bias, random_generator=gen, progress=tree_progress,
-                                   spans=spans, reread_suffix=self.homer.reread_suffix)
+                                   spans=spans, reread_suffix=self.homer.reread_suffix and not focus)
                 if focus:
                     context = self._focus(parts, plan, context, bias, progress)
                 return context
@@ -339,15 +340,15 @@ class HomerModel:
                     [round(float(attention[i]), 3) for i in leaves], len(focused))
         one = make_plan(len(focused.prefix), len(focused.context), len(focused.suffix), chunk_len=len(focused),
                         cache_len=len(focused), num_layers=self.parts.num_layers, warmup_layers=0)
-        done = sum(node.layer_end - node.layer_start for node in plan.nodes())
+        done = plan.layer_passes
         plain = compress(self.parts, one, torch.tensor(focused.ids, dtype=torch.long),
                          progress=None if progress is None else lambda d, t: progress(done + d, done + t))
         stats = replace(plain.stats, input_tokens=tree.stats.input_tokens, tree_height=tree.stats.tree_height,
                         num_leaves=tree.stats.num_leaves,
                         peak_kv_bytes=max(tree.stats.peak_kv_bytes, plain.stats.peak_kv_bytes),
                         seconds=tree.stats.seconds + plain.stats.seconds)
-        kept = None if plain.kept is None else index[plain.kept.cpu()]
-        return CompressedContext(plain.kv, plain.next_position, plain.last_logits, stats, kept)
+        assert plain.kept is not None  # the engine tracks every token's origin
+        return CompressedContext(plain.kv, plain.next_position, plain.last_logits, stats, index[plain.kept.cpu()])
 
     def stream(
         self, source: PromptParts | CompressedContext, config: GenerationConfig | None = None,

@@ -74,6 +74,11 @@ class Plan:
         return self.prefix_len + self.nominal_leaf + self.suffix_len
 
     @property
+    def layer_passes(self) -> int:
+        """Decoder-layer passes of the whole tree (every node's own layers): the progress total."""
+        return sum(node.layer_end - node.layer_start for node in self.nodes())
+
+    @property
     def final_len(self) -> int:
         return self.prefix_len + self.root.keep_ctx + self.suffix_len
 

@@ -8,7 +8,14 @@ from tiny import tiny_model
 
 from homer_llm import GenerationConfig, HomerConfig, HomerModel
 from homer_llm.engine import compress
-from homer_llm.focus import cache_positions, choose_leaves, focused_parts, leaf_attention, token_leaves
+from homer_llm.focus import (
+    cache_positions,
+    choose_leaves,
+    focused_parts,
+    leaf_attention,
+    question_scores,
+    token_leaves,
+)
 from homer_llm.prompt import PromptParts
 from homer_llm.schedule import make_plan
 
@@ -62,6 +69,13 @@ def test_leaf_attention_is_a_share_of_the_upper_layers(tiny_homer):
     assert 0 < float(attention.sum()) <= upper + 1e-4  # softmax shares; the prefix takes the rest
     again = leaf_attention(tiny_homer.parts, plan, context, ids[-len(parts.suffix):], bias)
     torch.testing.assert_close(attention, again)
+    # the same sums by hand: each upper layer's softmax over the cache, added up per owning leaf
+    L = tiny_homer.parts.num_layers
+    scores = question_scores(tiny_homer.parts, plan, context, ids[-len(parts.suffix):], bias, range(L // 2, L))
+    shares = torch.softmax(scores, dim=1).sum(0).tolist()
+    owners = token_leaves(plan, context.kept[: -len(parts.suffix)]).tolist()
+    by_hand = [sum(s for s, o in zip(shares, owners, strict=True) if o == leaf) for leaf in range(plan.num_leaves)]
+    torch.testing.assert_close(attention, torch.tensor(by_hand, dtype=torch.float32), atol=1e-5, rtol=1e-5)
     # a leaf with no token in the cache gets no attention
     owners = set(token_leaves(plan, context.kept).tolist()) - {-1}
     for leaf in set(range(plan.num_leaves)) - owners:
