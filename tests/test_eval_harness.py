@@ -148,6 +148,33 @@ def test_cli_json_output_report_only_and_bad_flags(model_dir, tmp_path, capsys):
     assert "unknown method" in capsys.readouterr().err
 
 
+def test_paired_with_gives_one_table_per_reference(model_dir, tmp_path, capsys):
+    from dataclasses import asdict
+
+    from homer_llm.evaluation.harness import Record
+
+    out = tmp_path / "out"
+    out.mkdir()
+    right = {"homer": [1, 0, 0, 1], "homer-focus": [1, 1, 1, 1], "bm25": [1, 1, 0, 0]}
+    lines = [json.dumps(asdict(Record("passkey", m, 16384, i, "ok", correct=bool(c))))
+             for m, verdicts in right.items() for i, c in enumerate(verdicts)]
+    (out / "records.jsonl").write_text("\n".join(lines) + "\n")
+    args = _args(model=model_dir, out=out, report_only=True, quiet=True, paired_with="homer-focus,homer",
+                 methods="homer,homer-focus,bm25", tasks="passkey")
+    assert eval_cli.run(args) == 0
+    printed = capsys.readouterr().out
+    assert "### paired: homer-focus against each method on the same samples" in printed
+    assert "### paired: homer against each method on the same samples" in printed
+    # focus right on samples 1, 2 where homer is not; right on 2, 3 where bm25 is not
+    assert "| passkey | homer | 16k | 4 | 2 | 2 | 0 | 0 | 0.5 |" in printed
+    assert "| passkey | bm25 | 16k | 4 | 2 | 2 | 0 | 0 | 0.5 |" in printed
+    pairs = json.loads((out / "results.json").read_text())["paired"]
+    assert {(q["reference"], q["method"]) for q in pairs} == {
+        ("homer-focus", "homer"), ("homer-focus", "bm25"), ("homer", "homer-focus"), ("homer", "bm25")}
+    assert eval_cli.run(_args(model=model_dir, out=out, report_only=True, quiet=True, paired_with="nope")) == 2
+    assert "unknown --paired-with method(s)" in capsys.readouterr().err
+
+
 def test_resume_refuses_records_made_with_other_settings(model_dir, tmp_path, capsys):
     out = tmp_path / "out"
     base = dict(model=model_dir, methods="truncate", tasks="passkey", lengths="1x", samples=1, quiet=True,

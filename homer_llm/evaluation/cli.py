@@ -145,6 +145,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--calibration-samples", type=int, default=None, help="chunks used for HOMER's bias table")
     parser.add_argument("--yarn-calibration-samples", type=int, default=None,
                         help="chunks for homer-yarn's own bias table (chunks are factor x longer; default: as homer)")
+    parser.add_argument("--paired-with", default="homer",
+                        help="comma list of reference methods: one paired table (McNemar) per reference against "
+                             "every other method on the same samples (default: homer)")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch CPU threads (on a busy shared CPU, 1 is often faster than more)")
     parser.add_argument("--out", default=None, help="folder for results.json, results.md, records.jsonl, accuracy.png")
@@ -173,6 +176,7 @@ def run(args: argparse.Namespace) -> int:
         methods = _names(args.methods, ALL_METHODS, "method(s)")
         tasks = _names(args.tasks, ALL_TASKS, "task(s)")
         depths = parse_depths(args.depths)
+        references = _names(args.paired_with, ALL_METHODS, "--paired-with method(s)")
         if (args.resume or args.report_only) and not args.out:
             raise ValueError("--resume and --report-only need --out (the folder holding records.jsonl)")
         if args.threads is not None:
@@ -262,10 +266,13 @@ def run(args: argparse.Namespace) -> int:
                            "homer_yarn_calibration_samples": args.yarn_calibration_samples or hm.homer.calibration_samples,
                            "rope_factor": args.rope_factor or "ceil(length/window)"}})
     all_cells = cells(records)
-    pairs = paired(records)
     table = markdown_table(all_cells, list(methods), list(lengths), list(tasks))
-    if pairs:
-        table += "\n" + paired_table(pairs, list(methods))
+    pairs = []
+    for reference in references:  # one table per reference; a reference with no records adds nothing
+        mine = paired(records, reference)
+        if mine:
+            table += "\n" + paired_table(mine, list(methods))
+        pairs += mine
     header = (f"{meta['model']} (window {meta['window']}), {meta['hardware']}, {meta['dtype']}, "
               f"torch {meta['torch']}, transformers {meta['transformers']}, {meta['date']}\n\n")
     payload = to_json(meta, records, all_cells, pairs)
