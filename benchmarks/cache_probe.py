@@ -40,7 +40,7 @@ from homer_llm.engine import CompressedContext, TreePass, append_tokens, drop_la
 from homer_llm.evaluation.methods import EvalModel, build_parts
 from homer_llm.evaluation.runner import plain_context
 from homer_llm.evaluation.tasks import QA_TASKS
-from homer_llm.focus import focused_parts, question_scores
+from homer_llm.focus import focus_spans, focused_parts, question_scores
 from homer_llm.generation import generate
 from homer_llm.model import HomerModel
 
@@ -132,7 +132,7 @@ def probe(hm: HomerModel, model: EvalModel, bias, sample, keeps: list[int]):
     for k in (1, 2):
         # the plain model over the located leaves' whole text (not just their kept tokens), in
         # document order, with the same prefix and question: HOMER's tree as a retriever
-        focused, _ = focused_parts(parts, plan, sorted(order[:k]))
+        focused, _ = focused_parts(parts, focus_spans(plan, order[:k], 0, 0))  # whole leaves, as in s10
         plain = plain_context(hm.parts, focused.ids)
         answers[f"reread-top{k}"] = generate(hm.parts, hm.tokenizer, plain, config, hm.eos_ids).text
     return answers, picks, seconds, needle_leaf, len(ranges)

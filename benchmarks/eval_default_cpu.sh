@@ -368,24 +368,35 @@ if [[ $STAGE == 29j ]]; then
   .venv/bin/homer-llm eval --out "$J" --report-only --methods homer,homer-focus,homer-yarn,full,ntk,bm25 \
     --tasks passkey --lengths 8k,16k,32k,64k --samples 20 --depths random --yarn-calibration-samples 2 --threads 1
 fi
-# Session 11 (stage 30): the remaining baselines on the same drawn depths, so every method of the
-#     issue has a cell on the samples focus and HOMER ran: truncation (keep the last window) at
-#     2x-8x, YaRN and linear RoPE (the plain model, rope factor = length / window) at 2x, HOMER at 4x
-#     (the 15/20 of session 9 came from suffix_probe.py, not eval records), then the strongest RoPE
-#     baseline (dynamic NTK) at 8x and YaRN / linear at 4x, as far as END allows (epoch seconds;
-#     default 130 minutes from the first start; --resume keeps what ran); two 1-thread processes
+# Session 11 (stage 30): focus with its new margin (HomerConfig.focus_margin = 256: neighbouring text
+#     read on each side of a chosen leaf) on the same drawn depths, 8x first, and the remaining
+#     baselines on those samples, so every method of the issue has a cell there: truncation (keep
+#     the last window) at 2x-8x, YaRN and linear RoPE (the plain model, rope factor = length /
+#     window) at 2x, HOMER's 4x records (its 15/20 of session 9 came from suffix_probe.py); as far as
+#     END allows (epoch seconds; default 130 minutes from the first start; --resume keeps what ran);
+#     two 1-thread processes
 if [[ $STAGE == 30 ]]; then
   END=${END:-$(( $(date +%s) + 7800 ))}
-  cell() {  # $1 folder suffix, $2 method, $3 length, $4 first sample, $5 end sample, [$6 call seconds]
+  cell() {  # $1 folder suffix, $2 method, $3 length, $4 first sample, $5 end sample
     local left=$(( END - $(date +%s) )); (( left > 120 )) || return 0
     "${S9[@]}" --out "$OUT-s11-$1" --methods "$2" --lengths "$3" --first-sample "$4" --samples "$5" \
-      --call-seconds "${6:-2400}" --max-seconds $left
+      --call-seconds 2400 --max-seconds $left
   }
-  { cell trunc truncate 16k,32k,64k 0 20; cell linear16 linear 16k 0 10; cell homer32-a homer 32k 0 10
-    cell ntk64-a ntk 64k 0 1 5400; cell yarn32 yarn 32k 0 5; } &
-  { cell yarn16 yarn 16k 0 10; cell yarn16b yarn 16k 10 20; cell homer32-b homer 32k 10 20
-    cell ntk64-b ntk 64k 1 2 5400; cell linear32 linear 32k 0 5; } &
+  focus() { for L in 64k 32k 16k 8k; do cell "focus-$1" homer-focus $L "$2" "$3"; done; }
+  { cell trunc truncate 16k,32k,64k 0 20; focus a 0 10; cell linear16 linear 16k 0 10; cell homer32-a homer 32k 0 10; } &
+  { cell yarn16 yarn 16k 0 10; focus b 10 20; cell yarn16b yarn 16k 10 20; cell homer32-b homer 32k 10 20; } &
   wait
+fi
+# 30j: one table of every method on the drawn depths: session 11's folders with session 10's joined
+#     records (on a fresh clone: copy benchmarks/results/eval-cpu-s10 to $OUT-s10 first); paired
+#     tables for HOMER + focus and for HOMER against every other method
+if [[ $STAGE == 30j ]]; then
+  J="$OUT-s11"
+  mkdir -p "$J"
+  cat "$OUT-s10/records.jsonl" "$OUT"-s11-*/records.jsonl > "$J/records.jsonl"
+  .venv/bin/homer-llm eval --out "$J" --report-only --paired-with homer-focus,homer \
+    --methods homer-focus,homer,homer-yarn,full,truncate,yarn,ntk,linear,bm25 --tasks passkey \
+    --lengths 8k,16k,32k,64k --samples 20 --depths random --yarn-calibration-samples 2 --threads 1
 fi
 # 3. more samples and the other tasks, as far as the budget goes
 if [[ $STAGE == 3 || $STAGE == all ]]; then

@@ -56,6 +56,10 @@ class HomerConfig:
             with the affixes) and the question. A locator plus a fresh full-resolution read of at
             most one window: better at copying a detail out of a very long document, blind to
             whatever lies in the leaves it leaves out (not for summaries of the whole).
+        focus_margin: with focus, tokens of the neighbouring text also read on each side of every
+            chosen leaf, as far as the budget above allows (default 256). A leaf boundary is an
+            arbitrary cut: the sentence the question is about can start in one leaf and end in
+            the next, and the leaf that draws the attention may hold only its second half.
     """
 
     chunk_len: int | None = None
@@ -69,6 +73,7 @@ class HomerConfig:
     rope_scaling: RopeScaling | None = None
     rope_factor: float = 2.0
     focus_leaves: int = 0
+    focus_margin: int = 256
 
     def __post_init__(self) -> None:
         for name in ("chunk_len", "cache_len", "warmup_layers"):
@@ -103,6 +108,10 @@ class HomerConfig:
             raise TypeError(f"HomerConfig.focus_leaves must be an int, got {self.focus_leaves!r}")
         if self.focus_leaves < 0:
             raise ValueError(f"HomerConfig.focus_leaves must be >= 0, got {self.focus_leaves}")
+        if isinstance(self.focus_margin, bool) or not isinstance(self.focus_margin, int):
+            raise TypeError(f"HomerConfig.focus_margin must be an int, got {self.focus_margin!r}")
+        if self.focus_margin < 0:
+            raise ValueError(f"HomerConfig.focus_margin must be >= 0, got {self.focus_margin}")
         if self.rope_scaling is not None and not self.rope_factor > 1.0:
             raise ValueError(f"HomerConfig.rope_factor must be > 1 with rope_scaling, got {self.rope_factor}")
 

@@ -6,8 +6,9 @@ after five merges, among the tokens of many leaves that share their position ids
 ``benchmarks/cache_probe.py``). The same tree still knows WHERE the answer is: the question read
 afresh after the pruned cache gives most of its upper-layer attention to the tokens of the leaf that
 holds it. Focus ranks the leaves that way and runs the plain model over the prefix, the whole text
-of the best leaves (in document order) and the question: a fresh, full-resolution read of at most
-one window, located by the model's own attention over the entire document.
+of the best leaves with a margin of their neighbours' text (in document order) and the question: a
+fresh, full-resolution read of at most one window, located by the model's own attention over the
+entire document.
 
 Free functions; ``HomerModel.compress`` applies them when ``HomerConfig.focus_leaves > 0``.
 """
@@ -129,15 +130,38 @@ def choose_leaves(plan: Plan, attention: torch.Tensor, k: int, budget: int) -> l
     return sorted(chosen)
 
 
-def focused_parts(parts: PromptParts, plan: Plan, leaves: list[int]) -> tuple[PromptParts, torch.Tensor]:
-    """Prefix + the whole text of ``leaves`` (document order) + suffix, and for every token of that
-    prompt its index in the original prompt ([n] long)."""
-    P, C = len(parts.prefix), len(parts.context)
+def focus_spans(plan: Plan, leaves: Sequence[int], margin: int, budget: int) -> list[tuple[int, int]]:
+    """Context spans [lo, hi) to read for ``leaves``, in document order.
+
+    Every leaf is widened by the same number of tokens on each side: ``margin``, or less where the
+    leaves and their margins would pass ``budget`` tokens in all; spans are clipped to the context
+    and overlapping or touching ones merged. Why: the leaf boundaries are arbitrary cuts, so the
+    sentence a question is about may begin in one leaf and end in the next (margin 0: the leaves).
+    """
+    if margin < 0:
+        raise ValueError(f"margin must be >= 0, got {margin}")
+    if not leaves:
+        raise ValueError("focus_spans needs at least one leaf")
     ranges = plan.leaf_ranges()
+    spans = [ranges[leaf] for leaf in sorted(set(leaves))]
+    room = budget - sum(hi - lo for lo, hi in spans)
+    pad = max(0, min(margin, room // (2 * len(spans))))
+    merged: list[tuple[int, int]] = []
+    for lo, hi in ((max(0, lo - pad), min(plan.context_len, hi + pad)) for lo, hi in spans):
+        if merged and lo <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], hi))
+        else:
+            merged.append((lo, hi))
+    return merged
+
+
+def focused_parts(parts: PromptParts, spans: Sequence[tuple[int, int]]) -> tuple[PromptParts, torch.Tensor]:
+    """Prefix + the context text of ``spans`` ([lo, hi) context indices, document order) + suffix,
+    and for every token of that prompt its index in the original prompt ([n] long)."""
+    P, C = len(parts.prefix), len(parts.context)
     index = list(range(P))
-    for leaf in leaves:
-        lo, hi = ranges[leaf]
+    for lo, hi in spans:
         index.extend(range(P + lo, P + hi))
     index.extend(range(P + C, P + C + len(parts.suffix)))
-    text = tuple(t for leaf in leaves for t in parts.context[ranges[leaf][0] : ranges[leaf][1]])
+    text = tuple(t for lo, hi in spans for t in parts.context[lo:hi])
     return PromptParts(parts.prefix, text, parts.suffix), torch.tensor(index, dtype=torch.long)

@@ -21,7 +21,7 @@ from . import compat
 from .calibration import get_bias
 from .config import GenerationConfig, HomerConfig
 from .engine import CompressedContext, Progress, compress
-from .focus import choose_leaves, focused_parts, leaf_attention
+from .focus import choose_leaves, focus_spans, focused_parts, leaf_attention
 from .generation import Generation, TextStream, generate
 from .prompt import PromptParts, split_chat, split_text
 from .schedule import Plan, make_plan
@@ -335,9 +335,10 @@ class HomerModel:
         attention = leaf_attention(self.parts, plan, tree, suffix, bias)
         budget = self.focus_budget - len(parts.prefix) - len(parts.suffix)
         leaves = choose_leaves(plan, attention, self.homer.focus_leaves, budget)
-        focused, index = focused_parts(parts, plan, leaves)
-        logger.info("focus: leaves %s of %d (attention %s), %d tokens read plainly", leaves, plan.num_leaves,
-                    [round(float(attention[i]), 3) for i in leaves], len(focused))
+        spans = focus_spans(plan, leaves, self.homer.focus_margin, budget)
+        focused, index = focused_parts(parts, spans)
+        logger.info("focus: leaves %s of %d (attention %s), context spans %s, %d tokens read plainly", leaves,
+                    plan.num_leaves, [round(float(attention[i]), 3) for i in leaves], spans, len(focused))
         one = make_plan(len(focused.prefix), len(focused.context), len(focused.suffix), chunk_len=len(focused),
                         cache_len=len(focused), num_layers=self.parts.num_layers, warmup_layers=0)
         done = plan.layer_passes

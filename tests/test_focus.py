@@ -11,6 +11,7 @@ from homer_llm.engine import compress
 from homer_llm.focus import (
     cache_positions,
     choose_leaves,
+    focus_spans,
     focused_parts,
     leaf_attention,
     question_scores,
@@ -48,11 +49,29 @@ def test_choose_leaves_best_first_within_budget_in_document_order():
         choose_leaves(plan, attention, 0, budget=100)
 
 
-def test_focused_parts_keep_affixes_and_whole_leaves():
-    plan = small_plan()
+def test_focus_spans_widen_leaves_within_the_budget_by_hand():
+    plan = make_plan(2, 40, 3, chunk_len=10, cache_len=10, num_layers=8, warmup_layers=1)
+    assert plan.leaf_ranges()[1] == (5, 10) and plan.leaf_ranges()[4] == (20, 25)
+    assert focus_spans(plan, [4, 1], 2, budget=100) == [(3, 12), (18, 27)]  # document order
+    # 10 leaf tokens leave 4 of a 14-token budget: one token on each of the four sides
+    assert focus_spans(plan, [1, 4], 2, budget=14) == [(4, 11), (19, 26)]
+    assert focus_spans(plan, [1, 4], 2, budget=9) == [(5, 10), (20, 25)]  # no room: whole leaves only
+    # clipped to the context; overlapping spans merge (and neighbours' margins do not double count)
+    assert focus_spans(plan, [0, 1, 7], 3, budget=100) == [(0, 13), (32, 40)]
+    assert focus_spans(plan, [0, 1], 0, budget=100) == [(0, 10)]  # margin 0: the leaves themselves
+    with pytest.raises(ValueError, match="margin must be >= 0"):
+        focus_spans(plan, [1], -1, budget=100)
+    with pytest.raises(ValueError, match="at least one leaf"):
+        focus_spans(plan, [], 2, budget=100)
+
+
+def test_focused_parts_keep_affixes_and_the_spans_text():
     parts = PromptParts((100, 101), tuple(range(10)), (200, 201, 202))
-    focused, index = focused_parts(parts, plan, [1])
+    focused, index = focused_parts(parts, [(5, 10)])
     assert focused == PromptParts((100, 101), (5, 6, 7, 8, 9), (200, 201, 202))
+    assert [parts.ids[i] for i in index.tolist()] == list(focused.ids)
+    focused, index = focused_parts(parts, [(1, 3), (6, 8)])
+    assert focused.context == (1, 2, 6, 7)
     assert [parts.ids[i] for i in index.tolist()] == list(focused.ids)
 
 
@@ -84,7 +103,7 @@ def test_leaf_attention_is_a_share_of_the_upper_layers(tiny_homer):
 
 def test_focus_answers_from_a_plain_read_of_the_chosen_leaves(tokenizer):
     model = tiny_model("llama", vocab=len(tokenizer))
-    hm = HomerModel(model, tokenizer, name="tiny-llama", homer=HomerConfig(focus_leaves=2))
+    hm = HomerModel(model, tokenizer, name="tiny-llama", homer=HomerConfig(focus_leaves=2, focus_margin=0))
     parts = hm.prepare_question(DOC, "which word?")
     plan = hm.plan(parts)
     context = hm.compress(parts)
@@ -108,6 +127,13 @@ def test_focus_answers_from_a_plain_read_of_the_chosen_leaves(tokenizer):
     assert leaves == sorted(torch.argsort(attention, descending=True)[:2].tolist())
     out = hm.generate(context, GenerationConfig(max_new_tokens=3))
     assert out.token_ids[0] == int(context.last_logits.argmax())
+    # the default margin reads the same leaves widened on both sides, within the same budget
+    wide = HomerModel(model, tokenizer, name="tiny-llama", homer=HomerConfig(focus_leaves=2)).compress(parts)
+    budget = hm.focus_budget - P - S
+    spans = focus_spans(plan, leaves, 256, budget)
+    assert wide.kept[P:-S].tolist() == [P + i for lo, hi in spans for i in range(lo, hi)]
+    assert sum(hi - lo for lo, hi in spans) > sum(plan.leaf_sizes[leaf] for leaf in leaves)
+    assert wide.cache_tokens == P + sum(hi - lo for lo, hi in spans) + S <= hm.focus_budget
 
 
 def test_focus_progress_counts_the_tree_then_the_plain_read(tokenizer):
@@ -135,3 +161,5 @@ def test_focus_leaves_nothing_to_do_on_one_chunk(tokenizer):
 def test_bad_focus_leaves(value, exc):
     with pytest.raises(exc, match="focus_leaves"):
         HomerConfig(focus_leaves=value)
+    with pytest.raises(exc, match="focus_margin"):
+        HomerConfig(focus_margin=value)

@@ -136,6 +136,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--homer-yarn-factor", type=float, default=2.0, help="YaRN factor of homer-yarn (chunk_len x it)")
     parser.add_argument("--focus-leaves", type=int, default=2,
                         help="leaves homer-focus reads plainly (HomerConfig.focus_leaves; default 2)")
+    parser.add_argument("--focus-margin", type=int, default=None,
+                        help="tokens homer-focus also reads on each side of a chosen leaf (HomerConfig.focus_margin; "
+                             "default: the engine's, 256; 0: whole leaves only, as in session 10's runs)")
     parser.add_argument("--chunk-len", type=int, default=None, help="HOMER chunk length M (default: window / 2)")
     parser.add_argument("--cache-len", type=int, default=None, help="HOMER final cache length T (default: chunk_len)")
     parser.add_argument("--warmup-layers", type=int, default=None, help="HOMER warm-up layers W (default: engine's)")
@@ -187,7 +190,8 @@ def run(args: argparse.Namespace) -> int:
             torch.set_num_threads(args.threads)
         homer_kwargs = {k: v for k, v in (("chunk_len", args.chunk_len), ("cache_len", args.cache_len),
                                           ("warmup_layers", args.warmup_layers),
-                                          ("calibration_samples", args.calibration_samples)) if v is not None}
+                                          ("calibration_samples", args.calibration_samples),
+                                          ("focus_margin", args.focus_margin)) if v is not None}
         homer_kwargs["reread_suffix"] = not args.merged_suffix
         say(f"loading {args.model or 'the default model'} ...")
         hm = HomerModel.load(args.model, device=args.device, dtype=args.dtype, attn_implementation=args.attn,
@@ -230,6 +234,8 @@ def run(args: argparse.Namespace) -> int:
                       "reread_suffix": hm.homer.reread_suffix}
     if "homer-focus" in methods:  # only then: folders made before the method existed still resume
         homer_settings["focus_leaves"] = args.focus_leaves
+        if hm.homer.focus_margin:  # only then: folders of whole-leaf focus runs (session 10) still resume
+            homer_settings["focus_margin"] = hm.homer.focus_margin
     run_settings = {**vars(settings), "depths": depths, "torch_threads": torch.get_num_threads(), "model": hm.name,
                     "homer": homer_settings}
     if previous and out is not None:

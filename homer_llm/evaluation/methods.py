@@ -224,7 +224,8 @@ class EvalModel:
                                      warmup_layers=base.homer.warmup_layers, pruning=pruning, prune_unit=prune_unit,
                                      calibration_samples=calibration_samples or base.homer.calibration_samples,
                                      seed=base.homer.seed, reread_suffix=reread, rope_scaling=kind,
-                                     rope_factor=factor, focus_leaves=focus_leaves)
+                                     rope_factor=factor, focus_leaves=focus_leaves,
+                                     focus_margin=base.homer.focus_margin)
                 self._homers[key] = HomerModel(base.model, base.tokenizer, name=base.name, homer=config)
         return self._homers[key]
 
