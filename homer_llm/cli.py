@@ -124,6 +124,9 @@ def add_ask_arguments(parser: argparse.ArgumentParser) -> None:
     homer.add_argument("--focus-leaves", type=int, default=0, metavar="K",
                        help="use HOMER's tree to locate the K leaves the question attends to most and answer from "
                             "a plain read of their whole text (default 0: answer from the compressed cache)")
+    homer.add_argument("--focus-margin", type=int, default=256, metavar="N",
+                       help="with --focus-leaves: tokens of neighbouring text also read on each side of a chosen "
+                            "leaf, as the read's budget allows (default 256; 0: whole leaves only)")
     gen = parser.add_argument_group("generation")
     gen.add_argument("--max-new-tokens", type=_positive_int, default=256, metavar="N")
     gen.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
@@ -215,7 +218,8 @@ def _ask(args: argparse.Namespace, document: str) -> int:
         torch.cuda.reset_peak_memory_stats(device)
     homer = HomerConfig(chunk_len=args.chunk_len, pruning=args.pruning, prune_unit=args.prune_unit,
                         reread_suffix=not args.merged_suffix, rope_scaling=args.rope_scaling,
-                        rope_factor=args.rope_factor, focus_leaves=args.focus_leaves)
+                        rope_factor=args.rope_factor, focus_leaves=args.focus_leaves,
+                        focus_margin=args.focus_margin)
     started = time.perf_counter()
     hm = HomerModel.load(args.model, device=device, dtype=args.dtype, attn_implementation=args.attn, homer=homer)
     load_seconds = time.perf_counter() - started
@@ -273,6 +277,7 @@ def _ask(args: argparse.Namespace, document: str) -> int:
         "prune_unit": None if args.plain else hm.homer.prune_unit,
         "rope_scaling": None if hm.homer.rope_scaling is None else f"{hm.homer.rope_scaling}:{hm.homer.rope_factor:g}",
         "focus_leaves": None if args.plain else hm.homer.focus_leaves,
+        "focus_margin": None if args.plain or not hm.homer.focus_leaves else hm.homer.focus_margin,
         "device": str(hm.device),
         "dtype": str(next(hm.model.parameters()).dtype).removeprefix("torch."),
         "attn": args.attn,

@@ -242,11 +242,17 @@ def test_focus_leaves_option_reads_whole_leaves(capsys, long_doc, tiny_dir):
     HOMER's cache, within the window); a negative count is a one-line error naming the value."""
     base, focus = json_reports(capsys, tiny_dir, long_doc, [], ["--focus-leaves", "2"])
     assert base["focus_leaves"] == 0 and focus["focus_leaves"] == 2
+    assert base["focus_margin"] is None and focus["focus_margin"] == 256
     assert focus["tree_height"] == base["tree_height"] > 0
     assert focus["cache_tokens"] != base["cache_tokens"] and focus["cache_tokens"] <= focus["window"]
+    (whole,) = json_reports(capsys, tiny_dir, long_doc, ["--focus-leaves", "2", "--focus-margin", "0"])
+    assert whole["focus_margin"] == 0 and whole["cache_tokens"] < focus["cache_tokens"]  # the margin is read too
     code, out, err = run(capsys, "ask", "--model", tiny_dir, "--document", long_doc, "--focus-leaves", "-1",
                          "--no-progress", "Q?")
     assert_one_line_error(code, out, err, "focus_leaves must be >= 0", "-1")
+    code, out, err = run(capsys, "ask", "--model", tiny_dir, "--document", long_doc, "--focus-leaves", "2",
+                         "--focus-margin", "-5", "--no-progress", "Q?")
+    assert_one_line_error(code, out, err, "focus_margin must be >= 0", "-5")
 
 
 def test_plain_equals_homer_when_the_document_fits(capsys, short_doc, tiny_dir):

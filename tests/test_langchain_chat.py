@@ -61,7 +61,9 @@ def test_construction_is_lazy_and_default_model_is_shared(monkeypatch):
     assert homer.rope_scaling == "yarn" and homer.rope_factor == 4
     assert HomerModel.shared_key(None, **calls[-1][1]) != HomerModel.shared_key(None)
     HomerLLM(focus_leaves=2).invoke("x")
-    assert calls[-1][1]["homer"].focus_leaves == 2
+    assert calls[-1][1]["homer"].focus_leaves == 2 and calls[-1][1]["homer"].focus_margin == 256
+    HomerLLM(focus_leaves=2, focus_margin=0).invoke("x")
+    assert calls[-1][1]["homer"].focus_margin == 0
     HomerLLM().invoke("x", model="/models/other")  # per-call override
     assert calls[-1][0] == "/models/other"
 
@@ -85,6 +87,8 @@ def test_field_validation():
         HomerLLM(rope_scaling="yarn", rope_factor=1.0)
     with pytest.raises(ValidationError):
         HomerLLM(focus_leaves=-1)
+    with pytest.raises(ValidationError):
+        HomerLLM(focus_margin=-1)
     with pytest.raises(TypeError, match="engine must be a homer_llm.HomerModel"):
         HomerLLM(engine=object())
     with pytest.raises(TypeError, match="get_or_compress"):

@@ -151,7 +151,8 @@ class HomerLLM(BaseChatModel):
     ``rope_scaling`` ("yarn" or "linear": HOMER on a RoPE-scaled view with ``rope_factor`` times
     longer chunks, the paper's HOMER + YaRN; None: off), ``focus_leaves`` (k > 0: HOMER's tree
     locates the k leaves the question attends to most and the model answers from a plain read of
-    their whole text; 0: off, the compressed cache answers).
+    their whole text; 0: off, the compressed cache answers), ``focus_margin`` (tokens of
+    neighbouring text also read on each side of a chosen leaf; default 256).
     ``documents``: texts used as the context of every call (also accepted per call and through
     ``.bind(documents=[...])``). ``edge_tokens``: the token budget of the
     leading and of the trailing paragraphs kept out of an auto-detected document (None:
@@ -182,6 +183,7 @@ class HomerLLM(BaseChatModel):
     rope_scaling: Literal["yarn", "linear"] | None = None
     rope_factor: float = 2.0
     focus_leaves: int = Field(default=0, ge=0)
+    focus_margin: int = Field(default=256, ge=0)
     max_tokens: int | None = Field(default=512, ge=1)
     """Most new tokens per call (None: as many as the model's window allows)."""
     temperature: float = Field(default=0.0, ge=0.0)
@@ -237,7 +239,8 @@ class HomerLLM(BaseChatModel):
         return HomerConfig(chunk_len=self.chunk_len, cache_len=self.cache_len,
                            warmup_layers=self.warmup_layers, pruning=self.pruning, prune_unit=self.prune_unit,
                            reread_suffix=self.reread_suffix, rope_scaling=self.rope_scaling,
-                           rope_factor=self.rope_factor, focus_leaves=self.focus_leaves)
+                           rope_factor=self.rope_factor, focus_leaves=self.focus_leaves,
+                           focus_margin=self.focus_margin)
 
     # ------------------------------------------------------------------ identity
     @property
@@ -258,7 +261,8 @@ class HomerLLM(BaseChatModel):
             "attn_implementation": self.attn_implementation, "chunk_len": self.chunk_len,
             "cache_len": self.cache_len, "warmup_layers": self.warmup_layers, "pruning": self.pruning,
             "prune_unit": self.prune_unit, "reread_suffix": self.reread_suffix, "rope_scaling": self.rope_scaling,
-            "rope_factor": self.rope_factor, "focus_leaves": self.focus_leaves, "max_tokens": self.max_tokens,
+            "rope_factor": self.rope_factor, "focus_leaves": self.focus_leaves,
+            "focus_margin": self.focus_margin, "max_tokens": self.max_tokens,
             "temperature": self.temperature,
             "top_p": self.top_p,
             "top_k": self.top_k, "seed": self.seed, "stop": self.stop,
