@@ -387,13 +387,26 @@ if [[ $STAGE == 30 ]]; then
   { cell yarn16 yarn 16k 0 10; focus b 10 20; cell yarn16b yarn 16k 10 20; cell homer32-b homer 32k 10 20; } &
   wait
 fi
+# 30b: the margin's own case: needles at the leaf boundaries of a 32k prompt (8 leaves: depths k/8,
+#     where the needle sentence can straddle the cut), focus with whole leaves (--focus-margin 0, as
+#     session 10) and with the default margin, on the same seven samples
+if [[ $STAGE == 30b ]]; then
+  B=(.venv/bin/homer-llm eval --resume --threads 1 --tasks passkey --methods homer-focus --lengths 32k --samples 7
+     --depths 12.5,25,37.5,50,62.5,75,87.5)
+  "${B[@]}" --out "$OUT-s11-boundary-m0" --focus-margin 0
+  "${B[@]}" --out "$OUT-s11-boundary-m256"
+fi
 # 30j: one table of every method on the drawn depths: session 11's folders with session 10's joined
 #     records (on a fresh clone: copy benchmarks/results/eval-cpu-s10 to $OUT-s10 first); paired
 #     tables for HOMER + focus and for HOMER against every other method
 if [[ $STAGE == 30j ]]; then
   J="$OUT-s11"
   mkdir -p "$J"
-  cat "$OUT-s10/records.jsonl" "$OUT"-s11-*/records.jsonl > "$J/records.jsonl"
+  # session 10's focus records read whole leaves (margin 0): they stay in $OUT-s10's own table, and
+  # homer-focus here is this session's (margin 256); the boundary runs (30b) are another sample set
+  grep -v '"method": "homer-focus"' "$OUT-s10/records.jsonl" > "$J/records.jsonl"
+  cat "$OUT"-s11-{trunc,linear16,yarn16,yarn16b,homer32-a,homer32-b,focus-a,focus-b}/records.jsonl >> "$J/records.jsonl" \
+    2>/dev/null || true
   .venv/bin/homer-llm eval --out "$J" --report-only --paired-with homer-focus,homer \
     --methods homer-focus,homer,homer-yarn,full,truncate,yarn,ntk,linear,bm25 --tasks passkey \
     --lengths 8k,16k,32k,64k --samples 20 --depths random --yarn-calibration-samples 2 --threads 1

@@ -58,24 +58,28 @@ def question_scores(
     suffix: torch.Tensor,
     bias: torch.Tensor | None,
     layers: Sequence[int],
+    cached_suffix: int | None = None,
 ) -> torch.Tensor:
     """Significance of every cached token for the question read afresh: [len(layers), F - S] float32.
 
-    The suffix (``suffix``: [S] ids, the cache's last S tokens) is run again after the cache without
-    it; at each of ``layers`` its last token's significance of each cached token is the pruning
-    rule's (max over heads of the logit, minus the calibration bias at that distance; ``bias`` None:
-    uncalibrated). ``context.kept`` must map the cache to prompt indices (it gives the position ids).
+    The cache's last S tokens (S = ``cached_suffix``, default ``len(suffix)``: the prompt's own
+    suffix) are dropped and ``suffix`` ([Q] ids; any text, e.g. a neutral question) is run after the
+    rest at the positions that follow it; at each of ``layers`` its last token's significance of each
+    cached token is the pruning rule's (max over heads of the logit, minus the calibration bias at
+    that distance; ``bias`` None: uncalibrated). ``context.kept`` must map the cache to prompt
+    indices (it gives the position ids).
     """
     if context.kept is None:
         raise ValueError("question_scores needs a compressed context that tracks its tokens (kept)")
-    S = int(suffix.numel())
+    S = int(suffix.numel()) if cached_suffix is None else cached_suffix
     body = drop_last(context.kv, S)
     positions = cache_positions(plan, context.kept[:-S])
     start = plan.next_position - S
     cache = compat.cache_from_kv(body)
     hidden = compat.embed(parts, suffix)
-    pos_emb = compat.position_embeddings(parts, hidden, torch.arange(start, start + S))
-    mask = compat.attention_mask(parts, S, int(body[0][0].shape[2]), hidden.dtype, hidden.device)
+    Q = int(suffix.numel())
+    pos_emb = compat.position_embeddings(parts, hidden, torch.arange(start, start + Q))
+    mask = compat.attention_mask(parts, Q, int(body[0][0].shape[2]), hidden.dtype, hidden.device)
     cos, sin = pos_emb
     wanted, rows = set(layers), {}
     last = max(wanted)
@@ -83,7 +87,7 @@ def question_scores(
         if index in wanted:
             query = compat.last_query(parts, index, hidden[:, -1:], (cos[:, -1:], sin[:, -1:]))
             logits = last_query_logits(query, body[index][0], compat.attention_scaling(parts, index))
-            rows[index] = calibrated_scores(logits, positions, start + S - 1,
+            rows[index] = calibrated_scores(logits, positions, start + Q - 1,
                                             None if bias is None else bias[index]).float().cpu()
         if index < last:
             hidden, _ = compat.run_layer(parts, index, hidden, pos_emb, mask, past=cache)

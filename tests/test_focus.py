@@ -95,6 +95,12 @@ def test_leaf_attention_is_a_share_of_the_upper_layers(tiny_homer):
     owners = token_leaves(plan, context.kept[: -len(parts.suffix)]).tolist()
     by_hand = [sum(s for s, o in zip(shares, owners, strict=True) if o == leaf) for leaf in range(plan.num_leaves)]
     torch.testing.assert_close(attention, torch.tensor(by_hand, dtype=torch.float32), atol=1e-5, rtol=1e-5)
+    # another question read after the same cache: the prompt's suffix is dropped, the new one runs
+    suffix = ids[-len(parts.suffix):]
+    same = question_scores(tiny_homer.parts, plan, context, suffix, bias, [L - 1], cached_suffix=len(suffix))
+    torch.testing.assert_close(same, scores[-1:])
+    other = question_scores(tiny_homer.parts, plan, context, suffix[:3], bias, [L - 1], cached_suffix=len(suffix))
+    assert other.shape == same.shape and not torch.allclose(other, same)
     # a leaf with no token in the cache gets no attention
     owners = set(token_leaves(plan, context.kept).tolist()) - {-1}
     for leaf in set(range(plan.num_leaves)) - owners:
