@@ -25,7 +25,7 @@ export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 HF_HUB_OF
 MODEL_ARGS=()
 [ -n "${MODEL:-}" ] && MODEL_ARGS=(--model "$MODEL")   # a local folder instead of the embedded default
 COMMON=("$PY" -m homer_llm.cli eval "${MODEL_ARGS[@]}" -v --resume --device cuda --dtype float32 --seed 0 --depths random
-        --lengths 8k,16k,32k,64k --max-seconds "$BUDGET" --call-seconds 120)
+        --lengths 8k,16k,32k,64k --max-seconds "$BUDGET" --call-seconds 120 --paired-with homer-focus,homer)
 
 if [[ $STAGE == passkey || $STAGE == all ]]; then
   # every method, 20 independent samples per cell
