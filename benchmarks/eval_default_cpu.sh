@@ -392,6 +392,11 @@ if [[ $STAGE == 30l ]]; then
   "${S9[@]}" --out "$OUT-s11-linear16b" --methods linear --lengths 16k --first-sample 10 --samples 20 \
     --call-seconds 2400 --max-seconds $(( ${END:-$(( $(date +%s) + 3180 ))} - $(date +%s) ))
 fi
+# 30h: (a third process from 10:20 UTC, once 30l ended) HOMER's 4x records on the drawn depths
+if [[ $STAGE == 30h ]]; then
+  "${S9[@]}" --out "$OUT-s11-homer32x" --methods homer --lengths 32k --samples 20 --call-seconds 2400 \
+    --max-seconds $(( ${END:-$(( $(date +%s) + 2520 ))} - $(date +%s) ))
+fi
 # 30b: the margin's own case: needles at the leaf boundaries of a 32k prompt (8 leaves: depths k/8,
 #     where the needle sentence can straddle the cut), focus with whole leaves (--focus-margin 0, as
 #     session 10) and with the default margin, on the same seven samples
@@ -410,7 +415,7 @@ if [[ $STAGE == 30j ]]; then
   # session 10's focus records read whole leaves (margin 0): they stay in $OUT-s10's own table, and
   # homer-focus here is this session's (margin 256); the boundary runs (30b) are another sample set
   grep -v '"method": "homer-focus"' "$OUT-s10/records.jsonl" > "$J/records.jsonl"
-  cat "$OUT"-s11-{trunc,linear16,linear16b,yarn16,yarn16b,homer32-a,homer32-b,focus-a,focus-b}/records.jsonl >> "$J/records.jsonl" \
+  cat "$OUT"-s11-{trunc,linear16,linear16b,yarn16,yarn16b,homer32-a,homer32-b,homer32x,focus-a,focus-b}/records.jsonl >> "$J/records.jsonl" \
     2>/dev/null || true
   .venv/bin/homer-llm eval --out "$J" --report-only --paired-with homer-focus,homer \
     --methods homer-focus,homer,homer-yarn,full,truncate,yarn,ntk,linear,bm25 --tasks passkey \
