@@ -372,9 +372,8 @@ fi
 #     read on each side of a chosen leaf) on the same drawn depths, 8x first, and the remaining
 #     baselines on those samples, so every method of the issue has a cell there: truncation (keep
 #     the last window) at 2x-8x, YaRN and linear RoPE (the plain model, rope factor = length /
-#     window) at 2x, HOMER's 4x records (its 15/20 of session 9 came from suffix_probe.py); as far as
-#     END allows (epoch seconds; default 130 minutes from the first start; --resume keeps what ran);
-#     two 1-thread processes
+#     window) at 2x (HOMER's 4x records: stage 30h); as far as END allows (epoch seconds; default
+#     130 minutes from the first start; --resume keeps what ran); two 1-thread processes
 if [[ $STAGE == 30 ]]; then
   END=${END:-$(( $(date +%s) + 7800 ))}
   cell() {  # $1 folder suffix, $2 method, $3 length, $4 first sample, $5 end sample
@@ -383,8 +382,8 @@ if [[ $STAGE == 30 ]]; then
       --call-seconds 2400 --max-seconds $left
   }
   focus() { for L in 64k 32k 16k 8k; do cell "focus-$1" homer-focus $L "$2" "$3"; done; }
-  { cell trunc truncate 16k,32k,64k 0 20; focus a 0 10; cell linear16 linear 16k 0 10; cell homer32-a homer 32k 0 10; } &
-  { cell yarn16 yarn 16k 0 10; focus b 10 20; cell yarn16b yarn 16k 10 20; cell homer32-b homer 32k 10 20; } &
+  { cell trunc truncate 16k,32k,64k 0 20; focus a 0 10; cell linear16 linear 16k 0 10; } &
+  { cell yarn16 yarn 16k 0 10; focus b 10 20; cell yarn16b yarn 16k 10 20; } &
   wait
 fi
 # 30l: (a third process beside stage 30, from 10:02 UTC) linear RoPE at 2x on the other ten samples
@@ -415,8 +414,7 @@ if [[ $STAGE == 30j ]]; then
   # session 10's focus records read whole leaves (margin 0): they stay in $OUT-s10's own table, and
   # homer-focus here is this session's (margin 256); the boundary runs (30b) are another sample set
   grep -v '"method": "homer-focus"' "$OUT-s10/records.jsonl" > "$J/records.jsonl"
-  cat "$OUT"-s11-{trunc,linear16,linear16b,yarn16,yarn16b,homer32-a,homer32-b,homer32x,focus-a,focus-b}/records.jsonl >> "$J/records.jsonl" \
-    2>/dev/null || true
+  cat "$OUT"-s11-{trunc,linear16,linear16b,yarn16,yarn16b,homer32x,focus-a,focus-b}/records.jsonl >> "$J/records.jsonl"
   .venv/bin/homer-llm eval --out "$J" --report-only --paired-with homer-focus,homer \
     --methods homer-focus,homer,homer-yarn,full,truncate,yarn,ntk,linear,bm25 --tasks passkey \
     --lengths 8k,16k,32k,64k --samples 20 --depths random --yarn-calibration-samples 2 --threads 1

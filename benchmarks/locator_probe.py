@@ -31,35 +31,10 @@ from probe_samples import load_samples, sample_parser
 
 from homer_llm import HomerConfig
 from homer_llm.engine import compress
-from homer_llm.evaluation.methods import build_parts
-from homer_llm.focus import choose_leaves, focus_spans, question_scores, token_leaves
+from homer_llm.evaluation.methods import build_parts, token_offsets, value_token_spans
+from homer_llm.focus import choose_leaves, focus_spans, leaf_attention, token_leaves
 
 RULES = ("sum", "mean", "contrast", "ratio")
-
-
-def key_spans(tokenizer, context: tuple[int, ...], key: str) -> list[tuple[int, int]]:
-    """Context token spans [lo, hi) of every copy of ``key`` (decoded-text search)."""
-    text, spans, start = tokenizer.decode(list(context)), [], 0
-    offsets, pos = [], 0
-    for t in context:  # character offset where each token's text starts
-        offsets.append(pos)
-        pos += len(tokenizer.decode([t]))
-    while (at := text.find(key, start)) >= 0:
-        lo = max(i for i, o in enumerate(offsets) if o <= at)
-        hi = max(i for i, o in enumerate(offsets) if o < at + len(key)) + 1
-        spans.append((lo, hi))
-        start = at + len(key)
-    return spans
-
-
-def per_leaf(hm, plan, tree, suffix: tuple[int, ...], bias, cached_suffix: int, owner: torch.Tensor) -> torch.Tensor:
-    """Upper-half softmax shares of ``suffix`` read after the tree's cache (its own suffix dropped),
-    summed per leaf: [N]."""
-    L = hm.parts.num_layers
-    scores = question_scores(hm.parts, plan, tree, torch.tensor(suffix), bias, range(L // 2, L),
-                             cached_suffix=cached_suffix)
-    shares, ctx = torch.softmax(scores, dim=1).sum(0), owner >= 0
-    return torch.zeros(plan.num_leaves).index_add_(0, owner[ctx], shares[ctx])
 
 
 def main() -> None:
@@ -67,7 +42,8 @@ def main() -> None:
     ap.add_argument("--k", type=int, default=2)
     ap.add_argument("--margin", type=int, default=256)
     args = ap.parse_args()
-    hm, model, samples = load_samples(args, HomerConfig(focus_leaves=args.k, focus_margin=args.margin))
+    hm, _, samples = load_samples(args, HomerConfig(focus_leaves=args.k, focus_margin=args.margin))
+    bias = hm.bias_table()
     for index, sample in samples:
         started = time.perf_counter()
         parts = build_parts(hm.tokenizer, sample)
@@ -75,18 +51,19 @@ def main() -> None:
                                                     answer_prefix="The text is about"))
         assert neutral.prefix == parts.prefix and neutral.context == parts.context
         plan = hm.plan(parts)
-        bias = hm.bias_table()
         tree = compress(hm.parts, plan, torch.tensor(parts.ids), bias=bias, reread_suffix=False)
         S = len(parts.suffix)
         owner = token_leaves(plan, tree.kept[:-S])
         ctx = owner >= 0
         counts = torch.bincount(owner[ctx], minlength=plan.num_leaves).float()
 
-        asked, background = (per_leaf(hm, plan, tree, suffix, bias, S, owner)
+        asked, background = (leaf_attention(hm.parts, plan, tree, torch.tensor(suffix), bias, cached_suffix=S)
                              for suffix in (parts.suffix, neutral.suffix))
         scores = {"sum": asked, "mean": asked / counts.clamp(min=1), "contrast": asked - background,
                   "ratio": asked / background.clamp(min=1e-6)}
-        copies = key_spans(hm.tokenizer, parts.context, sample.expected[0])
+        offsets = token_offsets(hm.tokenizer, sample.document, parts.context)
+        assert offsets is not None, "the probe needs a tokenizer with character offsets"
+        copies = [(t.start, t.stop) for t in value_token_spans(sample.document, offsets, sample.expected[0])]
         ranges = plan.leaf_ranges()
         key_leaves = sorted({i for lo, hi in copies for i, (a, b) in enumerate(ranges) if a <= lo < b})
         budget = hm.focus_budget - len(parts.prefix) - len(parts.suffix)

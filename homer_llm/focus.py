@@ -100,16 +100,20 @@ def leaf_attention(
     context: CompressedContext,
     suffix: torch.Tensor,
     bias: torch.Tensor | None,
+    cached_suffix: int | None = None,
 ) -> torch.Tensor:
     """How much attention the question read afresh gives each leaf: [N] float32.
 
     At every layer of the upper half, :func:`question_scores` are turned into a softmax over the
     cached tokens (prefix included); the shares of each leaf's surviving tokens are summed over
-    those layers.
+    those layers. ``cached_suffix``: as in :func:`question_scores` (another question after the
+    same cache).
     """
     upper = range(parts.num_layers // 2, parts.num_layers)
-    total = torch.softmax(question_scores(parts, plan, context, suffix, bias, upper), dim=1).sum(0)
-    owner = token_leaves(plan, context.kept[: -int(suffix.numel())])
+    S = int(suffix.numel()) if cached_suffix is None else cached_suffix
+    scores = question_scores(parts, plan, context, suffix, bias, upper, cached_suffix=S)
+    total = torch.softmax(scores, dim=1).sum(0)
+    owner = token_leaves(plan, context.kept[:-S])
     ctx = owner >= 0
     return torch.zeros(plan.num_leaves).index_add_(0, owner[ctx], total[ctx])
 

@@ -101,6 +101,8 @@ def test_leaf_attention_is_a_share_of_the_upper_layers(tiny_homer):
     torch.testing.assert_close(same, scores[-1:])
     other = question_scores(tiny_homer.parts, plan, context, suffix[:3], bias, [L - 1], cached_suffix=len(suffix))
     assert other.shape == same.shape and not torch.allclose(other, same)
+    torch.testing.assert_close(leaf_attention(tiny_homer.parts, plan, context, suffix, bias, cached_suffix=len(suffix)),
+                               attention)
     # a leaf with no token in the cache gets no attention
     owners = set(token_leaves(plan, context.kept).tolist()) - {-1}
     for leaf in set(range(plan.num_leaves)) - owners:

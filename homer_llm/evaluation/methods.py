@@ -107,6 +107,31 @@ class MethodResult:
     needle_kept: float | None = None
 
 
+def token_offsets(tokenizer, document: str, context_ids: tuple[int, ...]) -> tuple[list[int], list[int]] | None:
+    """Start and end character offsets of every token of ``context_ids`` (the tokenized ``document``);
+    None when the tokenizer gives no character offsets or re-tokenizes differently."""
+    try:
+        enc = tokenizer(document, add_special_tokens=False, return_offsets_mapping=True)
+    except (NotImplementedError, ValueError, TypeError):
+        return None
+    if tuple(enc["input_ids"]) != tuple(context_ids):
+        return None
+    return [a for a, _ in enc["offset_mapping"]], [b for _, b in enc["offset_mapping"]]
+
+
+def value_token_spans(document: str, offsets: tuple[list[int], list[int]], value: str) -> list[range]:
+    """Every occurrence of ``value`` in ``document`` as a whole word/number (not inside a longer
+    one), as the range of token indices overlapping it (``offsets`` from :func:`token_offsets`)."""
+    starts, ends = offsets
+    out = []
+    for match in re.finditer(rf"(?<![0-9A-Za-z]){re.escape(value)}(?![0-9A-Za-z])", document):
+        # tokens overlapping [match.start(), match.end()): offsets are sorted by position
+        tokens = range(bisect.bisect_right(ends, match.start()), bisect.bisect_left(starts, match.end()))
+        if len(tokens):
+            out.append(tokens)
+    return out
+
+
 def needle_kept(tokenizer, document: str, context_ids: tuple[int, ...], values, kept_ctx: set[int]) -> float | None:
     """Fraction of the answer's tokens kept: for every expected value, the best over its
     occurrences in ``document`` of (kept tokens / tokens overlapping it), averaged over values.
@@ -114,26 +139,12 @@ def needle_kept(tokenizer, document: str, context_ids: tuple[int, ...], values, 
     ``kept_ctx``: indices into ``context_ids`` (the tokenized document) that are in the cache.
     None when the tokenizer gives no character offsets or re-tokenizes differently.
     """
-    try:
-        enc = tokenizer(document, add_special_tokens=False, return_offsets_mapping=True)
-    except (NotImplementedError, ValueError, TypeError):
+    offsets = token_offsets(tokenizer, document, context_ids)
+    if offsets is None:
         return None
-    if tuple(enc["input_ids"]) != tuple(context_ids):
-        return None
-    starts = [a for a, _ in enc["offset_mapping"]]
-    ends = [b for _, b in enc["offset_mapping"]]
-    fractions = []
-    for value in values:
-        best = 0.0
-        # the value as a whole word/number (not inside a longer one)
-        for match in re.finditer(rf"(?<![0-9A-Za-z]){re.escape(value)}(?![0-9A-Za-z])", document):
-            # tokens overlapping [match.start(), match.end()): offsets are sorted by position
-            lo = bisect.bisect_right(ends, match.start())
-            hi = bisect.bisect_left(starts, match.end())
-            tokens = range(lo, hi)
-            if len(tokens):
-                best = max(best, sum(t in kept_ctx for t in tokens) / len(tokens))
-        fractions.append(best)
+    fractions = [max((sum(t in kept_ctx for t in tokens) / len(tokens)
+                      for tokens in value_token_spans(document, offsets, value)), default=0.0)
+                 for value in values]
     return sum(fractions) / len(fractions) if fractions else None
 
 
