@@ -419,6 +419,33 @@ if [[ $STAGE == 30j ]]; then
     --methods homer-focus,homer,homer-yarn,full,truncate,yarn,ntk,linear,bm25 --tasks passkey \
     --lengths 8k,16k,32k,64k --samples 20 --depths random --yarn-calibration-samples 2 --threads 1
 fi
+# Session 12 (stage 31): the RoPE cells at 4x on the drawn depths, as far as END allows (epoch
+#     seconds; default 135 minutes from the start; --resume keeps what ran): dynamic NTK on samples
+#     10-19 (stage 29n ran 0-9) in one 1-thread process; YaRN's three missing 2x samples (17-19),
+#     then YaRN at 4x from sample 0, in the other (each 32k sample is a plain 32k prefill, ~13 CPU
+#     minutes)
+if [[ $STAGE == 31 ]]; then
+  END=${END:-$(( $(date +%s) + 8100 ))}
+  cell() {  # $1 folder suffix, $2 method, $3 length, $4 first sample, $5 end sample
+    local left=$(( END - $(date +%s) )); (( left > 120 )) || return 0
+    "${S9[@]}" --out "$OUT-s12-$1" --methods "$2" --lengths "$3" --first-sample "$4" --samples "$5" \
+      --call-seconds 2400 --max-seconds $left
+  }
+  cell ntk32b ntk 32k 10 20 &
+  { cell yarn16c yarn 16k 17 20; cell yarn32 yarn 32k 0 20; } &
+  wait
+fi
+# 31o: (a third process; the YaRN 4x job of stage 31 was stopped as it began, to give it the CPU)
+#     HOMER with own-leaf merges (HomerConfig.merge_attention="own-leaf") on the drawn depths, 8x
+#     first, then 4x
+if [[ $STAGE == 31o ]]; then
+  END=${END:-$(( $(date +%s) + 8100 ))}
+  for L in 64k 32k; do
+    left=$(( END - $(date +%s) )); (( left > 120 )) || break
+    "${S9[@]}" --out "$OUT-s12-ownleaf" --methods homer-ownleaf --lengths $L --samples 20 --call-seconds 2400 \
+      --max-seconds $left
+  done
+fi
 # 3. more samples and the other tasks, as far as the budget goes
 if [[ $STAGE == 3 || $STAGE == all ]]; then
   "${EVAL[@]}" --tasks passkey,vartrack,multikey,multivalue,ppl --ppl-sink 0 \

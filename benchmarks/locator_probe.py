@@ -12,7 +12,13 @@ the leaves under several rules from that one tree:
 - ``mean``: the same per surviving token of the leaf;
 - ``contrast``: ``sum`` less the same sum for a neutral question ("What is the text about?",
   answer prefix "The text is about") read after the same cache: attention any question gives;
-- ``ratio``: ``sum`` over that neutral sum.
+- ``ratio``: ``sum`` over that neutral sum;
+- ``leaf-mass`` (session 12): inside each leaf's own pass, before any merge (so no sibling is
+  in the way), the share of the question's last-token attention (softmax of the max-over-heads
+  logits) on the leaf's context tokens rather than its prefix and suffix, averaged over the upper
+  half of the leaf's layers; ``leaf-last``: the same at the leaf's last layer only;
+- ``leaf-lse``: the logsumexp of the calibrated significance of the leaf's context tokens (the
+  pruning rule's scores), averaged over the same layers.
 
 Per sample: the leaves holding the key's copies, each leaf's surviving tokens, and per rule the
 rank of the best key leaf and whether the k chosen leaves' spans (with the margin, within the
@@ -29,12 +35,45 @@ from dataclasses import replace
 import torch
 from probe_samples import load_samples, sample_parser
 
-from homer_llm import HomerConfig
-from homer_llm.engine import compress
+from homer_llm import HomerConfig, compat
+from homer_llm.engine import TreePass
 from homer_llm.evaluation.methods import build_parts, token_offsets, value_token_spans
 from homer_llm.focus import choose_leaves, focus_spans, leaf_attention, token_leaves
+from homer_llm.significance import calibrated_scores, last_query_logits
 
-RULES = ("sum", "mean", "contrast", "ratio")
+RULES = ("sum", "mean", "contrast", "ratio", "leaf-mass", "leaf-last", "leaf-lse")
+
+
+class RecordingPass(TreePass):
+    """The engine's tree pass, recording per leaf and layer the question's attention inside the leaf."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.records: dict[tuple[int, int], tuple[float, float]] = {}  # (leaf, layer) -> (mass, lse)
+
+    def observe(self, node, index, hidden_last, kv, state, pos_emb) -> None:
+        if node.left is not None:
+            return
+        cos, sin = pos_emb
+        query = compat.last_query(self.parts, index, hidden_last, (cos[:, -1:], sin[:, -1:]))
+        logits = last_query_logits(query, kv[0], compat.attention_scaling(self.parts, index))
+        body = slice(state.prefix_len, state.length - state.suffix_len)
+        mass = float(torch.softmax(logits, 0)[body].sum())
+        scores = calibrated_scores(logits, state.positions, self.plan.next_position - 1,
+                                   None if self.bias is None else self.bias[index])
+        self.records[(node.leaf_start, index)] = (mass, float(torch.logsumexp(scores[body], 0)))
+
+    def leaf_rules(self) -> dict[str, torch.Tensor]:
+        """[N] per rule: leaf-mass and leaf-lse over the upper half of each leaf's layers, leaf-last."""
+        leaves = sorted({leaf for leaf, _ in self.records})
+        out = {"leaf-mass": [], "leaf-last": [], "leaf-lse": []}
+        for leaf in leaves:
+            layers = sorted(layer for other, layer in self.records if other == leaf)
+            upper = layers[len(layers) // 2:]
+            out["leaf-mass"].append(sum(self.records[(leaf, i)][0] for i in upper) / len(upper))
+            out["leaf-lse"].append(sum(self.records[(leaf, i)][1] for i in upper) / len(upper))
+            out["leaf-last"].append(self.records[(leaf, layers[-1])][0])
+        return {name: torch.tensor(values) for name, values in out.items()}
 
 
 def main() -> None:
@@ -51,7 +90,9 @@ def main() -> None:
                                                     answer_prefix="The text is about"))
         assert neutral.prefix == parts.prefix and neutral.context == parts.context
         plan = hm.plan(parts)
-        tree = compress(hm.parts, plan, torch.tensor(parts.ids), bias=bias, reread_suffix=False)
+        tree_pass = RecordingPass(hm.parts, plan, torch.tensor(parts.ids), bias, None, None)
+        with torch.inference_mode():
+            tree = tree_pass.finish(time.perf_counter())
         S = len(parts.suffix)
         owner = token_leaves(plan, tree.kept[:-S])
         ctx = owner >= 0
@@ -60,7 +101,7 @@ def main() -> None:
         asked, background = (leaf_attention(hm.parts, plan, tree, torch.tensor(suffix), bias, cached_suffix=S)
                              for suffix in (parts.suffix, neutral.suffix))
         scores = {"sum": asked, "mean": asked / counts.clamp(min=1), "contrast": asked - background,
-                  "ratio": asked / background.clamp(min=1e-6)}
+                  "ratio": asked / background.clamp(min=1e-6), **tree_pass.leaf_rules()}
         offsets = token_offsets(hm.tokenizer, sample.document, parts.context)
         assert offsets is not None, "the probe needs a tokenizer with character offsets"
         copies = [(t.start, t.stop) for t in value_token_spans(sample.document, offsets, sample.expected[0])]
@@ -80,6 +121,8 @@ def main() -> None:
               + "\n  ".join(cells), flush=True)
         print("  sum " + str([round(float(x), 2) for x in asked]) + "\n  neutral "
               + str([round(float(x), 2) for x in background]), flush=True)
+        for name in ("leaf-mass", "leaf-lse"):
+            print(f"  {name} " + str([round(float(x), 3) for x in scores[name]]), flush=True)
 
 
 if __name__ == "__main__":

@@ -205,9 +205,21 @@ def attention_mask(
         return None
     kv_len = past_len + q_len
     allowed = torch.arange(kv_len, device=device)[None, :] <= (torch.arange(q_len, device=device)[:, None] + past_len)
+    return mask_from_allowed(parts, allowed, dtype)
+
+
+def mask_from_allowed(parts: ModelParts, allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """A [q, kv] boolean "may attend" matrix as the layers' attention implementation takes a mask.
+
+    sdpa takes it as is ([1, 1, q, kv] bool), eager as an additive float mask; flash-attn takes no
+    arbitrary mask (TypeError, with the implementation named).
+    """
+    impl = parts.attn_implementation
     if impl == "sdpa":
         return allowed[None, None]
-    mask = torch.zeros(q_len, kv_len, dtype=dtype, device=device)
+    if impl != "eager":
+        raise TypeError(f"an arbitrary attention mask needs sdpa or eager attention, not {impl!r}")
+    mask = torch.zeros(allowed.shape, dtype=dtype, device=allowed.device)
     mask.masked_fill_(~allowed, torch.finfo(dtype).min)
     return mask[None, None]
 

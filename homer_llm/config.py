@@ -15,6 +15,10 @@ PruneUnit = Literal["token", "word"]
 PRUNE_UNITS: tuple[str, ...] = ("token", "word")
 RopeScaling = Literal["yarn", "linear"]
 ROPE_SCALINGS: tuple[str, ...] = ("yarn", "linear")
+MergeAttention = Literal["causal", "own-leaf"]
+MERGE_ATTENTIONS: tuple[str, ...] = ("causal", "own-leaf")
+FocusLocator = Literal["tree", "leaf"]
+FOCUS_LOCATORS: tuple[str, ...] = ("tree", "leaf")
 
 
 @dataclass(frozen=True)
@@ -60,6 +64,17 @@ class HomerConfig:
             chosen leaf, as far as the budget above allows (default 256). A leaf boundary is an
             arbitrary cut: the sentence the question is about can start in one leaf and end in
             the next, and the leaf that draws the attention may hold only its second half.
+        focus_locator: how focus ranks the leaves. "tree" (default): by the attention the question,
+            read afresh after the whole pruned tree, gives each leaf's surviving tokens (above).
+            "leaf" (``focus.leaf_relevance``): inside each leaf's own pass, before any merge, by
+            the logsumexp of the question's significance of the leaf's tokens over the upper half
+            of the leaf's layers; the merges are not run at all, so locating costs the leaves only.
+        merge_attention: who attends to whom in the layers of merged nodes. "causal" (default,
+            HOMER as published): every token attends to all tokens before it, so a right child's
+            tokens also read the left child's, which carry the same position ids. "own-leaf"
+            (``engine.TreePass.node_mask``): a context token attends only to the prefix and to
+            its own leaf's surviving tokens, as it did inside its leaf; the suffix (the question)
+            still reads everything, so pruning and the answer see the whole document.
     """
 
     chunk_len: int | None = None
@@ -74,6 +89,8 @@ class HomerConfig:
     rope_factor: float = 2.0
     focus_leaves: int = 0
     focus_margin: int = 256
+    focus_locator: FocusLocator = "tree"
+    merge_attention: MergeAttention = "causal"
 
     def __post_init__(self) -> None:
         for name in ("chunk_len", "cache_len", "warmup_layers"):
@@ -112,6 +129,11 @@ class HomerConfig:
             raise TypeError(f"HomerConfig.focus_margin must be an int, got {self.focus_margin!r}")
         if self.focus_margin < 0:
             raise ValueError(f"HomerConfig.focus_margin must be >= 0, got {self.focus_margin}")
+        if self.focus_locator not in FOCUS_LOCATORS:
+            raise ValueError(f"HomerConfig.focus_locator must be one of {FOCUS_LOCATORS}, got {self.focus_locator!r}")
+        if self.merge_attention not in MERGE_ATTENTIONS:
+            raise ValueError(f"HomerConfig.merge_attention must be one of {MERGE_ATTENTIONS}, "
+                             f"got {self.merge_attention!r}")
         if self.rope_scaling is not None and not self.rope_factor > 1.0:
             raise ValueError(f"HomerConfig.rope_factor must be > 1 with rope_scaling, got {self.rope_factor}")
 

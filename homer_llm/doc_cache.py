@@ -137,8 +137,18 @@ def model_identity(engine: Any) -> dict[str, Any]:
         "dtype": str(param.dtype),
         "device": param.device.type,
         "attn": engine.parts.attn_implementation,
-        "homer": asdict(engine.homer),
+        "homer": _homer_key(engine.homer),
     }
+
+
+def _homer_key(homer: Any) -> dict[str, Any]:
+    """The HOMER config in a cache key; fields added in session 12 only when not their default,
+    so entries written before they existed stay hits."""
+    out = asdict(homer)
+    for name, default in (("merge_attention", "causal"), ("focus_locator", "tree")):
+        if out.get(name) == default:
+            del out[name]
+    return out
 
 
 def make_key(

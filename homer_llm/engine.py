@@ -82,7 +82,8 @@ class TreePass:
 
     Extension point: a subclass may override :meth:`leaf` to produce a leaf's pruned state some
     other way (``homer_llm.reuse`` rebuilds leaves from cached question-independent states); the
-    merge order, the upper levels and the memory accounting stay the engine's.
+    merge order, the upper levels and the memory accounting stay the engine's. :meth:`observe`
+    sees every layer pass (probes record the question's attention inside each leaf with it).
     """
 
     def __init__(
@@ -95,10 +96,13 @@ class TreePass:
         progress: Progress | None,
         spans: torch.Tensor | None = None,
         reread: bool = False,
+        own_leaf: bool = False,
     ) -> None:
         """``spans``: [P + C + S] word-span id of every prompt token (``homer_llm.spans``), or None
-        to prune token by token. ``reread``: read the suffix afresh after the tree (see :meth:`finish`)."""
-        self.parts, self.plan, self.ids, self.reread = parts, plan, ids, reread
+        to prune token by token. ``reread``: read the suffix afresh after the tree (see :meth:`finish`).
+        ``own_leaf``: in merged nodes, context tokens attend only to the prefix and their own leaf
+        (see :meth:`node_mask`)."""
+        self.parts, self.plan, self.ids, self.reread, self.own_leaf = parts, plan, ids, reread, own_leaf
         self.bias, self.random_generator, self.progress = bias, random_generator, progress
         if spans is not None and spans.shape != ids.shape:
             raise ValueError(f"spans must have the shape of ids {tuple(ids.shape)}, got {tuple(spans.shape)}")
@@ -172,21 +176,50 @@ class TreePass:
 
     def run_layers(self, state: ChunkState, node: Node) -> ChunkState:
         parts = self.parts
-        n = state.length
-        mask = compat.attention_mask(parts, n, 0, state.hidden.dtype, state.hidden.device)
+        mask = self.node_mask(state, node)
         pos_emb = compat.position_embeddings(parts, state.hidden, state.positions)
         last = node.layer_end - 1
         hidden_last = None
         for index in range(node.layer_start, node.layer_end):
+            hidden_in = state.hidden[:, -1:]
             if index == last:
-                hidden_last = state.hidden[:, -1:]
+                hidden_last = hidden_in
             hidden, kv = compat.run_layer(parts, index, state.hidden, pos_emb, mask)
+            self.observe(node, index, hidden_in, kv, state, pos_emb)
             state = state.with_layer(hidden, kv)
             self.done += 1
             if self.progress is not None:
                 self.progress(self.done, self.total)
         self.note_live(state)
         return self.prune_node(state, node, hidden_last, pos_emb)
+
+    def node_mask(self, state: ChunkState, node: Node) -> torch.Tensor | None:
+        """The attention mask of ``node``'s layers over ``state``'s tokens.
+
+        Causal in sequence order (HOMER as published). With ``own_leaf``, in a merged node a
+        context token attends only to the prefix and to the surviving tokens of its own leaf; the
+        suffix still attends to everything before it. Why: after a merge the right child's tokens
+        follow the left child's, which carry the same position ids; on the default model the
+        answers were much worse when the needle sat in a right child (benchmarks/merge_mask_probe.py).
+        """
+        parts, n = self.parts, state.length
+        if not self.own_leaf or node.is_leaf:
+            return compat.attention_mask(parts, n, 0, state.hidden.dtype, state.hidden.device)
+        if state.origin is None:
+            raise RuntimeError("own-leaf merge attention needs the tokens' origins (ChunkState.origin)")
+        owner = token_owners(self.plan, state.origin.cpu())
+        allowed = torch.ones(n, n, dtype=torch.bool).tril_()
+        allowed &= (owner[None, :] == -1) | (owner[None, :] == owner[:, None]) | (owner[:, None] == -2)
+        return compat.mask_from_allowed(parts, allowed.to(state.hidden.device), state.hidden.dtype)
+
+    def observe(
+        self, node: Node, index: int, hidden_last: torch.Tensor, kv: compat.KV, state: ChunkState, pos_emb: compat.KV
+    ) -> None:
+        """Called after each layer pass of every node; does nothing here (an extension point for probes).
+
+        ``hidden_last``: [1, 1, hidden] the last (suffix) token's input to layer ``index``; ``kv``: that
+        layer's (K, V) for all of ``state``'s tokens; ``state``: the node before the layer.
+        """
 
     def prune_node(self, state: ChunkState, node: Node, hidden_last: torch.Tensor, pos_emb: compat.KV) -> ChunkState:
         """Cut ``state`` (after ``node``'s last layer) to the node's target length."""
@@ -214,6 +247,14 @@ class TreePass:
         # The last token of every node is the last suffix token: its id is known without a host sync.
         query_position = self.plan.next_position - 1
         return calibrated_scores(logits, state.positions, query_position, bias_row)
+
+
+def token_owners(plan: Plan, origin: torch.Tensor) -> torch.Tensor:
+    """Leaf index of every token from its prompt index ([n] long -> [n] long): -1 prefix, -2 suffix."""
+    P, C = plan.prefix_len, plan.context_len
+    ends = torch.tensor([hi for _, hi in plan.leaf_ranges()], dtype=torch.long)
+    leaf = torch.searchsorted(ends, origin - P, right=True)
+    return torch.where(origin < P, -1, torch.where(origin >= P + C, -2, leaf))
 
 
 def drop_last(kv: tuple[compat.KV, ...], n: int) -> tuple[compat.KV, ...]:
@@ -274,6 +315,7 @@ def compress(
     progress: Progress | None = None,
     spans: torch.Tensor | None = None,
     reread_suffix: bool = False,
+    own_leaf: bool = False,
 ) -> CompressedContext:
     """Run HOMER over ``ids`` ([P + C + S] long, prefix + context + suffix) following ``plan``.
 
@@ -284,6 +326,8 @@ def compress(
         spans: [P + C + S] word-span ids (``homer_llm.spans.word_spans``): prune whole words.
         reread_suffix: with more than one leaf, replace the root's averaged suffix by the suffix
             read afresh after the pruned cache (:func:`reread_suffix`); False is HOMER as published.
+        own_leaf: in merged nodes, context tokens attend only to the prefix and their own leaf
+            (:meth:`TreePass.node_mask`); False is HOMER as published.
     """
     if ids.dim() != 1:
         raise ValueError(f"HOMER runs batch 1: expected a 1-D id tensor, got shape {tuple(ids.shape)}")
@@ -291,4 +335,5 @@ def compress(
     if ids.numel() != expected:
         raise ValueError(f"plan is for {expected} tokens, got {ids.numel()}")
     start = time.perf_counter()
-    return TreePass(parts, plan, ids, bias, random_generator, progress, spans, reread_suffix).finish(start)
+    return TreePass(parts, plan, ids, bias, random_generator, progress, spans, reread_suffix,
+                    own_leaf).finish(start)

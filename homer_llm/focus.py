@@ -20,10 +20,11 @@ from collections.abc import Sequence
 import torch
 
 from . import compat
-from .engine import CompressedContext, drop_last
+from .engine import CompressedContext, Progress, TreePass, drop_last
 from .prompt import PromptParts
-from .schedule import Plan
+from .schedule import Node, Plan
 from .significance import calibrated_scores, last_query_logits
+from .state import ChunkState
 
 
 def cache_positions(plan: Plan, kept: torch.Tensor) -> torch.Tensor:
@@ -116,6 +117,53 @@ def leaf_attention(
     owner = token_leaves(plan, context.kept[:-S])
     ctx = owner >= 0
     return torch.zeros(plan.num_leaves).index_add_(0, owner[ctx], total[ctx])
+
+
+class _LeafLocator(TreePass):
+    """Runs only the leaves of the tree, recording how strongly the question points into each."""
+
+    def __init__(self, parts: compat.ModelParts, plan: Plan, ids: torch.Tensor, bias: torch.Tensor | None,
+                 progress: Progress | None) -> None:
+        super().__init__(parts, plan, ids, bias, None, progress)
+        self.leaf_nodes = [node for node in plan.nodes() if node.is_leaf]
+        self.total = plan.leaf_passes
+        self.sums = torch.zeros(plan.num_leaves, dtype=torch.float64)
+        self.counts = torch.zeros(plan.num_leaves, dtype=torch.long)
+
+    def observe(self, node: Node, index: int, hidden_last: torch.Tensor, kv: compat.KV, state: ChunkState,
+                pos_emb: compat.KV) -> None:
+        if index < node.layer_end // 2:  # the upper half of the leaf's layers only
+            return
+        cos, sin = pos_emb
+        query = compat.last_query(self.parts, index, hidden_last, (cos[:, -1:], sin[:, -1:]))
+        logits = last_query_logits(query, kv[0], compat.attention_scaling(self.parts, index))
+        scores = calibrated_scores(logits, state.positions, self.plan.next_position - 1,
+                                   None if self.bias is None else self.bias[index])
+        body = scores[state.prefix_len : state.length - state.suffix_len]
+        self.sums[node.leaf_start] += float(torch.logsumexp(body, 0))
+        self.counts[node.leaf_start] += 1
+
+    def relevance(self) -> torch.Tensor:
+        for node in self.leaf_nodes:
+            self.run_layers(self.leaf_input(node), node)
+        return (self.sums / self.counts.clamp(min=1)).float()
+
+
+@torch.inference_mode()
+def leaf_relevance(parts: compat.ModelParts, plan: Plan, ids: torch.Tensor, bias: torch.Tensor | None,
+                   progress: Progress | None = None) -> torch.Tensor:
+    """How strongly the question points into each leaf, read inside the leaf itself: [N] float32.
+
+    Every leaf ``p + x_i + s`` of ``plan`` (``ids``: [P + C + S] long) runs through its own layers
+    as in HOMER's tree (no merges are run); at each layer of the upper half of those, the question's
+    last token scores the leaf's context tokens by the pruning rule (max over heads of the logit,
+    less the calibration bias at that distance; ``bias`` None: uncalibrated), and the leaf gets the
+    logsumexp of those scores, averaged over the layers. Every leaf has the same prefix and suffix
+    at the same position ids and no sibling before it, so the numbers compare across leaves; the
+    tree's own attention after merges favours the first leaves of each subtree (README, Limits).
+    ``progress(done, total)`` counts the leaves' layer passes.
+    """
+    return _LeafLocator(parts, plan, ids, bias, progress).relevance()
 
 
 def choose_leaves(plan: Plan, attention: torch.Tensor, k: int, budget: int) -> list[int]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -21,7 +22,7 @@ from . import compat
 from .calibration import get_bias
 from .config import GenerationConfig, HomerConfig
 from .engine import CompressedContext, Progress, compress
-from .focus import choose_leaves, focus_spans, focused_parts, leaf_attention
+from .focus import choose_leaves, focus_spans, focused_parts, leaf_attention, leaf_relevance
 from .generation import Generation, TextStream, generate
 from .prompt import PromptParts, split_chat, split_text
 from .schedule import Plan, make_plan
@@ -301,16 +302,24 @@ class HomerModel:
         if focus and progress is not None:
             report = progress
 
-            def tree_progress(done: int, total: int) -> None:  # one count: the tree, then the plain read
+            def tree_progress(done: int, total: int) -> None:  # one count: the locator, then the plain read
                 report(done, total + self.parts.num_layers)
 
         with self.lock:
             try:
+                if focus and self.homer.focus_locator == "leaf":
+                    started = time.perf_counter()
+                    relevance = leaf_relevance(self.parts, plan, ids, bias, tree_progress)
+                    return self._focus(parts, plan, relevance, time.perf_counter() - started, progress)
                 # focus reads the question afresh itself (focus.question_scores): no reread pass here
                 context = compress(self.parts, plan, ids, bias=bias, random_generator=gen, progress=tree_progress,
-                                   spans=spans, reread_suffix=self.homer.reread_suffix and not focus)
+                                   spans=spans, reread_suffix=self.homer.reread_suffix and not focus,
+                                   own_leaf=self.homer.merge_attention == "own-leaf")
                 if focus:
-                    context = self._focus(parts, plan, context, bias, progress)
+                    suffix = torch.tensor(parts.suffix, dtype=torch.long)
+                    attention = leaf_attention(self.parts, plan, context, suffix, bias)
+                    return self._focus(parts, plan, attention, context.stats.seconds, progress,
+                                       context.stats.peak_kv_bytes)
                 return context
             except torch.OutOfMemoryError as err:
                 if torch.cuda.is_available():
@@ -326,13 +335,12 @@ class HomerModel:
         what HOMER itself leaves free for the answer (window - chunk_len)."""
         return self.parts.window - (self.parts.window - self.chunk_len) // 2
 
-    def _focus(self, parts: PromptParts, plan: Plan, tree: CompressedContext, bias: torch.Tensor | None,
-               progress: Progress | None = None) -> CompressedContext:
-        """The plain read of the leaves the tree points to (``homer_llm.focus``); caller holds the lock.
+    def _focus(self, parts: PromptParts, plan: Plan, attention: torch.Tensor, located_in: float,
+               progress: Progress | None = None, peak_kv_bytes: int = 0) -> CompressedContext:
+        """The plain read of the leaves ranked first by ``attention`` ([N], ``homer_llm.focus``);
+        caller holds the lock. ``located_in``: seconds the locator took; ``peak_kv_bytes``: its K/V peak.
 
-        ``progress`` continues the tree's count: its layer passes, then the plain read's L."""
-        suffix = torch.tensor(parts.suffix, dtype=torch.long)
-        attention = leaf_attention(self.parts, plan, tree, suffix, bias)
+        ``progress`` continues the locator's count: its layer passes, then the plain read's L."""
         budget = self.focus_budget - len(parts.prefix) - len(parts.suffix)
         leaves = choose_leaves(plan, attention, self.homer.focus_leaves, budget)
         spans = focus_spans(plan, leaves, self.homer.focus_margin, budget)
@@ -341,13 +349,12 @@ class HomerModel:
                     plan.num_leaves, [round(float(attention[i]), 3) for i in leaves], spans, len(focused))
         one = make_plan(len(focused.prefix), len(focused.context), len(focused.suffix), chunk_len=len(focused),
                         cache_len=len(focused), num_layers=self.parts.num_layers, warmup_layers=0)
-        done = plan.layer_passes
+        done = plan.layer_passes if self.homer.focus_locator == "tree" else plan.leaf_passes
         plain = compress(self.parts, one, torch.tensor(focused.ids, dtype=torch.long),
                          progress=None if progress is None else lambda d, t: progress(done + d, done + t))
-        stats = replace(plain.stats, input_tokens=tree.stats.input_tokens, tree_height=tree.stats.tree_height,
-                        num_leaves=tree.stats.num_leaves,
-                        peak_kv_bytes=max(tree.stats.peak_kv_bytes, plain.stats.peak_kv_bytes),
-                        seconds=tree.stats.seconds + plain.stats.seconds)
+        stats = replace(plain.stats, input_tokens=len(parts), tree_height=plan.height, num_leaves=plan.num_leaves,
+                        peak_kv_bytes=max(peak_kv_bytes, plain.stats.peak_kv_bytes),
+                        seconds=located_in + plain.stats.seconds)
         assert plain.kept is not None  # the engine tracks every token's origin
         return CompressedContext(plain.kv, plain.next_position, plain.last_logits, stats, index[plain.kept.cpu()])
 

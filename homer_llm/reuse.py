@@ -223,7 +223,8 @@ class _ReusePass(TreePass):
 
     def __init__(self, engine: Any, plan: Plan, ids: torch.Tensor, leaves: LeafStates, progress: Progress | None):
         super().__init__(engine.parts, plan, ids, _bias_for(engine, plan), _generator_for(engine), progress,
-                         engine.spans_for(ids), engine.homer.reread_suffix)
+                         engine.spans_for(ids), engine.homer.reread_suffix,
+                         engine.homer.merge_attention == "own-leaf")
         self.leaves = leaves
         self.leaf_index = {node.leaf_start: j for j, node in enumerate(_leaf_nodes(plan))}
 
@@ -296,4 +297,4 @@ def compress_with_budget(
     with engine.lock:
         return compress(engine.parts, plan, ids, bias=_bias_for(engine, plan),
                         random_generator=_generator_for(engine), progress=progress, spans=engine.spans_for(ids),
-                        reread_suffix=engine.homer.reread_suffix)
+                        reread_suffix=engine.homer.reread_suffix, own_leaf=engine.homer.merge_attention == "own-leaf")

@@ -79,6 +79,11 @@ class Plan:
         return sum(node.layer_end - node.layer_start for node in self.nodes())
 
     @property
+    def leaf_passes(self) -> int:
+        """Decoder-layer passes of the leaves alone (what focus's leaf locator runs)."""
+        return sum(node.layer_end - node.layer_start for node in self.nodes() if node.is_leaf)
+
+    @property
     def final_len(self) -> int:
         return self.prefix_len + self.root.keep_ctx + self.suffix_len
 

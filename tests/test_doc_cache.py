@@ -330,6 +330,17 @@ def test_key_depends_on_what_changes_the_states(tokenizer):
                 make_key(a, p, x, s, mode="agnostic"), make_key(a, p, x, None, mode="leaf"),
                 make_key(a, p, x, None, mode="agnostic", namespace="t2"),
                 make_key(d, p, x, None, mode="agnostic")}) == 9
+    e = HomerModel(a.model, tokenizer, name="m", homer=HomerConfig(merge_attention="own-leaf"))
+    assert make_key(e, p, x, None, mode="agnostic") != base
+
+
+def test_default_merge_attention_leaves_keys_as_before_it_existed(tokenizer):
+    """A config field added with its default must not turn every stored entry into a miss."""
+    from tiny import tiny_model
+
+    a = HomerModel(tiny_model("llama", vocab=len(tokenizer)), tokenizer, name="m")
+    identity = doc_cache.model_identity(a)["homer"]
+    assert "merge_attention" not in identity and "focus_margin" in identity
 
 
 # ---------------------------------------------------------------------------------------- reuse modes

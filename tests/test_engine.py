@@ -59,12 +59,15 @@ def test_one_chunk_generation_equals_plain_generate(arch, tokenizer):
     assert list(out.token_ids) == ref[0, len(parts.ids):].tolist()
 
 
-def _reference_homer(model, ids: torch.Tensor, P: int, S: int, M: int, W: int, bias: torch.Tensor | None):
+def _reference_homer(model, ids: torch.Tensor, P: int, S: int, M: int, W: int, bias: torch.Tensor | None,
+                     own_leaf: bool = False):
     """A slow, breadth-first HOMER written from HOMER.md alone, sharing no code with the engine.
 
     Level by level: all nodes of a level run their layers, then are pruned, then siblings merge.
     K/V are captured through a real DynamicCache, masks are explicit, queries are formed from the
     full projection of every token, GQA through repeat_interleave, pruning by a full sort.
+    ``own_leaf``: above the leaves, a context token attends only to the prefix and its own leaf's
+    tokens (HomerConfig.merge_attention="own-leaf"); the suffix to everything before it.
     Returns (per-layer (K, V), last-token logits).
     """
     inner, config = model.model, model.config
@@ -84,10 +87,11 @@ def _reference_homer(model, ids: torch.Tensor, P: int, S: int, M: int, W: int, b
 
     # node = dict(h, pos, kv (list), nat (natural ctx size))
     nodes, start = [], 0
-    for size in sizes:
+    for i, size in enumerate(sizes):
         tok = torch.cat([prefix, context[start : start + size], suffix])
         pos = list(range(P + size)) + list(range(P + nominal, P + nominal + S))
-        nodes.append({"h": inner.embed_tokens(tok[None]), "pos": pos, "kv": [], "nat": size})
+        owner = [-1] * P + [i] * size + [-2] * S
+        nodes.append({"h": inner.embed_tokens(tok[None]), "pos": pos, "kv": [], "nat": size, "own": owner})
         start += size
 
     def keeps(level_nodes, is_root):
@@ -108,7 +112,14 @@ def _reference_homer(model, ids: torch.Tensor, P: int, S: int, M: int, W: int, b
             n = len(node["pos"])
             pos_t = torch.tensor(node["pos"])[None]
             cos, sin = inner.rotary_emb(node["h"], position_ids=pos_t)
-            mask = torch.full((n, n), float("-inf")).triu(1)[None, None]
+            mask = torch.full((n, n), float("-inf")).triu(1)
+            if own_leaf and level > 0:
+                own = node["own"]
+                for i in range(n):
+                    for j in range(i):
+                        if not (own[j] == -1 or own[j] == own[i] or own[i] == -2):
+                            mask[i, j] = float("-inf")
+            mask = mask[None, None]
             for layer_idx in range(lo, hi):
                 layer = inner.layers[layer_idx]
                 h_in = node["h"]
@@ -142,6 +153,7 @@ def _reference_homer(model, ids: torch.Tensor, P: int, S: int, M: int, W: int, b
             idx = torch.tensor(kept)
             node["h"] = node["h"][:, idx]
             node["pos"] = [node["pos"][i] for i in kept]
+            node["own"] = [node["own"][i] for i in kept]
             node["kv"] = [(k[:, :, idx], v[:, :, idx]) for k, v in node["kv"]]
         if level == H:
             break
@@ -160,6 +172,7 @@ def _reference_homer(model, ids: torch.Tensor, P: int, S: int, M: int, W: int, b
                 "pos": a_["pos"][:P] + a_["pos"][P:-S] + b_["pos"][P:-S] + a_["pos"][-S:],
                 "kv": [(cat(ka, kb, 2), cat(va, vb, 2)) for (ka, va), (kb, vb) in zip(a_["kv"], b_["kv"], strict=True)],
                 "nat": a_["nat"] + b_["nat"],
+                "own": a_["own"][:P] + a_["own"][P:-S] + b_["own"][P:-S] + a_["own"][-S:],
             })
         nodes = merged
     root = nodes[0]
@@ -171,16 +184,45 @@ def _reference_homer(model, ids: torch.Tensor, P: int, S: int, M: int, W: int, b
 @pytest.mark.parametrize("calibrated", [False, True])
 @pytest.mark.parametrize("arch", ["llama", "qwen3"])
 def test_engine_equals_slow_reference(context_len, leaves, calibrated, arch):
-    model = tiny_model(arch, vocab=VOCAB, window=256)
+    _check_against_reference(context_len, leaves, calibrated, arch, own_leaf=False)
+
+
+@pytest.mark.parametrize("context_len,leaves", [(200, 2), (400, 4)])
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_own_leaf_merges_equal_slow_reference(context_len, leaves, attn):
+    _check_against_reference(context_len, leaves, True, "llama", own_leaf=True, attn=attn)
+
+
+def test_own_leaf_keeps_left_children_and_changes_right_ones():
+    """Two leaves, the root prunes nothing: the left child's tokens saw only their own leaf anyway,
+    so own-leaf leaves their root-layer keys unchanged and changes the right child's."""
+    model = tiny_model("llama", vocab=VOCAB, window=256)
+    parts = compat.model_parts(model)
+    P, S, C = 6, 5, 200
+    ids = _ids(P + C + S, seed=3)
+    plan = make_plan(P, C, S, chunk_len=128, cache_len=128, num_layers=6, warmup_layers=2)
+    a, b = compress(parts, plan, ids), compress(parts, plan, ids, own_leaf=True)
+    assert torch.equal(a.kept, b.kept)
+    left_end = P + plan.leaf_ranges()[0][1]
+    left = (a.kept >= P) & (a.kept < left_end)
+    right = (a.kept >= left_end) & (a.kept < P + C)
+    assert left.sum() > 0 and right.sum() > 0
+    top = a.kv[-1][0]
+    torch.testing.assert_close(top[:, :, left], b.kv[-1][0][:, :, left], atol=1e-6, rtol=1e-5)
+    assert not torch.allclose(top[:, :, right], b.kv[-1][0][:, :, right], atol=1e-4)
+
+
+def _check_against_reference(context_len, leaves, calibrated, arch, *, own_leaf, attn="sdpa"):
+    model = tiny_model(arch, attn=attn, vocab=VOCAB, window=256)
     parts = compat.model_parts(model)
     P, S, M, W = 6, 5, 128, 2
     ids = _ids(P + context_len + S, seed=context_len)
     bias = torch.linspace(0, 3, M).repeat(6, 1) if calibrated else None
     plan = make_plan(P, context_len, S, chunk_len=M, cache_len=M, num_layers=6, warmup_layers=W)
     assert plan.num_leaves == leaves
-    ctx = compress(parts, plan, ids, bias=bias)
+    ctx = compress(parts, plan, ids, bias=bias, own_leaf=own_leaf)
     with torch.no_grad():
-        ref_kv, ref_logits = _reference_homer(model, ids, P, S, M, W, bias)
+        ref_kv, ref_logits = _reference_homer(model, ids, P, S, M, W, bias, own_leaf=own_leaf)
     assert ctx.cache_tokens == ref_kv[0][0].shape[2] == M
     for (k, v), (rk, rv) in zip(ctx.kv, ref_kv, strict=True):
         torch.testing.assert_close(k, rk, atol=1e-5, rtol=1e-4)
@@ -412,3 +454,36 @@ def test_no_deprecated_cache_keyword_reaches_transformers(arch):
         with torch.no_grad():
             out = model(_ids(8)[None], use_cache=True)
             model(_ids(1)[None], use_cache=True, **compat.cache_kwargs(model, compat.output_cache(out)))
+
+
+@pytest.mark.parametrize("value", ["own_leaf", "full", None])
+def test_bad_merge_attention(value):
+    from homer_llm import HomerConfig
+
+    with pytest.raises(ValueError, match="merge_attention"):
+        HomerConfig(merge_attention=value)
+
+
+def test_model_with_own_leaf_merges_runs_the_own_leaf_tree(tokenizer):
+    """HomerConfig(merge_attention="own-leaf") reaches the engine: the model's cache is the engine's
+    own-leaf tree, not the causal one."""
+    from homer_llm import HomerConfig, HomerModel
+
+    model = tiny_model("llama", vocab=len(tokenizer))
+    homer = HomerConfig(calibration_samples=1)
+    causal = HomerModel(model, tokenizer, name="t", homer=homer)
+    own = HomerModel(model, tokenizer, name="t", homer=HomerConfig(calibration_samples=1, merge_attention="own-leaf"))
+    parts = causal.prepare_question("the box holds seven coins. " * 20, "How many coins?")
+    plan = causal.plan(parts)
+    assert plan.num_leaves > 1
+    a, b = causal.compress(parts), own.compress(parts)
+    ref = compress(own.parts, plan, torch.tensor(parts.ids), bias=own.bias_table(), reread_suffix=True, own_leaf=True)
+    torch.testing.assert_close(b.last_logits, ref.last_logits)
+    assert not torch.allclose(a.last_logits, b.last_logits)
+
+
+def test_arbitrary_masks_refused_for_flash_attention():
+    parts = compat.model_parts(tiny_model("llama", vocab=VOCAB))
+    flash = type(parts)(**{**parts.__dict__, "attn_implementation": "flash_attention_2"})
+    with pytest.raises(TypeError, match="flash_attention_2"):
+        compat.mask_from_allowed(flash, torch.ones(3, 3, dtype=torch.bool), torch.float32)

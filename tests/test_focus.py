@@ -14,6 +14,7 @@ from homer_llm.focus import (
     focus_spans,
     focused_parts,
     leaf_attention,
+    leaf_relevance,
     question_scores,
     token_leaves,
 )
@@ -171,3 +172,77 @@ def test_bad_focus_leaves(value, exc):
         HomerConfig(focus_leaves=value)
     with pytest.raises(exc, match="focus_margin"):
         HomerConfig(focus_margin=value)
+
+
+def _relevance_by_hand(hm, plan, ids, bias):
+    """leaf_relevance written out with compat calls: each leaf alone, its upper-half layers' logsumexp."""
+    from homer_llm import compat
+    from homer_llm.significance import calibrated_scores, last_query_logits
+
+    P, C, S = plan.prefix_len, plan.context_len, plan.suffix_len
+    out = []
+    for leaf, (lo, hi) in enumerate(plan.leaf_ranges()):
+        leaf_ids = torch.cat([ids[:P], ids[P + lo : P + hi], ids[P + C :]])
+        pos = torch.cat([torch.arange(P + hi - lo), torch.arange(P + plan.nominal_leaf, P + plan.nominal_leaf + S)])
+        hidden = compat.embed(hm.parts, leaf_ids)
+        cos, sin = compat.position_embeddings(hm.parts, hidden, pos)
+        end = next(n.layer_end for n in plan.nodes() if n.is_leaf and n.leaf_start == leaf)
+        values = []
+        for index in range(end):
+            h_last = hidden[:, -1:]
+            hidden, (k, _) = compat.run_layer(hm.parts, index, hidden, (cos, sin), None)
+            if index >= end // 2:
+                q = compat.last_query(hm.parts, index, h_last, (cos[:, -1:], sin[:, -1:]))
+                a = calibrated_scores(last_query_logits(q, k, compat.attention_scaling(hm.parts, index)), pos,
+                                      plan.next_position - 1, bias[index])
+                values.append(float(torch.logsumexp(a[P : P + hi - lo], 0)))
+        out.append(sum(values) / len(values))
+    return torch.tensor(out)
+
+
+@torch.inference_mode()
+def test_leaf_relevance_reads_each_leaf_alone(tiny_homer):
+    parts = tiny_homer.prepare_question(DOC, "which word?")
+    plan = tiny_homer.plan(parts)
+    bias = tiny_homer.bias_table()
+    ids = torch.tensor(parts.ids)
+    calls = []
+    relevance = leaf_relevance(tiny_homer.parts, plan, ids, bias, lambda d, t: calls.append((d, t)))
+    assert relevance.shape == (plan.num_leaves,) and plan.num_leaves > 2
+    torch.testing.assert_close(relevance, _relevance_by_hand(tiny_homer, plan, ids, bias), atol=1e-4, rtol=1e-5)
+    assert calls[-1] == (plan.leaf_passes, plan.leaf_passes) and plan.leaf_passes < plan.layer_passes
+    # no merges: changing the text of leaf 1 changes its number and no other leaf's
+    lo, hi = plan.leaf_ranges()[1]
+    other = ids.clone()
+    other[len(parts.prefix) + lo : len(parts.prefix) + hi] = torch.tensor(parts.ids[len(parts.prefix) + lo:
+                                                                                    len(parts.prefix) + hi]).flip(0)
+    changed = leaf_relevance(tiny_homer.parts, plan, other, bias)
+    assert not torch.isclose(changed[1], relevance[1])
+    keep = [i for i in range(plan.num_leaves) if i != 1]
+    torch.testing.assert_close(changed[keep], relevance[keep])
+
+
+def test_focus_with_the_leaf_locator_reads_the_leaves_it_ranks_first(tokenizer):
+    model = tiny_model("llama", vocab=len(tokenizer))
+    hm = HomerModel(model, tokenizer, name="tiny-llama",
+                    homer=HomerConfig(focus_leaves=2, focus_margin=0, focus_locator="leaf"))
+    parts = hm.prepare_question(DOC, "which word?")
+    plan = hm.plan(parts)
+    calls = []
+    context = hm.compress(parts, progress=lambda d, t: calls.append((d, t)))
+    relevance = leaf_relevance(hm.parts, plan, torch.tensor(parts.ids), hm.bias_table())
+    best = sorted(torch.argsort(relevance, descending=True)[:2].tolist())
+    P, S = len(parts.prefix), len(parts.suffix)
+    ranges = plan.leaf_ranges()
+    assert context.kept[P:-S].tolist() == [P + i for leaf in best for i in range(*ranges[leaf])]
+    total = plan.leaf_passes + hm.parts.num_layers  # the leaves, then the plain read
+    assert calls[-1] == (total, total) and all(t == total for _, t in calls)
+    with torch.no_grad():
+        reference = model(torch.tensor([[parts.ids[i] for i in context.kept.tolist()]])).logits[0, -1]
+    torch.testing.assert_close(context.last_logits, reference, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("value", ["root", "", None])
+def test_bad_focus_locator(value):
+    with pytest.raises(ValueError, match="focus_locator"):
+        HomerConfig(focus_locator=value)

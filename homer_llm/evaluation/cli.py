@@ -201,7 +201,7 @@ def run(args: argparse.Namespace) -> int:
                                 first_sample=args.first_sample,
                                 depths=depths, max_seconds=args.max_seconds, call_seconds=args.call_seconds,
                                 ppl_tokens=args.ppl_tokens, essays=args.essays)
-        if "homer-focus" in methods and args.focus_leaves < 1:
+        if {"homer-focus", "homer-focus-leaf"} & set(methods) and args.focus_leaves < 1:
             raise ValueError(f"--focus-leaves must be >= 1 for homer-focus, got {args.focus_leaves}")
         if min(args.ppl_recent, args.ppl_append, args.ppl_sink) < 0:
             raise ValueError(f"--ppl-recent / --ppl-append / --ppl-sink must be >= 0, "
@@ -232,7 +232,7 @@ def run(args: argparse.Namespace) -> int:
     homer_settings = {"chunk_len": hm.chunk_len, "cache_len": hm.homer.cache_len,
                       "warmup_layers": hm.homer.warmup_layers, "calibration_samples": hm.homer.calibration_samples,
                       "reread_suffix": hm.homer.reread_suffix}
-    if "homer-focus" in methods:  # only then: folders made before the method existed still resume
+    if {"homer-focus", "homer-focus-leaf"} & set(methods):  # only then: folders made before the method existed still resume
         homer_settings["focus_leaves"] = args.focus_leaves
         if hm.homer.focus_margin:  # only then: folders of whole-leaf focus runs (session 10) still resume
             homer_settings["focus_margin"] = hm.homer.focus_margin

@@ -13,6 +13,10 @@ stop with TimeBudgetExceeded once it has passed.
     homer-yarn       HOMER on a YaRN-scaled model (factor f) with chunk_len scaled by f
     homer-focus      HOMER's tree as a locator: the plain model reads the k leaves the question
                      attends to most (``HomerConfig.focus_leaves``; question answering only)
+    homer-focus-leaf homer-focus whose leaves are ranked inside each leaf's own pass, the merges
+                     not run (``HomerConfig.focus_locator="leaf"``)
+    homer-ownleaf    HOMER, calibrated, whose merged nodes keep every context token to its own
+                     leaf (``HomerConfig.merge_attention="own-leaf"``; the question reads all)
     full             the plain model over the whole prompt, also beyond its window
     truncate         the plain model over the prompt cut to the window: prefix and suffix kept,
                      the END of the document kept (for perplexity: the last window of tokens)
@@ -75,7 +79,8 @@ ANSWER_ROOM = 64
 """Tokens of a length budget left for the answer: a length-L sample has an L - ANSWER_ROOM prompt."""
 
 ALL_METHODS = ("homer", "homer-uncal", "homer-random", "homer-word", "homer-merged", "full", "truncate", "yarn",
-               "ntk", "linear", "homer-yarn", "homer-focus", "bm25")
+               "ntk", "linear", "homer-yarn", "homer-focus", "homer-focus-leaf", "homer-ownleaf",
+               "bm25")
 
 
 class NotApplicable(Exception):
@@ -217,18 +222,21 @@ class EvalModel:
     def homer_variant(
         self, pruning: str, rope: tuple[str, float] | None = None, calibration_samples: int | None = None,
         prune_unit: str = "token", reread_suffix: bool | None = None, focus_leaves: int = 0,
+        merge_attention: str = "causal", focus_locator: str = "tree",
     ) -> HomerModel:
         """A HomerModel over the same weights with another pruning rule / unit / suffix handling
         (``reread_suffix`` None: the base's) / focus, or on a RoPE-scaled view with chunk_len
         scaled by the factor (and its own calibration table)."""
         base = self.homer
         reread = base.homer.reread_suffix if reread_suffix is None else reread_suffix
-        key = (pruning, rope, calibration_samples, prune_unit, reread, focus_leaves)
+        key = (pruning, rope, calibration_samples, prune_unit, reread, focus_leaves, merge_attention, focus_locator)
         if key not in self._homers:
             if rope is None:
                 self._homers[key] = HomerModel(base.model, base.tokenizer, name=base.name,
                                                homer=replace(base.homer, pruning=pruning, prune_unit=prune_unit,
-                                                             reread_suffix=reread, focus_leaves=focus_leaves))
+                                                             reread_suffix=reread, focus_leaves=focus_leaves,
+                                                             merge_attention=merge_attention,
+                                                             focus_locator=focus_locator))
             else:
                 kind, factor = rope  # the library's HomerConfig.rope_scaling (a view named "<name>+yarn2")
                 config = HomerConfig(chunk_len=int(base.chunk_len * factor), cache_len=None,
@@ -236,7 +244,8 @@ class EvalModel:
                                      calibration_samples=calibration_samples or base.homer.calibration_samples,
                                      seed=base.homer.seed, reread_suffix=reread, rope_scaling=kind,
                                      rope_factor=factor, focus_leaves=focus_leaves,
-                                     focus_margin=base.homer.focus_margin)
+                                     focus_margin=base.homer.focus_margin, merge_attention=merge_attention,
+                                     focus_locator=focus_locator)
                 self._homers[key] = HomerModel(base.model, base.tokenizer, name=base.name, homer=config)
         return self._homers[key]
 
@@ -270,18 +279,19 @@ class HomerMethod(Method):
     def __init__(
         self, model: EvalModel, name: str, pruning: str, rope: tuple[str, float] | None = None,
         calibration_samples: int | None = None, prune_unit: str = "token", reread_suffix: bool | None = None,
-        focus_leaves: int = 0,
+        focus_leaves: int = 0, merge_attention: str = "causal", focus_locator: str = "tree",
     ) -> None:
         """``reread_suffix``: None follows the run's HomerConfig."""
         super().__init__(model)
         self.name, self.pruning, self.rope = name, pruning, rope
         self.calibration_samples, self.prune_unit, self.reread_suffix = calibration_samples, prune_unit, reread_suffix
-        self.focus_leaves = focus_leaves
+        self.focus_leaves, self.merge_attention, self.focus_locator = focus_leaves, merge_attention, focus_locator
 
     @property
     def hm(self) -> HomerModel:
         return self.model.homer_variant(self.pruning, self.rope, self.calibration_samples, self.prune_unit,
-                                        self.reread_suffix, self.focus_leaves)
+                                        self.reread_suffix, self.focus_leaves, self.merge_attention,
+                                        self.focus_locator)
 
     def setup(self) -> None:
         self.hm.bias_table()
@@ -522,6 +532,9 @@ def make_methods(
         "homer-yarn": lambda: HomerMethod(model, "homer-yarn", "calibrated", ("yarn", homer_yarn_factor),
                                           homer_yarn_calibration_samples),
         "homer-focus": lambda: HomerMethod(model, "homer-focus", "calibrated", focus_leaves=focus_leaves),
+        "homer-focus-leaf": lambda: HomerMethod(model, "homer-focus-leaf", "calibrated", focus_leaves=focus_leaves,
+                                                focus_locator="leaf"),
+        "homer-ownleaf": lambda: HomerMethod(model, "homer-ownleaf", "calibrated", merge_attention="own-leaf"),
         "full": lambda: FullMethod(model),
         "truncate": lambda: TruncateMethod(model),
         "yarn": lambda: RopeMethod(model, "yarn", rope_factor),
