@@ -446,6 +446,25 @@ if [[ $STAGE == 31o ]]; then
       --max-seconds $left
   done
 fi
+# 31f: (a third process, in place of the locator probe once it had shown four 64k trees) focus with
+#     the leaf locator (HomerConfig.focus_locator="leaf", method homer-focus-leaf) on the drawn
+#     depths at 8x; then the cases the tree locator missed outside those samples: needles at the
+#     32k leaf boundaries (stage 30b's seven) and multi-key at 4x (stage 29m's ten); then 1x, 4x, 2x
+if [[ $STAGE == 31f ]]; then
+  END=${END:-$(( $(date +%s) + 7200 ))}
+  left() { echo $(( END - $(date +%s) )); }
+  "${S9[@]}" --out "$OUT-s12-focusleaf" --methods homer-focus-leaf --lengths 64k --samples 20 --max-seconds "$(left)"
+  (( $(left) > 120 )) && .venv/bin/homer-llm eval --resume --threads 1 --tasks passkey --methods homer-focus-leaf \
+    --lengths 32k --samples 7 --depths 12.5,25,37.5,50,62.5,75,87.5 --out "$OUT-s12-boundary-leaf" \
+    --max-seconds "$(left)"
+  (( $(left) > 120 )) && .venv/bin/homer-llm eval --resume --threads 1 --depths random --tasks multikey \
+    --methods homer-focus-leaf --lengths 32k --samples 10 --call-seconds 900 --out "$OUT-s12-mk32-leaf" \
+    --max-seconds "$(left)"
+  for L in 8k 32k 16k; do
+    (( $(left) > 120 )) || break
+    "${S9[@]}" --out "$OUT-s12-focusleaf" --methods homer-focus-leaf --lengths $L --samples 20 --max-seconds "$(left)"
+  done
+fi
 # 3. more samples and the other tasks, as far as the budget goes
 if [[ $STAGE == 3 || $STAGE == all ]]; then
   "${EVAL[@]}" --tasks passkey,vartrack,multikey,multivalue,ppl --ppl-sink 0 \

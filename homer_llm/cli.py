@@ -127,6 +127,12 @@ def add_ask_arguments(parser: argparse.ArgumentParser) -> None:
     homer.add_argument("--focus-margin", type=int, default=256, metavar="N",
                        help="with --focus-leaves: tokens of neighbouring text also read on each side of a chosen "
                             "leaf, as the read's budget allows (default 256; 0: whole leaves only)")
+    homer.add_argument("--focus-locator", default="tree", choices=["tree", "leaf"],
+                       help="with --focus-leaves: rank leaves by the question's attention after the whole tree "
+                            "(tree, default) or inside each leaf's own pass, without running the merges (leaf)")
+    homer.add_argument("--merge-attention", default="causal", choices=["causal", "own-leaf"],
+                       help="in merged nodes every token reads all before it (causal, as published; default) or "
+                            "only its own leaf's, the question still reading everything (own-leaf)")
     gen = parser.add_argument_group("generation")
     gen.add_argument("--max-new-tokens", type=_positive_int, default=256, metavar="N")
     gen.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
@@ -219,7 +225,8 @@ def _ask(args: argparse.Namespace, document: str) -> int:
     homer = HomerConfig(chunk_len=args.chunk_len, pruning=args.pruning, prune_unit=args.prune_unit,
                         reread_suffix=not args.merged_suffix, rope_scaling=args.rope_scaling,
                         rope_factor=args.rope_factor, focus_leaves=args.focus_leaves,
-                        focus_margin=args.focus_margin)
+                        focus_margin=args.focus_margin, focus_locator=args.focus_locator,
+                        merge_attention=args.merge_attention)
     started = time.perf_counter()
     hm = HomerModel.load(args.model, device=device, dtype=args.dtype, attn_implementation=args.attn, homer=homer)
     load_seconds = time.perf_counter() - started
@@ -278,6 +285,8 @@ def _ask(args: argparse.Namespace, document: str) -> int:
         "rope_scaling": None if hm.homer.rope_scaling is None else f"{hm.homer.rope_scaling}:{hm.homer.rope_factor:g}",
         "focus_leaves": None if args.plain else hm.homer.focus_leaves,
         "focus_margin": None if args.plain or not hm.homer.focus_leaves else hm.homer.focus_margin,
+        "focus_locator": None if args.plain or not hm.homer.focus_leaves else hm.homer.focus_locator,
+        "merge_attention": None if args.plain else hm.homer.merge_attention,
         "device": str(hm.device),
         "dtype": str(next(hm.model.parameters()).dtype).removeprefix("torch."),
         "attn": args.attn,

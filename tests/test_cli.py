@@ -247,6 +247,12 @@ def test_focus_leaves_option_reads_whole_leaves(capsys, long_doc, tiny_dir):
     assert focus["cache_tokens"] != base["cache_tokens"] and focus["cache_tokens"] <= focus["window"]
     (whole,) = json_reports(capsys, tiny_dir, long_doc, ["--focus-leaves", "2", "--focus-margin", "0"])
     assert whole["focus_margin"] == 0 and whole["cache_tokens"] < focus["cache_tokens"]  # the margin is read too
+    assert base["focus_locator"] is None and focus["focus_locator"] == "tree"
+    (leaf,) = json_reports(capsys, tiny_dir, long_doc, ["--focus-leaves", "2", "--focus-locator", "leaf"])
+    assert leaf["focus_locator"] == "leaf" and leaf["cache_tokens"] <= leaf["window"]
+    (own,) = json_reports(capsys, tiny_dir, long_doc, ["--merge-attention", "own-leaf"])
+    assert own["merge_attention"] == "own-leaf" and base["merge_attention"] == "causal"
+    assert own["cache_tokens"] == base["cache_tokens"]
     code, out, err = run(capsys, "ask", "--model", tiny_dir, "--document", long_doc, "--focus-leaves", "-1",
                          "--no-progress", "Q?")
     assert_one_line_error(code, out, err, "focus_leaves must be >= 0", "-1")

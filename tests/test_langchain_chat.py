@@ -64,6 +64,8 @@ def test_construction_is_lazy_and_default_model_is_shared(monkeypatch):
     assert calls[-1][1]["homer"].focus_leaves == 2 and calls[-1][1]["homer"].focus_margin == 256
     HomerLLM(focus_leaves=2, focus_margin=0).invoke("x")
     assert calls[-1][1]["homer"].focus_margin == 0
+    HomerLLM(focus_leaves=2, focus_locator="leaf", merge_attention="own-leaf").invoke("x")
+    assert calls[-1][1]["homer"].focus_locator == "leaf" and calls[-1][1]["homer"].merge_attention == "own-leaf"
     HomerLLM().invoke("x", model="/models/other")  # per-call override
     assert calls[-1][0] == "/models/other"
 
@@ -89,6 +91,10 @@ def test_field_validation():
         HomerLLM(focus_leaves=-1)
     with pytest.raises(ValidationError):
         HomerLLM(focus_margin=-1)
+    with pytest.raises(ValidationError):
+        HomerLLM(focus_locator="root")
+    with pytest.raises(ValidationError):
+        HomerLLM(merge_attention="full")
     with pytest.raises(TypeError, match="engine must be a homer_llm.HomerModel"):
         HomerLLM(engine=object())
     with pytest.raises(TypeError, match="get_or_compress"):

@@ -152,7 +152,10 @@ class HomerLLM(BaseChatModel):
     longer chunks, the paper's HOMER + YaRN; None: off), ``focus_leaves`` (k > 0: HOMER's tree
     locates the k leaves the question attends to most and the model answers from a plain read of
     their whole text; 0: off, the compressed cache answers), ``focus_margin`` (tokens of
-    neighbouring text also read on each side of a chosen leaf; default 256).
+    neighbouring text also read on each side of a chosen leaf; default 256), ``focus_locator``
+    ("tree": leaves ranked by the question's attention after the whole tree; "leaf": inside each
+    leaf's own pass, the merges not run), ``merge_attention`` ("causal", as published, or
+    "own-leaf": in merged nodes a document token reads only its own leaf; the question reads all).
     ``documents``: texts used as the context of every call (also accepted per call and through
     ``.bind(documents=[...])``). ``edge_tokens``: the token budget of the
     leading and of the trailing paragraphs kept out of an auto-detected document (None:
@@ -184,6 +187,8 @@ class HomerLLM(BaseChatModel):
     rope_factor: float = 2.0
     focus_leaves: int = Field(default=0, ge=0)
     focus_margin: int = Field(default=256, ge=0)
+    focus_locator: Literal["tree", "leaf"] = "tree"
+    merge_attention: Literal["causal", "own-leaf"] = "causal"
     max_tokens: int | None = Field(default=512, ge=1)
     """Most new tokens per call (None: as many as the model's window allows)."""
     temperature: float = Field(default=0.0, ge=0.0)
@@ -240,7 +245,8 @@ class HomerLLM(BaseChatModel):
                            warmup_layers=self.warmup_layers, pruning=self.pruning, prune_unit=self.prune_unit,
                            reread_suffix=self.reread_suffix, rope_scaling=self.rope_scaling,
                            rope_factor=self.rope_factor, focus_leaves=self.focus_leaves,
-                           focus_margin=self.focus_margin)
+                           focus_margin=self.focus_margin, focus_locator=self.focus_locator,
+                           merge_attention=self.merge_attention)
 
     # ------------------------------------------------------------------ identity
     @property
@@ -262,7 +268,8 @@ class HomerLLM(BaseChatModel):
             "cache_len": self.cache_len, "warmup_layers": self.warmup_layers, "pruning": self.pruning,
             "prune_unit": self.prune_unit, "reread_suffix": self.reread_suffix, "rope_scaling": self.rope_scaling,
             "rope_factor": self.rope_factor, "focus_leaves": self.focus_leaves,
-            "focus_margin": self.focus_margin, "max_tokens": self.max_tokens,
+            "focus_margin": self.focus_margin, "focus_locator": self.focus_locator,
+            "merge_attention": self.merge_attention, "max_tokens": self.max_tokens,
             "temperature": self.temperature,
             "top_p": self.top_p,
             "top_k": self.top_k, "seed": self.seed, "stop": self.stop,
