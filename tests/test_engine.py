@@ -487,3 +487,12 @@ def test_arbitrary_masks_refused_for_flash_attention():
     flash = type(parts)(**{**parts.__dict__, "attn_implementation": "flash_attention_2"})
     with pytest.raises(TypeError, match="flash_attention_2"):
         compat.mask_from_allowed(flash, torch.ones(3, 3, dtype=torch.bool), torch.float32)
+
+
+def test_own_leaf_with_flash_attention_refused_at_construction(tokenizer):
+    from homer_llm import HomerConfig, HomerModel
+
+    model = tiny_model("llama", vocab=len(tokenizer))
+    model.config._attn_implementation = "flash_attention_2"  # only the name is read before any forward
+    with pytest.raises(ValueError, match="own-leaf.*flash_attention_2"):
+        HomerModel(model, tokenizer, name="t", homer=HomerConfig(merge_attention="own-leaf"))
