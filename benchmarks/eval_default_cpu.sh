@@ -465,6 +465,24 @@ if [[ $STAGE == 31f ]]; then
     "${S9[@]}" --out "$OUT-s12-focusleaf" --methods homer-focus-leaf --lengths $L --samples 20 --max-seconds "$(left)"
   done
 fi
+# 31j: one table of every method on the drawn depths, session 12's records joined with session 11's
+#     (on a fresh clone: copy benchmarks/results/eval-cpu-s11 to $OUT-s11 first); paired tables for
+#     both focus locators, HOMER and HOMER with own-leaf merges; the boundary and multi-key runs of
+#     31f joined with sessions 11 and 10's on the same samples
+if [[ $STAGE == 31j ]]; then
+  J="$OUT-s12"
+  mkdir -p "$J" "$J-boundary" "$J-mk32"
+  cat "$OUT-s11/records.jsonl" "$OUT"-s12-{ntk32b,yarn16c,ownleaf,focusleaf}/records.jsonl > "$J/records.jsonl"
+  .venv/bin/homer-llm eval --out "$J" --report-only --paired-with homer-focus-leaf,homer-focus,homer-ownleaf,homer \
+    --methods homer-focus-leaf,homer-focus,homer-ownleaf,homer,homer-yarn,full,truncate,yarn,ntk,linear,bm25 \
+    --tasks passkey --lengths 8k,16k,32k,64k --samples 20 --depths random --yarn-calibration-samples 2 --threads 1
+  cat "$OUT-s11-boundary-m256/records.jsonl" "$OUT-s12-boundary-leaf/records.jsonl" > "$J-boundary/records.jsonl"
+  .venv/bin/homer-llm eval --out "$J-boundary" --report-only --methods homer-focus-leaf,homer-focus --tasks passkey \
+    --lengths 32k --samples 7 --depths 12.5,25,37.5,50,62.5,75,87.5 --threads 1 --paired-with homer-focus-leaf
+  cat "$OUT-s10-mk32/records.jsonl" "$OUT-s12-mk32-leaf/records.jsonl" > "$J-mk32/records.jsonl"
+  .venv/bin/homer-llm eval --out "$J-mk32" --report-only --methods homer-focus-leaf,homer-focus,homer,bm25 \
+    --tasks multikey --lengths 32k --samples 10 --depths random --threads 1 --paired-with homer-focus-leaf
+fi
 # 3. more samples and the other tasks, as far as the budget goes
 if [[ $STAGE == 3 || $STAGE == all ]]; then
   "${EVAL[@]}" --tasks passkey,vartrack,multikey,multivalue,ppl --ppl-sink 0 \
