@@ -446,6 +446,16 @@ if [[ $STAGE == 31o ]]; then
       --max-seconds $left
   done
 fi
+# 31p: (from 12:19 UTC, in place of stage 31's NTK job, stopped after its sample 13) own-leaf merges
+#     at 2x, then 1x, beside 31o
+if [[ $STAGE == 31p ]]; then
+  END=${END:-$(( $(date +%s) + 6000 ))}
+  for L in 16k 8k; do
+    left=$(( END - $(date +%s) )); (( left > 120 )) || break
+    "${S9[@]}" --out "$OUT-s12-ownleaf-b" --methods homer-ownleaf --lengths $L --samples 20 --call-seconds 2400 \
+      --max-seconds $left
+  done
+fi
 # 31f: (a third process, in place of the locator probe once it had shown four 64k trees) focus with
 #     the leaf locator (HomerConfig.focus_locator="leaf", method homer-focus-leaf) on the drawn
 #     depths at 8x; then the cases the tree locator missed outside those samples: needles at the
@@ -472,7 +482,7 @@ fi
 if [[ $STAGE == 31j ]]; then
   J="$OUT-s12"
   mkdir -p "$J" "$J-boundary" "$J-mk32"
-  cat "$OUT-s11/records.jsonl" "$OUT"-s12-{ntk32b,yarn16c,ownleaf,focusleaf}/records.jsonl > "$J/records.jsonl"
+  cat "$OUT-s11/records.jsonl" "$OUT"-s12-{ntk32b,yarn16c,ownleaf,ownleaf-b,focusleaf}/records.jsonl > "$J/records.jsonl"
   .venv/bin/homer-llm eval --out "$J" --report-only --paired-with homer-focus-leaf,homer-focus,homer-ownleaf,homer \
     --methods homer-focus-leaf,homer-focus,homer-ownleaf,homer,homer-yarn,full,truncate,yarn,ntk,linear,bm25 \
     --tasks passkey --lengths 8k,16k,32k,64k --samples 20 --depths random --yarn-calibration-samples 2 --threads 1

@@ -433,8 +433,10 @@ class DocumentCache:
         """
         if not parts.context:
             return engine.compress(parts, progress=progress), False
-        if self.mode != "exact" and engine.homer.focus_leaves:
-            # focus reads the leaves the question points to: no question-free state to share
+        leaf_focus = bool(engine.homer.focus_leaves) and engine.homer.focus_locator == "leaf"
+        if self.mode != "exact" and engine.homer.focus_leaves and not (self.mode == "leaf" and leaf_focus):
+            # the tree locator ranks leaves after a tree pruned for this question: nothing
+            # question-free to share (the leaf locator reads cached leaves: "leaf" mode below)
             logger.info("HomerConfig.focus_leaves is set: %s mode falls back to exact compression", self.mode)
             return self._exact(engine, parts, progress)
         if self.mode == "exact":
@@ -464,6 +466,8 @@ class DocumentCache:
 
         with self._use(key, engine, build) as (leaves, hit):
             assert isinstance(leaves, reuse.LeafStates)
+            if leaf_focus and len(parts.context) > 0 and leaves.num_leaves > 1:
+                return reuse.focus_from_leaves(engine, parts, leaves), hit
             return reuse.compress_from_leaves(engine, parts, leaves, progress=progress if hit else None), hit
 
     def _exact(self, engine: Any, parts: PromptParts, progress: Progress | None) -> tuple[CompressedContext, bool]:

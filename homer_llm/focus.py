@@ -119,6 +119,23 @@ def leaf_attention(
     return torch.zeros(plan.num_leaves).index_add_(0, owner[ctx], total[ctx])
 
 
+def context_lse(parts: compat.ModelParts, index: int, hidden_last: torch.Tensor, pos_emb_last: compat.KV,
+                keys: torch.Tensor, positions: torch.Tensor, query_position: int, bias: torch.Tensor | None,
+                lo: int, hi: int) -> float:
+    """logsumexp over tokens [lo, hi) of the pruning rule's significance for one query token.
+
+    Args:
+        hidden_last: [1, 1, hidden] the query token's input to layer ``index``; ``pos_emb_last``
+            its cos/sin ([1, 1, d] each).
+        keys: [1, n_kv, n, d] that layer's rotated keys; ``positions``: [n] their position ids.
+        query_position: the query token's position id; ``bias``: [L, M] table or None.
+    """
+    query = compat.last_query(parts, index, hidden_last, pos_emb_last)
+    logits = last_query_logits(query, keys, compat.attention_scaling(parts, index))
+    scores = calibrated_scores(logits, positions, query_position, None if bias is None else bias[index])
+    return float(torch.logsumexp(scores[lo:hi], 0))
+
+
 class _LeafLocator(TreePass):
     """Runs only the leaves of the tree, recording how strongly the question points into each."""
 
@@ -135,12 +152,9 @@ class _LeafLocator(TreePass):
         if index < node.layer_end // 2:  # the upper half of the leaf's layers only
             return
         cos, sin = pos_emb
-        query = compat.last_query(self.parts, index, hidden_last, (cos[:, -1:], sin[:, -1:]))
-        logits = last_query_logits(query, kv[0], compat.attention_scaling(self.parts, index))
-        scores = calibrated_scores(logits, state.positions, self.plan.next_position - 1,
-                                   None if self.bias is None else self.bias[index])
-        body = scores[state.prefix_len : state.length - state.suffix_len]
-        self.sums[node.leaf_start] += float(torch.logsumexp(body, 0))
+        self.sums[node.leaf_start] += context_lse(self.parts, index, hidden_last, (cos[:, -1:], sin[:, -1:]), kv[0],
+                                                  state.positions, self.plan.next_position - 1, self.bias,
+                                                  state.prefix_len, state.length - state.suffix_len)
         self.counts[node.leaf_start] += 1
 
     def relevance(self) -> torch.Tensor:

@@ -271,11 +271,7 @@ def compress_from_leaves(
         ValueError: the prompt's prefix/document do not match the leaves, or the suffix exceeds
             the budget the leaves were planned for.
     """
-    if len(parts.prefix) != leaves.prefix_len or len(parts.context) != leaves.context_len:
-        raise ValueError(
-            f"leaf states are for P={leaves.prefix_len}, C={leaves.context_len}; "
-            f"got P={len(parts.prefix)}, C={len(parts.context)}"
-        )
+    _check_leaves(parts, leaves)
     plan = plan_with_budget(engine, parts, leaves.suffix_budget)
     if plan.num_leaves != leaves.num_leaves:
         raise ValueError(f"plan has {plan.num_leaves} leaves, cached states {leaves.num_leaves}")
@@ -283,6 +279,64 @@ def compress_from_leaves(
     start = time.perf_counter()
     with engine.lock:
         return _ReusePass(engine, plan, ids, leaves, progress).finish(start)
+
+
+@torch.inference_mode()
+def focus_from_leaves(engine: Any, parts: PromptParts, leaves: LeafStates) -> CompressedContext:
+    """Focus with the leaf locator (``HomerConfig.focus_locator="leaf"``) on cached leaves: the
+    leaves ranked by :func:`relevance_from_leaves`, then the engine's plain read of the best ones."""
+    start = time.perf_counter()
+    with engine.lock:
+        plan, relevance = relevance_from_leaves(engine, parts, leaves)
+        return engine._focus(parts, plan, relevance, time.perf_counter() - start)
+
+
+@torch.inference_mode()
+def relevance_from_leaves(engine: Any, parts: PromptParts, leaves: LeafStates) -> tuple[Plan, torch.Tensor]:
+    """The plan and :func:`homer_llm.focus.leaf_relevance` ([N]) of ``parts``, from cached leaves.
+
+    Per leaf the suffix is prefilled on top of the cached prefix + context states through the leaf
+    layers, which is all ``leaf_relevance`` runs for a leaf (the cached tokens come before the
+    suffix, so their states do not depend on it). Same checks as :func:`compress_from_leaves`.
+    """
+    from .focus import context_lse
+
+    _check_leaves(parts, leaves)
+    plan = plan_with_budget(engine, parts, leaves.suffix_budget)
+    if plan.num_leaves != leaves.num_leaves:
+        raise ValueError(f"plan has {plan.num_leaves} leaves, cached states {leaves.num_leaves}")
+    mp, bias = engine.parts, _bias_for(engine, plan)
+    P, S = plan.prefix_len, plan.suffix_len
+    suffix_ids = torch.tensor(parts.suffix, dtype=torch.long)
+    suffix_pos = torch.arange(P + plan.nominal_leaf, P + plan.nominal_leaf + S)
+    relevance = torch.zeros(plan.num_leaves)
+    with engine.lock:
+        for j, node in enumerate(_leaf_nodes(plan)):
+            past_len = int(leaves.hidden[j].shape[1])
+            cache = compat.cache_from_kv(leaves.kv[j])
+            hidden = compat.embed(mp, suffix_ids)
+            cos, sin = compat.position_embeddings(mp, hidden, suffix_pos)
+            mask = compat.attention_mask(mp, S, past_len, hidden.dtype, hidden.device)
+            positions = torch.cat([torch.arange(past_len), suffix_pos])
+            upper = range(node.layer_end // 2, node.layer_end)
+            inputs = {}
+            for index in range(node.layer_start, node.layer_end):
+                if index in upper:
+                    inputs[index] = hidden[:, -1:]
+                hidden, _ = compat.run_layer(mp, index, hidden, (cos, sin), mask, past=cache)
+            kv = compat.kv_from_cache(cache)
+            relevance[node.leaf_start] = sum(
+                context_lse(mp, index, inputs[index], (cos[:, -1:], sin[:, -1:]), kv[index][0], positions,
+                            plan.next_position - 1, bias, P, past_len) for index in upper) / len(upper)
+    return plan, relevance
+
+
+def _check_leaves(parts: PromptParts, leaves: LeafStates) -> None:
+    if len(parts.prefix) != leaves.prefix_len or len(parts.context) != leaves.context_len:
+        raise ValueError(
+            f"leaf states are for P={leaves.prefix_len}, C={leaves.context_len}; "
+            f"got P={len(parts.prefix)}, C={len(parts.context)}"
+        )
 
 
 @torch.inference_mode()

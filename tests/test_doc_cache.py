@@ -411,19 +411,46 @@ def test_leaf_mode_falls_back_to_exact_for_a_long_suffix(tiny_homer):
     assert cache.get_or_compress(tiny_homer, parts)[1]  # cached as an exact entry
 
 
-@pytest.mark.parametrize("mode", ["agnostic", "leaf"])
-def test_focus_engines_are_cached_exactly(tokenizer, mode):
-    """Focus reads the leaves the question points to, so nothing question-free can be shared:
-    the sharing modes fall back to exact entries (per question) instead of a wrong read."""
+@pytest.mark.parametrize(("mode", "locator"), [("agnostic", "tree"), ("leaf", "tree"), ("agnostic", "leaf")])
+def test_focus_engines_are_cached_exactly(tokenizer, mode, locator):
+    """Focus reads the leaves the question points to; where nothing question-free can be shared
+    (the tree locator; the agnostic mode) the sharing modes fall back to exact entries (per
+    question) instead of a wrong read."""
     from tiny import tiny_model
 
-    hm = HomerModel(tiny_model(vocab=len(tokenizer)), tokenizer, name="t", homer=HomerConfig(focus_leaves=1))
+    hm = HomerModel(tiny_model(vocab=len(tokenizer)), tokenizer, name="t",
+                    homer=HomerConfig(focus_leaves=1, focus_locator=locator))
     cache = DocumentCache(mode=mode, generic_suffix=GENERIC, suffix_budget=48)
     q1 = hm.prepare_question(DOC, "Box 3 coins?")
     q2 = hm.prepare_question(DOC, "Blue box?")
     ctx, hit = cache.get_or_compress(hm, q1)
     assert not hit and same(ctx, hm.compress(q1))
     assert cache.get_or_compress(hm, q1)[1] and not cache.get_or_compress(hm, q2)[1]
+
+
+def test_leaf_mode_serves_the_leaf_locator_from_cached_leaves(tokenizer):
+    """focus_locator="leaf" in "leaf" mode: every question after the first reuses the cached leaves
+    and gets exactly the focus a fresh leaf_relevance on the same plan gives."""
+    from tiny import tiny_model
+
+    from homer_llm.focus import leaf_relevance
+
+    hm = HomerModel(tiny_model(vocab=len(tokenizer)), tokenizer, name="t",
+                    homer=HomerConfig(focus_leaves=2, focus_margin=8, focus_locator="leaf"))
+    cache = DocumentCache(mode="leaf", suffix_budget=48)
+    for i, question in enumerate(("Box 3 coins?", "Blue box?")):
+        parts = hm.prepare_question(DOC, question)
+        ctx, hit = cache.get_or_compress(hm, parts)
+        assert hit == (i == 1)
+        plan = reuse.plan_with_budget(hm, parts, reuse.suffix_budget_for(hm, parts, 48))
+        assert plan.num_leaves > 2
+        with hm.lock:
+            relevance = leaf_relevance(hm.parts, plan, torch.tensor(parts.ids), hm.bias_table())
+            fresh = hm._focus(parts, plan, relevance, 0.0)
+        leaves = reuse.build_leaf_states(hm, parts, reuse.suffix_budget_for(hm, parts, 48))
+        torch.testing.assert_close(reuse.relevance_from_leaves(hm, parts, leaves)[1], relevance, atol=1e-4, rtol=1e-5)
+        assert torch.equal(ctx.kept, fresh.kept) and ctx.cache_tokens < len(parts)
+        torch.testing.assert_close(ctx.last_logits, fresh.last_logits, atol=1e-4, rtol=1e-4)
 
 
 def test_no_document_is_never_cached(tiny_homer):
