@@ -423,7 +423,8 @@ fi
 #     seconds; default 135 minutes from the start; --resume keeps what ran): dynamic NTK on samples
 #     10-19 (stage 29n ran 0-9) in one 1-thread process; YaRN's three missing 2x samples (17-19),
 #     then YaRN at 4x from sample 0, in the other (each 32k sample is a plain 32k prefill, ~13 CPU
-#     minutes)
+#     minutes). As run: YaRN at 4x was stopped as it began (11:41 UTC) and NTK after its sample 13
+#     (12:19 UTC), to give the CPU to own-leaf merges (31o, 31p) and the leaf locator (31f, 31g)
 if [[ $STAGE == 31 ]]; then
   END=${END:-$(( $(date +%s) + 8100 ))}
   cell() {  # $1 folder suffix, $2 method, $3 length, $4 first sample, $5 end sample
@@ -475,6 +476,11 @@ if [[ $STAGE == 31f ]]; then
     "${S9[@]}" --out "$OUT-s12-focusleaf" --methods homer-focus-leaf --lengths $L --samples 20 --max-seconds "$(left)"
   done
 fi
+# 31g: (from 13:09 UTC, once 31p ended) focus with the leaf locator at 2x, beside 31f
+if [[ $STAGE == 31g ]]; then
+  "${S9[@]}" --out "$OUT-s12-focusleaf-b" --methods homer-focus-leaf --lengths 16k --samples 20 \
+    --max-seconds $(( ${END:-$(( $(date +%s) + 2760 ))} - $(date +%s) ))
+fi
 # 31j: one table of every method on the drawn depths, session 12's records joined with session 11's
 #     (on a fresh clone: copy benchmarks/results/eval-cpu-s11 to $OUT-s11 first); paired tables for
 #     both focus locators, HOMER and HOMER with own-leaf merges; the boundary and multi-key runs of
@@ -482,7 +488,7 @@ fi
 if [[ $STAGE == 31j ]]; then
   J="$OUT-s12"
   mkdir -p "$J" "$J-boundary" "$J-mk32"
-  cat "$OUT-s11/records.jsonl" "$OUT"-s12-{ntk32b,yarn16c,ownleaf,ownleaf-b,focusleaf}/records.jsonl > "$J/records.jsonl"
+  cat "$OUT-s11/records.jsonl" "$OUT"-s12-{ntk32b,yarn16c,ownleaf,ownleaf-b,focusleaf,focusleaf-b}/records.jsonl > "$J/records.jsonl"
   .venv/bin/homer-llm eval --out "$J" --report-only --paired-with homer-focus-leaf,homer-focus,homer-ownleaf,homer \
     --methods homer-focus-leaf,homer-focus,homer-ownleaf,homer,homer-yarn,full,truncate,yarn,ntk,linear,bm25 \
     --tasks passkey --lengths 8k,16k,32k,64k --samples 20 --depths random --yarn-calibration-samples 2 --threads 1
