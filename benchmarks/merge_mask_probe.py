@@ -11,7 +11,9 @@ chosen sample of ``homer-llm eval`` from two trees:
 - ``base``: the engine's tree (the eval's ``homer`` method: calibrated, question read afresh);
 - ``own-leaf``: the same tree, except that in every merged node a context token attends only to
   the prefix and to the surviving tokens of its own leaf; the suffix (the question) still attends
-  to everything, so pruning and the answer still see the whole document.
+  to everything, so pruning and the answer still see the whole document (the engine's
+  ``own_leaf``, ``HomerConfig.merge_attention="own-leaf"``; this probe first carried its own copy of
+  that mask, the one sample recorded in session 12 ran with it).
 
     .venv/bin/python benchmarks/merge_mask_probe.py --length 64k --samples 2,3,4,5
 """
@@ -23,28 +25,9 @@ import time
 import torch
 from probe_samples import load_samples, sample_parser
 
-from homer_llm import compat
 from homer_llm.engine import TreePass
 from homer_llm.evaluation.methods import build_parts, needle_kept
 from homer_llm.evaluation.tasks import QA_TASKS
-
-
-class OwnLeafPass(TreePass):
-    """HOMER's tree with merged nodes' context tokens kept from attending to other leaves."""
-
-    def node_mask(self, state, node):
-        if node.left is None:
-            return super().node_mask(state, node)
-        plan = self.plan
-        P, C = plan.prefix_len, plan.context_len
-        ends = torch.tensor([hi for _, hi in plan.leaf_ranges()], dtype=torch.long)
-        origin = state.origin.cpu()
-        leaf = torch.searchsorted(ends, origin - P, right=True)
-        leaf = torch.where(origin < P, -1, torch.where(origin >= P + C, -2, leaf))
-        n = state.length
-        causal = torch.ones(n, n, dtype=torch.bool).tril()
-        allowed = causal & ((leaf[None, :] == -1) | (leaf[None, :] == leaf[:, None]) | (leaf[:, None] == -2))
-        return compat.mask_from_allowed(self.parts, allowed.to(state.hidden.device), state.hidden.dtype)
 
 
 def main() -> None:
@@ -54,7 +37,7 @@ def main() -> None:
     hm, model, samples = load_samples(args)
     task = QA_TASKS["passkey"]
     bias = hm.bias_table()
-    passes = {"base": TreePass, "own-leaf": OwnLeafPass}
+    own_leaf = {"base": False, "own-leaf": True}
     for index, sample in samples:
         parts = build_parts(hm.tokenizer, sample)
         plan = hm.plan(parts)
@@ -64,7 +47,8 @@ def main() -> None:
         for name in args.trees.split(","):
             start = time.perf_counter()
             with torch.inference_mode():
-                context = passes[name](hm.parts, plan, ids, bias, None, None, None, reread=True).finish(start)
+                context = TreePass(hm.parts, plan, ids, bias, None, None, None, reread=True,
+                                   own_leaf=own_leaf[name]).finish(start)
             text = hm.generate(context, config).text
             P, C = len(parts.prefix), len(parts.context)
             kept_ctx = {int(i) - P for i in context.kept if P <= int(i) < P + C}

@@ -28,6 +28,8 @@ logger = logging.getLogger(__name__)
 
 SUPPORTED_MODEL_TYPES: tuple[str, ...] = ("llama", "mistral", "qwen2", "qwen3")
 SUPPORTED_ATTENTION: tuple[str, ...] = ("sdpa", "eager", "flash_attention_2")
+MASKABLE_ATTENTION: tuple[str, ...] = ("sdpa", "eager")
+"""Backends that take an arbitrary attention mask (:func:`mask_from_allowed`)."""
 SDPA_REPEAT_KV = "homer_sdpa_repeat_kv"
 """Name under which :func:`use_sdpa_repeat_kv` registers sdpa-with-repeated-K/V in transformers."""
 
@@ -217,8 +219,8 @@ def mask_from_allowed(parts: ModelParts, allowed: torch.Tensor, dtype: torch.dty
     impl = parts.attn_implementation
     if impl == "sdpa":
         return allowed[None, None]
-    if impl != "eager":
-        raise TypeError(f"an arbitrary attention mask needs sdpa or eager attention, not {impl!r}")
+    if impl not in MASKABLE_ATTENTION:
+        raise TypeError(f"an arbitrary attention mask needs one of {MASKABLE_ATTENTION}, not {impl!r}")
     mask = torch.zeros(allowed.shape, dtype=dtype, device=allowed.device)
     mask.masked_fill_(~allowed, torch.finfo(dtype).min)
     return mask[None, None]

@@ -433,8 +433,9 @@ class DocumentCache:
         """
         if not parts.context:
             return engine.compress(parts, progress=progress), False
-        leaf_focus = bool(engine.homer.focus_leaves) and engine.homer.focus_locator == "leaf"
-        if self.mode != "exact" and engine.homer.focus_leaves and not (self.mode == "leaf" and leaf_focus):
+        focus = bool(engine.homer.focus_leaves)
+        leaf_focus = focus and engine.homer.focus_locator == "leaf" and self.mode == "leaf"
+        if self.mode != "exact" and focus and not leaf_focus:
             # the tree locator ranks leaves after a tree pruned for this question: nothing
             # question-free to share (the leaf locator reads cached leaves: "leaf" mode below)
             logger.info("HomerConfig.focus_leaves is set: %s mode falls back to exact compression", self.mode)
@@ -466,7 +467,7 @@ class DocumentCache:
 
         with self._use(key, engine, build) as (leaves, hit):
             assert isinstance(leaves, reuse.LeafStates)
-            if leaf_focus and len(parts.context) > 0 and leaves.num_leaves > 1:
+            if leaf_focus and leaves.num_leaves > 1:
                 return reuse.focus_from_leaves(engine, parts, leaves), hit
             return reuse.compress_from_leaves(engine, parts, leaves, progress=progress if hit else None), hit
 

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 import torch
 
 from . import compat
-from .engine import CompressedContext, Progress, TreePass, drop_last
+from .engine import CompressedContext, Progress, TreePass, drop_last, token_owners
 from .prompt import PromptParts
 from .schedule import Node, Plan
 from .significance import calibrated_scores, last_query_logits
@@ -44,11 +44,7 @@ def cache_positions(plan: Plan, kept: torch.Tensor) -> torch.Tensor:
 
 def token_leaves(plan: Plan, kept: torch.Tensor) -> torch.Tensor:
     """Leaf index of every cache token ([F] long), -1 for prefix and suffix tokens."""
-    P, C = plan.prefix_len, plan.context_len
-    ends = torch.tensor([hi for _, hi in plan.leaf_ranges()], dtype=torch.long)
-    ctx = kept.to(torch.long).cpu() - P
-    leaf = torch.searchsorted(ends, ctx, right=True)
-    return torch.where((ctx >= 0) & (ctx < C), leaf, torch.full_like(leaf, -1))
+    return token_owners(plan, kept.to(torch.long).cpu()).clamp(min=-1)
 
 
 @torch.inference_mode()
@@ -136,31 +132,37 @@ def context_lse(parts: compat.ModelParts, index: int, hidden_last: torch.Tensor,
     return float(torch.logsumexp(scores[lo:hi], 0))
 
 
+def upper_leaf_layers(node: Node) -> range:
+    """The layers a leaf's relevance is read at: the upper half of the leaf's own layers."""
+    return range(node.layer_end // 2, node.layer_end)
+
+
 class _LeafLocator(TreePass):
-    """Runs only the leaves of the tree, recording how strongly the question points into each."""
+    """Runs only the leaves of the tree (unpruned), recording how strongly the question points into each."""
 
     def __init__(self, parts: compat.ModelParts, plan: Plan, ids: torch.Tensor, bias: torch.Tensor | None,
                  progress: Progress | None) -> None:
         super().__init__(parts, plan, ids, bias, None, progress)
-        self.leaf_nodes = [node for node in plan.nodes() if node.is_leaf]
         self.total = plan.leaf_passes
         self.sums = torch.zeros(plan.num_leaves, dtype=torch.float64)
-        self.counts = torch.zeros(plan.num_leaves, dtype=torch.long)
 
     def observe(self, node: Node, index: int, hidden_last: torch.Tensor, kv: compat.KV, state: ChunkState,
                 pos_emb: compat.KV) -> None:
-        if index < node.layer_end // 2:  # the upper half of the leaf's layers only
-            return
-        cos, sin = pos_emb
-        self.sums[node.leaf_start] += context_lse(self.parts, index, hidden_last, (cos[:, -1:], sin[:, -1:]), kv[0],
-                                                  state.positions, self.plan.next_position - 1, self.bias,
-                                                  state.prefix_len, state.length - state.suffix_len)
-        self.counts[node.leaf_start] += 1
+        upper = upper_leaf_layers(node)
+        if index in upper:
+            cos, sin = pos_emb
+            lse = context_lse(self.parts, index, hidden_last, (cos[:, -1:], sin[:, -1:]), kv[0], state.positions,
+                              self.plan.next_position - 1, self.bias, state.prefix_len, state.length - state.suffix_len)
+            self.sums[node.leaf_start] += lse / len(upper)
+
+    def prune_node(self, state: ChunkState, node: Node, hidden_last: torch.Tensor, pos_emb: compat.KV) -> ChunkState:
+        return state  # the leaf is only read, never merged: its pruning would be wasted work
 
     def relevance(self) -> torch.Tensor:
-        for node in self.leaf_nodes:
-            self.run_layers(self.leaf_input(node), node)
-        return (self.sums / self.counts.clamp(min=1)).float()
+        for node in self.plan.nodes():
+            if node.is_leaf:
+                self.run_layers(self.leaf_input(node), node)
+        return self.sums.float()
 
 
 @torch.inference_mode()

@@ -91,9 +91,9 @@ class HomerModel:
             model = compat.scaled_model(model, homer.rope_scaling, homer.rope_factor)  # shares every weight
             name = f"{name}+{homer.rope_scaling}{homer.rope_factor:g}"
         self.parts = compat.model_parts(model)
-        if homer.merge_attention == "own-leaf" and self.parts.attn_implementation not in ("sdpa", "eager"):
-            raise ValueError(f"HomerConfig.merge_attention='own-leaf' needs sdpa or eager attention (an arbitrary "
-                             f"mask), not {self.parts.attn_implementation!r}")
+        if homer.merge_attention == "own-leaf" and self.parts.attn_implementation not in compat.MASKABLE_ATTENTION:
+            raise ValueError(f"HomerConfig.merge_attention='own-leaf' needs an arbitrary mask, one of "
+                             f"{compat.MASKABLE_ATTENTION}, not {self.parts.attn_implementation!r}")
         compat.use_sdpa_repeat_kv(model)  # float32 GQA on CUDA only: keeps long plain prefills off sdpa's math kernel
         model.eval()
         self.model = model

@@ -232,26 +232,22 @@ class _ReusePass(TreePass):
         """Prefill the suffix on top of the cached leaf, then prune it with the question's query."""
         parts, plan = self.parts, self.plan
         j = self.leaf_index[node.leaf_start]
-        cached_kv, cached_hidden = self.leaves.kv[j], self.leaves.hidden[j]
+        cached_hidden = self.leaves.hidden[j]
         P, S = plan.prefix_len, plan.suffix_len
-        past_len = int(cached_hidden.shape[1])
-        suffix_ids = self.ids[P + plan.context_len :]
-        cache = compat.cache_from_kv(cached_kv)
-        hidden = compat.embed(parts, suffix_ids)
-        suffix_pos = torch.arange(P + plan.nominal_leaf, P + plan.nominal_leaf + S)
-        pos_emb = compat.position_embeddings(parts, hidden, suffix_pos)
-        mask = compat.attention_mask(parts, S, past_len, hidden.dtype, hidden.device)
         last = node.layer_end - 1
-        hidden_last = hidden[:, -1:]
-        for index in range(node.layer_start, node.layer_end):
+        inputs: dict[int, torch.Tensor] = {}
+
+        def after_layer(index: int, hidden_in: torch.Tensor) -> None:
             if index == last:
-                hidden_last = hidden[:, -1:]
-            hidden, _ = compat.run_layer(parts, index, hidden, pos_emb, mask, past=cache)
+                inputs[last] = hidden_in
             self.done += 1
             if self.progress is not None:
                 self.progress(self.done, self.total)
-        kv = tuple(compat.kv_from_cache(cache))
-        positions = torch.cat([torch.arange(past_len), suffix_pos]).to(parts.embed_device)
+
+        hidden, kv, positions, pos_emb = _suffix_on_leaf(parts, plan, node, self.leaves, j,
+                                                         self.ids[P + plan.context_len :], after_layer)
+        hidden_last = inputs.get(last, hidden[:, -1:])
+        positions = positions.to(parts.embed_device)
         full_hidden = torch.cat([cached_hidden, hidden.to(cached_hidden.device)], dim=1)
         start, end = plan.leaf_ranges()[node.leaf_start]
         origin = torch.cat([torch.arange(P), torch.arange(P + start, P + end),
@@ -271,10 +267,7 @@ def compress_from_leaves(
         ValueError: the prompt's prefix/document do not match the leaves, or the suffix exceeds
             the budget the leaves were planned for.
     """
-    _check_leaves(parts, leaves)
-    plan = plan_with_budget(engine, parts, leaves.suffix_budget)
-    if plan.num_leaves != leaves.num_leaves:
-        raise ValueError(f"plan has {plan.num_leaves} leaves, cached states {leaves.num_leaves}")
+    plan = _plan_for_leaves(engine, parts, leaves)
     ids = torch.tensor(parts.ids, dtype=torch.long)
     start = time.perf_counter()
     with engine.lock:
@@ -299,44 +292,64 @@ def relevance_from_leaves(engine: Any, parts: PromptParts, leaves: LeafStates) -
     layers, which is all ``leaf_relevance`` runs for a leaf (the cached tokens come before the
     suffix, so their states do not depend on it). Same checks as :func:`compress_from_leaves`.
     """
-    from .focus import context_lse
+    from .focus import context_lse, upper_leaf_layers
 
-    _check_leaves(parts, leaves)
-    plan = plan_with_budget(engine, parts, leaves.suffix_budget)
-    if plan.num_leaves != leaves.num_leaves:
-        raise ValueError(f"plan has {plan.num_leaves} leaves, cached states {leaves.num_leaves}")
+    plan = _plan_for_leaves(engine, parts, leaves)
     mp, bias = engine.parts, _bias_for(engine, plan)
-    P, S = plan.prefix_len, plan.suffix_len
     suffix_ids = torch.tensor(parts.suffix, dtype=torch.long)
-    suffix_pos = torch.arange(P + plan.nominal_leaf, P + plan.nominal_leaf + S)
     relevance = torch.zeros(plan.num_leaves)
     with engine.lock:
         for j, node in enumerate(_leaf_nodes(plan)):
-            past_len = int(leaves.hidden[j].shape[1])
-            cache = compat.cache_from_kv(leaves.kv[j])
-            hidden = compat.embed(mp, suffix_ids)
-            cos, sin = compat.position_embeddings(mp, hidden, suffix_pos)
-            mask = compat.attention_mask(mp, S, past_len, hidden.dtype, hidden.device)
-            positions = torch.cat([torch.arange(past_len), suffix_pos])
-            upper = range(node.layer_end // 2, node.layer_end)
-            inputs = {}
-            for index in range(node.layer_start, node.layer_end):
+            upper = upper_leaf_layers(node)
+            inputs: dict[int, torch.Tensor] = {}
+
+            def keep_input(index: int, hidden_in: torch.Tensor, upper: range = upper, inputs: dict = inputs) -> None:
                 if index in upper:
-                    inputs[index] = hidden[:, -1:]
-                hidden, _ = compat.run_layer(mp, index, hidden, (cos, sin), mask, past=cache)
-            kv = compat.kv_from_cache(cache)
+                    inputs[index] = hidden_in
+
+            _, kv, positions, (cos, sin) = _suffix_on_leaf(mp, plan, node, leaves, j, suffix_ids, keep_input)
+            past_len = int(leaves.hidden[j].shape[1])
             relevance[node.leaf_start] = sum(
                 context_lse(mp, index, inputs[index], (cos[:, -1:], sin[:, -1:]), kv[index][0], positions,
-                            plan.next_position - 1, bias, P, past_len) for index in upper) / len(upper)
+                            plan.next_position - 1, bias, plan.prefix_len, past_len) for index in upper) / len(upper)
     return plan, relevance
 
 
-def _check_leaves(parts: PromptParts, leaves: LeafStates) -> None:
+def _plan_for_leaves(engine: Any, parts: PromptParts, leaves: LeafStates) -> Plan:
+    """The plan ``leaves`` were built for, checked against ``parts`` (ValueError on a mismatch)."""
     if len(parts.prefix) != leaves.prefix_len or len(parts.context) != leaves.context_len:
         raise ValueError(
             f"leaf states are for P={leaves.prefix_len}, C={leaves.context_len}; "
             f"got P={len(parts.prefix)}, C={len(parts.context)}"
         )
+    plan = plan_with_budget(engine, parts, leaves.suffix_budget)
+    if plan.num_leaves != leaves.num_leaves:
+        raise ValueError(f"plan has {plan.num_leaves} leaves, cached states {leaves.num_leaves}")
+    return plan
+
+
+def _suffix_on_leaf(parts: compat.ModelParts, plan: Plan, node: Node, leaves: LeafStates, j: int,
+                    suffix_ids: torch.Tensor, after_layer) -> tuple[torch.Tensor, tuple[compat.KV, ...],
+                                                                    torch.Tensor, compat.KV]:
+    """Prefill the suffix ([S] ids) on top of cached leaf ``j`` (``node``) through the leaf's layers.
+
+    ``after_layer(index, hidden_in)`` is called after each layer with the last suffix token's input
+    to it ([1, 1, hidden]). Returns the suffix's output [1, S, hidden], per layer (K, V) of prefix +
+    context + suffix, their position ids [P + c_j + S] and the suffix's cos/sin.
+    """
+    P, S = plan.prefix_len, plan.suffix_len
+    past_len = int(leaves.hidden[j].shape[1])
+    cache = compat.cache_from_kv(leaves.kv[j])
+    hidden = compat.embed(parts, suffix_ids)
+    suffix_pos = torch.arange(P + plan.nominal_leaf, P + plan.nominal_leaf + S)
+    pos_emb = compat.position_embeddings(parts, hidden, suffix_pos)
+    mask = compat.attention_mask(parts, S, past_len, hidden.dtype, hidden.device)
+    for index in range(node.layer_start, node.layer_end):
+        hidden_in = hidden[:, -1:]
+        hidden, _ = compat.run_layer(parts, index, hidden, pos_emb, mask, past=cache)
+        after_layer(index, hidden_in)
+    positions = torch.cat([torch.arange(past_len), suffix_pos])
+    return hidden, tuple(compat.kv_from_cache(cache)), positions, pos_emb
 
 
 @torch.inference_mode()
