@@ -499,6 +499,35 @@ if [[ $STAGE == 31j ]]; then
   .venv/bin/homer-llm eval --out "$J-mk32" --report-only --methods homer-focus-leaf,homer-focus,homer,bm25 \
     --tasks multikey --lengths 32k --samples 10 --depths random --threads 1 --paired-with homer-focus-leaf
 fi
+# 32: (session 13) perplexity at 8x with own-leaf merges, the five samples of stage 15, appended mode
+#     (last 3840 context tokens whole after the cache) and the paper's mode; then default HOMER on
+#     sample 0 in appended mode again, to check that stage 15's records still hold for today's code
+if [[ $STAGE == 32 ]]; then
+  .venv/bin/homer-llm eval --out "$OUT-s13-ppl-ownleaf-append3840" --resume --threads 1 --tasks ppl --lengths 64k \
+    --methods homer-ownleaf --samples 5 --ppl-append 3840 --call-seconds 1500 --max-seconds 3600
+  .venv/bin/homer-llm eval --out "$OUT-s13-ppl-ownleaf" --resume --threads 1 --tasks ppl --lengths 64k \
+    --methods homer-ownleaf --samples 5 --call-seconds 1500 --max-seconds 3000
+  .venv/bin/homer-llm eval --out "$OUT-s13-ppl-homer-append3840" --resume --threads 1 --tasks ppl --lengths 64k \
+    --methods homer --samples 1 --ppl-append 3840 --call-seconds 1500 --max-seconds 1500
+fi
+# 33a/33b: (session 13) the leaf locator's rule is now leaf-mass (the question's attention share on
+#     the leaf's text inside the leaf's own pass; session 12's leaf-lse in the s12 folders): the
+#     boundary needles and multi-key at 32k, the 32k cell (20 samples; s12 had 6), then 64k
+if [[ $STAGE == 33a ]]; then
+  END=${END:-$(( $(date +%s) + 6000 ))}
+  left() { echo $(( END - $(date +%s) )); }
+  .venv/bin/homer-llm eval --resume --threads 1 --tasks passkey --methods homer-focus-leaf --lengths 32k --samples 7 \
+    --depths 12.5,25,37.5,50,62.5,75,87.5 --call-seconds 2400 --out "$OUT-s13-boundary-mass" --max-seconds "$(left)"
+  (( $(left) > 120 )) && .venv/bin/homer-llm eval --resume --threads 1 --depths random --tasks multikey \
+    --methods homer-focus-leaf --lengths 32k --samples 10 --call-seconds 2400 --out "$OUT-s13-mk32-mass" \
+    --max-seconds "$(left)"
+  (( $(left) > 120 )) && "${S9[@]}" --out "$OUT-s13-focusmass" --methods homer-focus-leaf --lengths 32k --samples 20 \
+    --call-seconds 2400 --max-seconds "$(left)"
+fi
+if [[ $STAGE == 33b ]]; then
+  "${S9[@]}" --out "$OUT-s13-focusmass-64k" --methods homer-focus-leaf --lengths 64k --samples 20 --call-seconds 2400 \
+    --max-seconds $(( ${END:-$(( $(date +%s) + 6000 ))} - $(date +%s) ))
+fi
 # 3. more samples and the other tasks, as far as the budget goes
 if [[ $STAGE == 3 || $STAGE == all ]]; then
   "${EVAL[@]}" --tasks passkey,vartrack,multikey,multivalue,ppl --ppl-sink 0 \

@@ -67,8 +67,9 @@ class HomerConfig:
         focus_locator: how focus ranks the leaves. "tree" (default): by the attention the question,
             read afresh after the whole pruned tree, gives each leaf's surviving tokens (above).
             "leaf" (``focus.leaf_relevance``): inside each leaf's own pass, before any merge, by
-            the logsumexp of the question's significance of the leaf's tokens over the upper half
-            of the leaf's layers; the merges are not run at all, so locating costs the leaves only.
+            the share of the question's attention that falls on the leaf's text, averaged over the
+            upper half of the leaf's layers; the merges are not run at all, so locating costs the
+            leaves only.
         merge_attention: who attends to whom in the layers of merged nodes. "causal" (default,
             HOMER as published): every token attends to all tokens before it, so a right child's
             tokens also read the left child's, which carry the same position ids. "own-leaf"

@@ -115,21 +115,23 @@ def leaf_attention(
     return torch.zeros(plan.num_leaves).index_add_(0, owner[ctx], total[ctx])
 
 
-def context_lse(parts: compat.ModelParts, index: int, hidden_last: torch.Tensor, pos_emb_last: compat.KV,
-                keys: torch.Tensor, positions: torch.Tensor, query_position: int, bias: torch.Tensor | None,
-                lo: int, hi: int) -> float:
-    """logsumexp over tokens [lo, hi) of the pruning rule's significance for one query token.
+def context_share(parts: compat.ModelParts, index: int, hidden_last: torch.Tensor, pos_emb_last: compat.KV,
+                  keys: torch.Tensor, lo: int, hi: int) -> float:
+    """Share of one query token's attention that falls on tokens [lo, hi) of a node at one layer.
+
+    The softmax runs over the max-over-heads logits (:func:`last_query_logits`) of every key of
+    the node; no calibration: every leaf that is compared has the same prefix and suffix at the
+    same position ids, so the distance bias is the same in each, and subtracting it (as the
+    pruning rule does) lowered the rank of keys at a leaf's very end (session 12 probe).
 
     Args:
         hidden_last: [1, 1, hidden] the query token's input to layer ``index``; ``pos_emb_last``
             its cos/sin ([1, 1, d] each).
-        keys: [1, n_kv, n, d] that layer's rotated keys; ``positions``: [n] their position ids.
-        query_position: the query token's position id; ``bias``: [L, M] table or None.
+        keys: [1, n_kv, n, d] that layer's rotated keys.
     """
     query = compat.last_query(parts, index, hidden_last, pos_emb_last)
     logits = last_query_logits(query, keys, compat.attention_scaling(parts, index))
-    scores = calibrated_scores(logits, positions, query_position, None if bias is None else bias[index])
-    return float(torch.logsumexp(scores[lo:hi], 0))
+    return float(torch.softmax(logits, 0)[lo:hi].sum())
 
 
 def upper_leaf_layers(node: Node) -> range:
@@ -140,9 +142,8 @@ def upper_leaf_layers(node: Node) -> range:
 class _LeafLocator(TreePass):
     """Runs only the leaves of the tree (unpruned), recording how strongly the question points into each."""
 
-    def __init__(self, parts: compat.ModelParts, plan: Plan, ids: torch.Tensor, bias: torch.Tensor | None,
-                 progress: Progress | None) -> None:
-        super().__init__(parts, plan, ids, bias, None, progress)
+    def __init__(self, parts: compat.ModelParts, plan: Plan, ids: torch.Tensor, progress: Progress | None) -> None:
+        super().__init__(parts, plan, ids, None, None, progress)
         self.total = plan.leaf_passes
         self.sums = torch.zeros(plan.num_leaves, dtype=torch.float64)
 
@@ -151,9 +152,9 @@ class _LeafLocator(TreePass):
         upper = upper_leaf_layers(node)
         if index in upper:
             cos, sin = pos_emb
-            lse = context_lse(self.parts, index, hidden_last, (cos[:, -1:], sin[:, -1:]), kv[0], state.positions,
-                              self.plan.next_position - 1, self.bias, state.prefix_len, state.length - state.suffix_len)
-            self.sums[node.leaf_start] += lse / len(upper)
+            share = context_share(self.parts, index, hidden_last, (cos[:, -1:], sin[:, -1:]), kv[0],
+                                  state.prefix_len, state.length - state.suffix_len)
+            self.sums[node.leaf_start] += share / len(upper)
 
     def prune_node(self, state: ChunkState, node: Node, hidden_last: torch.Tensor, pos_emb: compat.KV) -> ChunkState:
         return state  # the leaf is only read, never merged: its pruning would be wasted work
@@ -166,20 +167,19 @@ class _LeafLocator(TreePass):
 
 
 @torch.inference_mode()
-def leaf_relevance(parts: compat.ModelParts, plan: Plan, ids: torch.Tensor, bias: torch.Tensor | None,
+def leaf_relevance(parts: compat.ModelParts, plan: Plan, ids: torch.Tensor,
                    progress: Progress | None = None) -> torch.Tensor:
     """How strongly the question points into each leaf, read inside the leaf itself: [N] float32.
 
     Every leaf ``p + x_i + s`` of ``plan`` (``ids``: [P + C + S] long) runs through its own layers
     as in HOMER's tree (no merges are run); at each layer of the upper half of those, the question's
-    last token scores the leaf's context tokens by the pruning rule (max over heads of the logit,
-    less the calibration bias at that distance; ``bias`` None: uncalibrated), and the leaf gets the
-    logsumexp of those scores, averaged over the layers. Every leaf has the same prefix and suffix
-    at the same position ids and no sibling before it, so the numbers compare across leaves; the
-    tree's own attention after merges favours the first leaves of each subtree (README, Limits).
-    ``progress(done, total)`` counts the leaves' layer passes.
+    last token's attention (softmax of the max-over-heads logits over the leaf's tokens) is summed
+    over the leaf's context tokens, and the leaf gets that share averaged over the layers. Every
+    leaf has the same prefix and suffix at the same position ids and no sibling before it, so the
+    shares compare across leaves; the tree's own attention after merges favours the first leaves
+    of each subtree (README, Limits). ``progress(done, total)`` counts the leaves' layer passes.
     """
-    return _LeafLocator(parts, plan, ids, bias, progress).relevance()
+    return _LeafLocator(parts, plan, ids, progress).relevance()
 
 
 def choose_leaves(plan: Plan, attention: torch.Tensor, k: int, budget: int) -> list[int]:

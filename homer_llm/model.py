@@ -312,7 +312,7 @@ class HomerModel:
             try:
                 if focus and self.homer.focus_locator == "leaf":
                     started = time.perf_counter()
-                    relevance = leaf_relevance(self.parts, plan, ids, bias, tree_progress)
+                    relevance = leaf_relevance(self.parts, plan, ids, tree_progress)
                     return self._focus(parts, plan, relevance, time.perf_counter() - started, progress)
                 # focus reads the question afresh itself (focus.question_scores): no reread pass here
                 context = compress(self.parts, plan, ids, bias=bias, random_generator=gen, progress=tree_progress,

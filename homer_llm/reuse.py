@@ -292,10 +292,10 @@ def relevance_from_leaves(engine: Any, parts: PromptParts, leaves: LeafStates) -
     layers, which is all ``leaf_relevance`` runs for a leaf (the cached tokens come before the
     suffix, so their states do not depend on it). Same checks as :func:`compress_from_leaves`.
     """
-    from .focus import context_lse, upper_leaf_layers
+    from .focus import context_share, upper_leaf_layers
 
     plan = _plan_for_leaves(engine, parts, leaves)
-    mp, bias = engine.parts, _bias_for(engine, plan)
+    mp = engine.parts
     suffix_ids = torch.tensor(parts.suffix, dtype=torch.long)
     relevance = torch.zeros(plan.num_leaves)
     with engine.lock:
@@ -307,11 +307,11 @@ def relevance_from_leaves(engine: Any, parts: PromptParts, leaves: LeafStates) -
                 if index in upper:
                     inputs[index] = hidden_in
 
-            _, kv, positions, (cos, sin) = _suffix_on_leaf(mp, plan, node, leaves, j, suffix_ids, keep_input)
+            _, kv, _, (cos, sin) = _suffix_on_leaf(mp, plan, node, leaves, j, suffix_ids, keep_input)
             past_len = int(leaves.hidden[j].shape[1])
             relevance[node.leaf_start] = sum(
-                context_lse(mp, index, inputs[index], (cos[:, -1:], sin[:, -1:]), kv[index][0], positions,
-                            plan.next_position - 1, bias, plan.prefix_len, past_len) for index in upper) / len(upper)
+                context_share(mp, index, inputs[index], (cos[:, -1:], sin[:, -1:]), kv[index][0], plan.prefix_len,
+                              past_len) for index in upper) / len(upper)
     return plan, relevance
 
 

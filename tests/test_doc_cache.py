@@ -445,7 +445,7 @@ def test_leaf_mode_serves_the_leaf_locator_from_cached_leaves(tokenizer):
         plan = reuse.plan_with_budget(hm, parts, reuse.suffix_budget_for(hm, parts, 48))
         assert plan.num_leaves > 2
         with hm.lock:
-            relevance = leaf_relevance(hm.parts, plan, torch.tensor(parts.ids), hm.bias_table())
+            relevance = leaf_relevance(hm.parts, plan, torch.tensor(parts.ids))
             fresh = hm._focus(parts, plan, relevance, 0.0)
         leaves = reuse.build_leaf_states(hm, parts, reuse.suffix_budget_for(hm, parts, 48))
         torch.testing.assert_close(reuse.relevance_from_leaves(hm, parts, leaves)[1], relevance, atol=1e-4, rtol=1e-5)

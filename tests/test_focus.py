@@ -174,10 +174,11 @@ def test_bad_focus_leaves(value, exc):
         HomerConfig(focus_margin=value)
 
 
-def _relevance_by_hand(hm, plan, ids, bias):
-    """leaf_relevance written out with compat calls: each leaf alone, its upper-half layers' logsumexp."""
+def _relevance_by_hand(hm, plan, ids):
+    """leaf_relevance written out with compat calls: each leaf alone, the last token's attention
+    share on the leaf's context tokens (softmax of the max-over-heads logits), upper-half layers."""
     from homer_llm import compat
-    from homer_llm.significance import calibrated_scores, last_query_logits
+    from homer_llm.significance import last_query_logits
 
     P, C, S = plan.prefix_len, plan.context_len, plan.suffix_len
     out = []
@@ -193,9 +194,8 @@ def _relevance_by_hand(hm, plan, ids, bias):
             hidden, (k, _) = compat.run_layer(hm.parts, index, hidden, (cos, sin), None)
             if index >= end // 2:
                 q = compat.last_query(hm.parts, index, h_last, (cos[:, -1:], sin[:, -1:]))
-                a = calibrated_scores(last_query_logits(q, k, compat.attention_scaling(hm.parts, index)), pos,
-                                      plan.next_position - 1, bias[index])
-                values.append(float(torch.logsumexp(a[P : P + hi - lo], 0)))
+                a = torch.softmax(last_query_logits(q, k, compat.attention_scaling(hm.parts, index)), 0)
+                values.append(float(a[P : P + hi - lo].sum()))
         out.append(sum(values) / len(values))
     return torch.tensor(out)
 
@@ -204,19 +204,19 @@ def _relevance_by_hand(hm, plan, ids, bias):
 def test_leaf_relevance_reads_each_leaf_alone(tiny_homer):
     parts = tiny_homer.prepare_question(DOC, "which word?")
     plan = tiny_homer.plan(parts)
-    bias = tiny_homer.bias_table()
     ids = torch.tensor(parts.ids)
     calls = []
-    relevance = leaf_relevance(tiny_homer.parts, plan, ids, bias, lambda d, t: calls.append((d, t)))
+    relevance = leaf_relevance(tiny_homer.parts, plan, ids, lambda d, t: calls.append((d, t)))
     assert relevance.shape == (plan.num_leaves,) and plan.num_leaves > 2
-    torch.testing.assert_close(relevance, _relevance_by_hand(tiny_homer, plan, ids, bias), atol=1e-4, rtol=1e-5)
+    assert bool(((relevance > 0) & (relevance < 1)).all())  # shares of one softmax
+    torch.testing.assert_close(relevance, _relevance_by_hand(tiny_homer, plan, ids), atol=1e-5, rtol=1e-4)
     assert calls[-1] == (plan.leaf_passes, plan.leaf_passes) and plan.leaf_passes < plan.layer_passes
     # no merges: changing the text of leaf 1 changes its number and no other leaf's
     lo, hi = plan.leaf_ranges()[1]
     other = ids.clone()
     other[len(parts.prefix) + lo : len(parts.prefix) + hi] = torch.tensor(parts.ids[len(parts.prefix) + lo:
                                                                                     len(parts.prefix) + hi]).flip(0)
-    changed = leaf_relevance(tiny_homer.parts, plan, other, bias)
+    changed = leaf_relevance(tiny_homer.parts, plan, other)
     assert not torch.isclose(changed[1], relevance[1])
     keep = [i for i in range(plan.num_leaves) if i != 1]
     torch.testing.assert_close(changed[keep], relevance[keep])
@@ -230,7 +230,7 @@ def test_focus_with_the_leaf_locator_reads_the_leaves_it_ranks_first(tokenizer):
     plan = hm.plan(parts)
     calls = []
     context = hm.compress(parts, progress=lambda d, t: calls.append((d, t)))
-    relevance = leaf_relevance(hm.parts, plan, torch.tensor(parts.ids), hm.bias_table())
+    relevance = leaf_relevance(hm.parts, plan, torch.tensor(parts.ids))
     best = sorted(torch.argsort(relevance, descending=True)[:2].tolist())
     P, S = len(parts.prefix), len(parts.suffix)
     ranges = plan.leaf_ranges()
