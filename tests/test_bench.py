@@ -109,6 +109,23 @@ def test_settings_validate():
         BenchSettings(shape=TINY, bias="learned")
     assert BenchSettings(shape=TINY, lengths=(512, 256, 512)).lengths == (256, 512)
     assert BenchSettings(shape=TINY).lengths == TINY.lengths
+    with pytest.raises(ValueError, match="merge_attention"):
+        BenchSettings(shape=TINY, merge_attention="sibling")
+    with pytest.raises(ValueError, match="flash_attention_2"):
+        BenchSettings(shape=TINY, merge_attention="own-leaf", attn="flash_attention_2")
+
+
+def test_own_leaf_merges_are_benchmarked_as_the_engine_runs_them(one_thread):
+    """--merge-attention own-leaf times the engine's own-leaf tree: same cache size and peak K/V
+    as causal merges (the mask changes who attends, not what is kept alive)."""
+    rows = {}
+    for mode in ("causal", "own-leaf"):
+        bench = _bench(methods=("homer",), lengths=(1024,), decode_tokens=0, merge_attention=mode)
+        report = bench.run()
+        assert report.meta["homer"]["merge_attention"] == mode and report.results[0].status == "ok"
+        rows[mode] = report.results[0]
+    assert rows["own-leaf"].cache_tokens == rows["causal"].cache_tokens
+    assert rows["own-leaf"].kv_peak_bytes == rows["causal"].kv_peak_bytes
 
 
 def test_is_oom_recognises_allocation_failures():

@@ -49,6 +49,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--budget-s", type=float, default=30.0,
                         help="stop repeating a length once its runs took this many seconds (default 30)")
     parser.add_argument("--decode-tokens", type=int, default=16, help="greedy decode steps timed per cache (0: none)")
+    parser.add_argument("--merge-attention", default="causal", choices=("causal", "own-leaf"),
+                        help="HOMER's merged-node attention: causal (as published; default) or own-leaf "
+                        "(HomerConfig's default on sdpa/eager: an explicit mask)")
     parser.add_argument("--bias", default="zero", choices=("zero", "none", "random"),
                         help="HOMER calibration table: zero (calibrated code path; default), none, random")
     parser.add_argument("--plain-logits", default="last", choices=("last", "all"),
@@ -96,7 +99,7 @@ def _settings(args: argparse.Namespace):
         lengths=lengths, prefix_len=args.prefix_len, suffix_len=args.suffix_len,
         chunk_len=args.chunk_len, warmup_layers=args.warmup_layers, repeats=repeats, warmup=args.warmup,
         budget_s=args.budget_s, decode_tokens=args.decode_tokens, bias=args.bias,
-        plain_logits=args.plain_logits, seed=args.seed,
+        plain_logits=args.plain_logits, seed=args.seed, merge_attention=args.merge_attention,
         max_plain_length=parse_length(args.max_plain_length) if args.max_plain_length else None,
     )
 

@@ -100,7 +100,8 @@ def format_header(report: BenchReport) -> str:
         f"# {m['date']} on {m['device']}; torch {v['torch']}, transformers {v['transformers']}, homer-llm {v['homer_llm']}\n"
         f"# {_count(m['parameters'])} parameters ({m['weights_bytes'] / 2**20:,.1f} MiB), "
         f"K/V {m['kv_bytes_per_token'] / 1024:g} KiB/token, matmul probe {_rate(m['matmul_flops'])}\n"
-        f"# HOMER: P={h['prefix_len']} S={h['suffix_len']} M={h['chunk_len']} T={h['cache_len']} bias={h['bias']}; "
+        f"# HOMER: P={h['prefix_len']} S={h['suffix_len']} M={h['chunk_len']} T={h['cache_len']} bias={h['bias']} "
+        f"merges={h.get('merge_attention', 'causal')}; "
         f"plain logits={m['plain_logits']}; memory={m['memory_kind']}; median of <= {m['repeats']} runs"
     )
 

@@ -61,6 +61,8 @@ class BenchSettings:
         max_plain_length: plain rows above this length are not run (status "not_run"): for
             machines where a long plain prefill would take hours rather than fail.
         seed: ids and weights seed.
+        merge_attention: HOMER's merged-node attention, "causal" (as published) or "own-leaf"
+            (an explicit mask: sdpa or eager only), as ``HomerConfig.merge_attention``.
     """
 
     shape: ModelShape
@@ -81,6 +83,7 @@ class BenchSettings:
     plain_logits: str = "last"
     max_plain_length: int | None = None
     seed: int = 0
+    merge_attention: str = "causal"
 
     def __post_init__(self) -> None:
         bad = [m for m in self.methods if m not in METHODS]
@@ -96,6 +99,10 @@ class BenchSettings:
             )
         if self.attn not in ("sdpa", "eager", "flash_attention_2"):
             raise ValueError(f"attn must be sdpa, eager or flash_attention_2, got {self.attn!r}")
+        if self.merge_attention not in ("causal", "own-leaf"):
+            raise ValueError(f"merge_attention must be 'causal' or 'own-leaf', got {self.merge_attention!r}")
+        if self.merge_attention == "own-leaf" and self.attn not in compat.MASKABLE_ATTENTION:
+            raise ValueError(f"merge_attention='own-leaf' needs one of {compat.MASKABLE_ATTENTION}, not {self.attn!r}")
         lengths = self.lengths or self.shape.lengths
         if any(n < 2 for n in lengths):
             raise ValueError(f"lengths must be >= 2 tokens, got {lengths}")
@@ -248,7 +255,7 @@ class Bench:
         return _Prefill(cache, n, n, size, size)
 
     def _homer(self, ids: torch.Tensor, plan: Plan) -> _Prefill:
-        ctx = compress(self.parts, plan, ids, bias=self.bias)
+        ctx = compress(self.parts, plan, ids, bias=self.bias, own_leaf=self.settings.merge_attention == "own-leaf")
         extra = {"tree_height": ctx.stats.tree_height, "num_leaves": ctx.stats.num_leaves}
         return _Prefill(ctx.to_cache(), ctx.next_position, ctx.cache_tokens, ctx.kv_bytes(), ctx.stats.peak_kv_bytes, extra)
 
@@ -410,6 +417,7 @@ class Bench:
             "homer": {
                 "prefix_len": s.prefix_len, "suffix_len": s.suffix_len, "chunk_len": self.chunk_len,
                 "cache_len": self.chunk_len, "warmup_layers": s.warmup_layers, "bias": s.bias,
+                "merge_attention": s.merge_attention,
             },
             "repeats": s.repeats, "warmup": s.warmup, "budget_s": s.budget_s,
             "decode_tokens": s.decode_tokens, "plain_logits": s.plain_logits,
