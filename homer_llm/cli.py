@@ -130,9 +130,10 @@ def add_ask_arguments(parser: argparse.ArgumentParser) -> None:
     homer.add_argument("--focus-locator", default="tree", choices=["tree", "leaf"],
                        help="with --focus-leaves: rank leaves by the question's attention after the whole tree "
                             "(tree, default) or inside each leaf's own pass, without running the merges (leaf)")
-    homer.add_argument("--merge-attention", default="causal", choices=["causal", "own-leaf"],
-                       help="in merged nodes every token reads all before it (causal, as published; default) or "
-                            "only its own leaf's, the question still reading everything (own-leaf)")
+    homer.add_argument("--merge-attention", default="auto", choices=["auto", "causal", "own-leaf"],
+                       help="in merged nodes every token reads all before it (causal, as published) or only its "
+                            "own leaf's, the question still reading everything (own-leaf); auto (default): own-leaf "
+                            "without --focus-leaves on sdpa/eager attention, else causal")
     gen = parser.add_argument_group("generation")
     gen.add_argument("--max-new-tokens", type=_positive_int, default=256, metavar="N")
     gen.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")

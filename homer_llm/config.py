@@ -15,8 +15,8 @@ PruneUnit = Literal["token", "word"]
 PRUNE_UNITS: tuple[str, ...] = ("token", "word")
 RopeScaling = Literal["yarn", "linear"]
 ROPE_SCALINGS: tuple[str, ...] = ("yarn", "linear")
-MergeAttention = Literal["causal", "own-leaf"]
-MERGE_ATTENTIONS: tuple[str, ...] = ("causal", "own-leaf")
+MergeAttention = Literal["auto", "causal", "own-leaf"]
+MERGE_ATTENTIONS: tuple[str, ...] = ("auto", "causal", "own-leaf")
 FocusLocator = Literal["tree", "leaf"]
 FOCUS_LOCATORS: tuple[str, ...] = ("tree", "leaf")
 
@@ -70,12 +70,16 @@ class HomerConfig:
             the share of the question's attention that falls on the leaf's text, averaged over the
             upper half of the leaf's layers; the merges are not run at all, so locating costs the
             leaves only.
-        merge_attention: who attends to whom in the layers of merged nodes. "causal" (default,
-            HOMER as published): every token attends to all tokens before it, so a right child's
-            tokens also read the left child's, which carry the same position ids. "own-leaf"
+        merge_attention: who attends to whom in the layers of merged nodes. "causal" (HOMER as
+            published): every token attends to all tokens before it, so a right child's tokens
+            also read the left child's, which carry the same position ids. "own-leaf"
             (``engine.TreePass.node_mask``): a context token attends only to the prefix and to
             its own leaf's surviving tokens, as it did inside its leaf; the suffix (the question)
-            still reads everything, so pruning and the answer see the whole document.
+            still reads everything, so pruning and the answer see the whole document. "auto"
+            (default): "own-leaf" where it was measured better, i.e. without focus and on an
+            attention backend that takes an arbitrary mask (sdpa, eager), else "causal" (under
+            flash-attn, and with focus, whose locators were measured on causal merges);
+            ``HomerModel.homer`` holds the resolved value.
     """
 
     chunk_len: int | None = None
@@ -91,7 +95,7 @@ class HomerConfig:
     focus_leaves: int = 0
     focus_margin: int = 256
     focus_locator: FocusLocator = "tree"
-    merge_attention: MergeAttention = "causal"
+    merge_attention: MergeAttention = "auto"
 
     def __post_init__(self) -> None:
         for name in ("chunk_len", "cache_len", "warmup_layers"):

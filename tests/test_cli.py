@@ -250,9 +250,11 @@ def test_focus_leaves_option_reads_whole_leaves(capsys, long_doc, tiny_dir):
     assert base["focus_locator"] is None and focus["focus_locator"] == "tree"
     (leaf,) = json_reports(capsys, tiny_dir, long_doc, ["--focus-leaves", "2", "--focus-locator", "leaf"])
     assert leaf["focus_locator"] == "leaf" and leaf["cache_tokens"] <= leaf["window"]
-    (own,) = json_reports(capsys, tiny_dir, long_doc, ["--merge-attention", "own-leaf"])
-    assert own["merge_attention"] == "own-leaf" and base["merge_attention"] == "causal"
-    assert own["cache_tokens"] == base["cache_tokens"]
+    (own, causal) = json_reports(capsys, tiny_dir, long_doc, ["--merge-attention", "own-leaf"],
+                                 ["--merge-attention", "causal"])
+    # auto (default): own-leaf merges without focus on this sdpa model, causal ones under focus
+    assert own["merge_attention"] == base["merge_attention"] == "own-leaf" and focus["merge_attention"] == "causal"
+    assert causal["merge_attention"] == "causal" and own["cache_tokens"] == causal["cache_tokens"]
     code, out, err = run(capsys, "ask", "--model", tiny_dir, "--document", long_doc, "--focus-leaves", "-1",
                          "--no-progress", "Q?")
     assert_one_line_error(code, out, err, "focus_leaves must be >= 0", "-1")

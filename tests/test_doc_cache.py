@@ -330,17 +330,22 @@ def test_key_depends_on_what_changes_the_states(tokenizer):
                 make_key(a, p, x, s, mode="agnostic"), make_key(a, p, x, None, mode="leaf"),
                 make_key(a, p, x, None, mode="agnostic", namespace="t2"),
                 make_key(d, p, x, None, mode="agnostic")}) == 9
-    e = HomerModel(a.model, tokenizer, name="m", homer=HomerConfig(merge_attention="own-leaf"))
+    e = HomerModel(a.model, tokenizer, name="m", homer=HomerConfig(merge_attention="causal"))
     assert make_key(e, p, x, None, mode="agnostic") != base
 
 
-def test_default_merge_attention_leaves_keys_as_before_it_existed(tokenizer):
-    """A config field added with its default must not turn every stored entry into a miss."""
+def test_causal_merge_attention_leaves_keys_as_before_it_existed(tokenizer):
+    """A config field added with the behaviour of before must not turn every stored entry into a
+    miss: causal merges (all there was before session 12) keep the old key; the default since
+    session 13 (own-leaf on this backend) computes other states and gets its own."""
     from tiny import tiny_model
 
-    a = HomerModel(tiny_model("llama", vocab=len(tokenizer)), tokenizer, name="m")
-    identity = doc_cache.model_identity(a)["homer"]
+    model = tiny_model("llama", vocab=len(tokenizer))
+    causal = HomerModel(model, tokenizer, name="m", homer=HomerConfig(merge_attention="causal"))
+    identity = doc_cache.model_identity(causal)["homer"]
     assert "merge_attention" not in identity and "focus_margin" in identity
+    default = doc_cache.model_identity(HomerModel(model, tokenizer, name="m"))["homer"]
+    assert default["merge_attention"] == "own-leaf"
 
 
 # ---------------------------------------------------------------------------------------- reuse modes

@@ -470,9 +470,10 @@ def test_model_with_own_leaf_merges_runs_the_own_leaf_tree(tokenizer):
     from homer_llm import HomerConfig, HomerModel
 
     model = tiny_model("llama", vocab=len(tokenizer))
-    homer = HomerConfig(calibration_samples=1)
-    causal = HomerModel(model, tokenizer, name="t", homer=homer)
+    causal = HomerModel(model, tokenizer, name="t", homer=HomerConfig(calibration_samples=1, merge_attention="causal"))
     own = HomerModel(model, tokenizer, name="t", homer=HomerConfig(calibration_samples=1, merge_attention="own-leaf"))
+    auto = HomerModel(model, tokenizer, name="t", homer=HomerConfig(calibration_samples=1))
+    assert auto.homer.merge_attention == "own-leaf"  # the default on a maskable backend without focus
     parts = causal.prepare_question("the box holds seven coins. " * 20, "How many coins?")
     plan = causal.plan(parts)
     assert plan.num_leaves > 1
@@ -496,3 +497,23 @@ def test_own_leaf_with_flash_attention_refused_at_construction(tokenizer):
     model.config._attn_implementation = "flash_attention_2"  # only the name is read before any forward
     with pytest.raises(ValueError, match="own-leaf.*flash_attention_2"):
         HomerModel(model, tokenizer, name="t", homer=HomerConfig(merge_attention="own-leaf"))
+
+
+@pytest.mark.parametrize(("asked", "impl", "focus", "resolved"), [
+    ("auto", "sdpa", 0, "own-leaf"), ("auto", "eager", 0, "own-leaf"), ("auto", "flash_attention_2", 0, "causal"),
+    ("auto", "sdpa", 2, "causal"), ("causal", "sdpa", 0, "causal"), ("own-leaf", "eager", 2, "own-leaf"),
+])
+def test_auto_merge_attention_resolves_by_backend_and_focus(asked, impl, focus, resolved):
+    """"auto" (the default) is own-leaf only where measured better: a maskable backend, no focus."""
+    from homer_llm import HomerConfig
+    from homer_llm.model import resolve_merge_attention
+
+    assert resolve_merge_attention(HomerConfig(merge_attention=asked, focus_leaves=focus), impl) == resolved
+
+
+def test_default_config_under_flash_attention_stays_causal(tokenizer):
+    from homer_llm import HomerModel
+
+    model = tiny_model("llama", vocab=len(tokenizer))
+    model.config._attn_implementation = "flash_attention_2"
+    assert HomerModel(model, tokenizer, name="t").homer.merge_attention == "causal"

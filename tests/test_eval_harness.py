@@ -243,7 +243,8 @@ def test_ppl_append_runs_the_last_tokens_after_the_cache(model_dir, essays, tmp_
     from homer_llm.evaluation.runner import score_continuation
     from homer_llm.prompt import PromptParts, anchor_prefix, bos_prefix
 
-    hm = HomerModel.load(model_dir, device="cpu", homer=HomerConfig(calibration_samples=2))
+    # the eval's "homer" is HOMER as published (causal merges), whatever the library's default
+    hm = HomerModel.load(model_dir, device="cpu", homer=HomerConfig(calibration_samples=2, merge_attention="causal"))
     (length,) = eval_cli.parse_lengths("2x", hm.window)
     sample = PerplexityTask(hm.tokenizer, essays, target_tokens=32).make(length, 0, 0)
     bos = bos_prefix(hm.tokenizer)

@@ -4,7 +4,8 @@ Each method answers a QASample (greedy text after the sample's answer prefix) an
 sense, scores a PPLSample (per-token NLL of the target). Every method receives a Deadline and must
 stop with TimeBudgetExceeded once it has passed.
 
-    homer            HOMER, calibrated significance (the method)
+    homer            HOMER, calibrated significance, causal merges as published (the method; the
+                     library's default merges are own-leaf since session 13: ``homer-ownleaf``)
     homer-uncal      HOMER with B = 0 (no recency-bias correction)
     homer-random     HOMER with random pruning (the paper's ablation)
     homer-word       HOMER, calibrated, pruning whole words (``HomerConfig.prune_unit="word"``)
@@ -16,7 +17,8 @@ stop with TimeBudgetExceeded once it has passed.
     homer-focus-leaf homer-focus whose leaves are ranked inside each leaf's own pass, the merges
                      not run (``HomerConfig.focus_locator="leaf"``)
     homer-ownleaf    HOMER, calibrated, whose merged nodes keep every context token to its own
-                     leaf (``HomerConfig.merge_attention="own-leaf"``; the question reads all)
+                     leaf (``HomerConfig.merge_attention="own-leaf"``; the question reads all):
+                     what ``HomerModel`` runs by default on sdpa/eager attention without focus
     full             the plain model over the whole prompt, also beyond its window
     truncate         the plain model over the prompt cut to the window: prefix and suffix kept,
                      the END of the document kept (for perplexity: the last window of tokens)
