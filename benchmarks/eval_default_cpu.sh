@@ -524,9 +524,63 @@ if [[ $STAGE == 33a ]]; then
   (( $(left) > 120 )) && "${S9[@]}" --out "$OUT-s13-focusmass" --methods homer-focus-leaf --lengths 32k --samples 20 \
     --call-seconds 2400 --max-seconds "$(left)"
 fi
+# 33c: (once 33a ended) the new rule at 2x and 1x, so its row has every length
+if [[ $STAGE == 33c ]]; then
+  END=${END:-$(( $(date +%s) + 4000 ))}
+  for L in 16k 8k; do
+    left=$(( END - $(date +%s) )); (( left > 120 )) || break
+    "${S9[@]}" --out "$OUT-s13-focusmass-b" --methods homer-focus-leaf --lengths $L --samples 20 --call-seconds 2400 \
+      --max-seconds $left
+  done
+fi
 if [[ $STAGE == 33b ]]; then
   "${S9[@]}" --out "$OUT-s13-focusmass-64k" --methods homer-focus-leaf --lengths 64k --samples 20 --call-seconds 2400 \
     --max-seconds $(( ${END:-$(( $(date +%s) + 6000 ))} - $(date +%s) ))
+fi
+# 34a/34b: (session 13) the RoPE baselines at 4x on the drawn depths, as far as the budget goes
+#     (each a 32k plain prefill, 11-13 CPU minutes here): dynamic NTK samples 14-19 (0-13 in
+#     stages 30-31), then YaRN from sample 0 (34a); YaRN from sample 10 (34b)
+if [[ $STAGE == 34a ]]; then
+  END=${END:-$(( $(date +%s) + 6000 ))}
+  "${S9[@]}" --out "$OUT-s13-ntk32c" --methods ntk --lengths 32k --first-sample 14 --samples 20 --call-seconds 2400 \
+    --max-seconds $(( END - $(date +%s) ))
+  left=$(( END - $(date +%s) )); (( left > 600 )) && "${S9[@]}" --out "$OUT-s13-yarn32a" --methods yarn --lengths 32k \
+    --samples 10 --call-seconds 2400 --max-seconds $left
+fi
+if [[ $STAGE == 34b ]]; then
+  "${S9[@]}" --out "$OUT-s13-yarn32b" --methods yarn --lengths 32k --first-sample 10 --samples 20 --call-seconds 2400 \
+    --max-seconds $(( ${END:-$(( $(date +%s) + 6000 ))} - $(date +%s) ))
+fi
+# 35j: (session 13) joined tables: perplexity at 8x with own-leaf merges beside stage 15's causal
+#     HOMER and last window (appended and paper modes; on a fresh clone copy
+#     benchmarks/results/eval-cpu-ppl-sink* to $OUT-ppl-sink* first); the leaf locator's new rule
+#     (leaf-mass) on the drawn depths, the boundary needles and multi-key beside session 12's records
+if [[ $STAGE == 35j ]]; then
+  J="$OUT-s13"
+  mkdir -p "$J-ppl-append3840" "$J-ppl" "$J" "$J-boundary" "$J-mk32"
+  cat "$OUT-ppl-sink-append3840/records.jsonl" "$OUT-s13-ppl-ownleaf-append3840/records.jsonl" \
+    > "$J-ppl-append3840/records.jsonl"
+  grep '"truncate"' "$OUT-ppl-sink-append3840/records.jsonl" | cat - "$OUT-ppl-sink/records.jsonl" \
+    "$OUT-s13-ppl-ownleaf/records.jsonl" > "$J-ppl/records.jsonl"
+  for F in "$J-ppl-append3840" "$J-ppl"; do
+    .venv/bin/homer-llm eval --out "$F" --report-only --methods homer-ownleaf,homer,truncate --tasks ppl \
+      --lengths 16k,64k --samples 5 --threads 1
+  done
+  # session 12's joined records (committed) without its leaf-lse rows, with this session's leaf-mass ones
+  R=benchmarks/results
+  grep -v '"homer-focus-leaf"' "$R/eval-cpu-s12/records.jsonl" | cat - "$OUT"-s13-{focusmass,focusmass-b,focusmass-64k}/records.jsonl \
+    "$OUT"-s13-{ntk32c,yarn32a,yarn32b}/records.jsonl > "$J/records.jsonl" 2>/dev/null || true
+  .venv/bin/homer-llm eval --out "$J" --report-only --paired-with homer-focus-leaf,homer-focus,homer-ownleaf,homer \
+    --methods homer-focus-leaf,homer-focus,homer-ownleaf,homer,homer-yarn,full,truncate,yarn,ntk,linear,bm25 \
+    --tasks passkey --lengths 8k,16k,32k,64k --samples 20 --depths random --yarn-calibration-samples 2 --threads 1
+  grep -v '"homer-focus-leaf"' "$R/eval-cpu-s12-boundary/records.jsonl" | cat - "$OUT-s13-boundary-mass/records.jsonl" \
+    > "$J-boundary/records.jsonl"
+  .venv/bin/homer-llm eval --out "$J-boundary" --report-only --methods homer-focus-leaf,homer-focus --tasks passkey \
+    --lengths 32k --samples 7 --depths 12.5,25,37.5,50,62.5,75,87.5 --threads 1 --paired-with homer-focus-leaf
+  grep -v '"homer-focus-leaf"' "$R/eval-cpu-s12-mk32/records.jsonl" | cat - "$OUT-s13-mk32-mass/records.jsonl" \
+    > "$J-mk32/records.jsonl"
+  .venv/bin/homer-llm eval --out "$J-mk32" --report-only --methods homer-focus-leaf,homer-focus,homer,bm25 \
+    --tasks multikey --lengths 32k --samples 10 --depths random --threads 1 --paired-with homer-focus-leaf
 fi
 # 3. more samples and the other tasks, as far as the budget goes
 if [[ $STAGE == 3 || $STAGE == all ]]; then

@@ -16,9 +16,10 @@ the leaves under several rules from that one tree:
 - ``leaf-mass`` (session 12): inside each leaf's own pass, before any merge (so no sibling is
   in the way), the share of the question's last-token attention (softmax of the max-over-heads
   logits) on the leaf's context tokens rather than its prefix and suffix, averaged over the upper
-  half of the leaf's layers; ``leaf-last``: the same at the leaf's last layer only;
+  half of the leaf's layers (``focus_locator="leaf"`` since session 13: ``focus.leaf_relevance``);
+  ``leaf-last``: the same at the leaf's last layer only;
 - ``leaf-lse``: the logsumexp of the calibrated significance of the leaf's context tokens (the
-  pruning rule's scores), averaged over the same layers.
+  pruning rule's scores), averaged over the same layers (the leaf locator's rule in session 12).
 
 Per sample: the leaves holding the key's copies, each leaf's surviving tokens, and per rule the
 rank of the best key leaf and whether the k chosen leaves' spans (with the margin, within the

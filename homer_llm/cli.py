@@ -127,9 +127,9 @@ def add_ask_arguments(parser: argparse.ArgumentParser) -> None:
     homer.add_argument("--focus-margin", type=int, default=256, metavar="N",
                        help="with --focus-leaves: tokens of neighbouring text also read on each side of a chosen "
                             "leaf, as the read's budget allows (default 256; 0: whole leaves only)")
-    homer.add_argument("--focus-locator", default="tree", choices=["tree", "leaf"],
-                       help="with --focus-leaves: rank leaves by the question's attention after the whole tree "
-                            "(tree, default) or inside each leaf's own pass, without running the merges (leaf)")
+    homer.add_argument("--focus-locator", default="leaf", choices=["tree", "leaf"],
+                       help="with --focus-leaves: rank leaves inside each leaf's own pass, without running the "
+                            "merges (leaf, default) or by the question's attention after the whole tree (tree)")
     homer.add_argument("--merge-attention", default="auto", choices=["auto", "causal", "own-leaf"],
                        help="in merged nodes every token reads all before it (causal, as published) or only its "
                             "own leaf's, the question still reading everything (own-leaf); auto (default): own-leaf "

@@ -64,12 +64,12 @@ class HomerConfig:
             chosen leaf, as far as the budget above allows (default 256). A leaf boundary is an
             arbitrary cut: the sentence the question is about can start in one leaf and end in
             the next, and the leaf that draws the attention may hold only its second half.
-        focus_locator: how focus ranks the leaves. "tree" (default): by the attention the question,
-            read afresh after the whole pruned tree, gives each leaf's surviving tokens (above).
-            "leaf" (``focus.leaf_relevance``): inside each leaf's own pass, before any merge, by
-            the share of the question's attention that falls on the leaf's text, averaged over the
-            upper half of the leaf's layers; the merges are not run at all, so locating costs the
-            leaves only.
+        focus_locator: how focus ranks the leaves. "leaf" (default since session 13,
+            ``focus.leaf_relevance``): inside each leaf's own pass, before any merge, by the share
+            of the question's attention that falls on the leaf's text, averaged over the upper half
+            of the leaf's layers; the merges are not run at all, so locating costs the leaves only.
+            "tree": by the attention the question, read afresh after the whole pruned tree, gives
+            each leaf's surviving tokens (it favours the first leaves of each subtree).
         merge_attention: who attends to whom in the layers of merged nodes. "causal" (HOMER as
             published): every token attends to all tokens before it, so a right child's tokens
             also read the left child's, which carry the same position ids. "own-leaf"
@@ -94,7 +94,7 @@ class HomerConfig:
     rope_factor: float = 2.0
     focus_leaves: int = 0
     focus_margin: int = 256
-    focus_locator: FocusLocator = "tree"
+    focus_locator: FocusLocator = "leaf"
     merge_attention: MergeAttention = "auto"
 
     def __post_init__(self) -> None:

@@ -142,8 +142,9 @@ def model_identity(engine: Any) -> dict[str, Any]:
 
 
 def _homer_key(homer: Any) -> dict[str, Any]:
-    """The HOMER config in a cache key; fields added in session 12 only when not their default,
-    so entries written before they existed stay hits."""
+    """The HOMER config in a cache key; fields added in session 12 only when not the behaviour of
+    before them (causal merges, the tree locator), so entries written before they existed stay
+    hits; the defaults since session 13 (own-leaf merges, the leaf locator) are in the key."""
     out = asdict(homer)
     for name, default in (("merge_attention", "causal"), ("focus_locator", "tree")):
         if out.get(name) == default:

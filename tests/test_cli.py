@@ -247,9 +247,9 @@ def test_focus_leaves_option_reads_whole_leaves(capsys, long_doc, tiny_dir):
     assert focus["cache_tokens"] != base["cache_tokens"] and focus["cache_tokens"] <= focus["window"]
     (whole,) = json_reports(capsys, tiny_dir, long_doc, ["--focus-leaves", "2", "--focus-margin", "0"])
     assert whole["focus_margin"] == 0 and whole["cache_tokens"] < focus["cache_tokens"]  # the margin is read too
-    assert base["focus_locator"] is None and focus["focus_locator"] == "tree"
-    (leaf,) = json_reports(capsys, tiny_dir, long_doc, ["--focus-leaves", "2", "--focus-locator", "leaf"])
-    assert leaf["focus_locator"] == "leaf" and leaf["cache_tokens"] <= leaf["window"]
+    assert base["focus_locator"] is None and focus["focus_locator"] == "leaf"  # the default since session 13
+    (tree,) = json_reports(capsys, tiny_dir, long_doc, ["--focus-leaves", "2", "--focus-locator", "tree"])
+    assert tree["focus_locator"] == "tree" and tree["cache_tokens"] <= tree["window"]
     (own, causal) = json_reports(capsys, tiny_dir, long_doc, ["--merge-attention", "own-leaf"],
                                  ["--merge-attention", "causal"])
     # auto (default): own-leaf merges without focus on this sdpa model, causal ones under focus

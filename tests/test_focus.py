@@ -112,7 +112,8 @@ def test_leaf_attention_is_a_share_of_the_upper_layers(tiny_homer):
 
 def test_focus_answers_from_a_plain_read_of_the_chosen_leaves(tokenizer):
     model = tiny_model("llama", vocab=len(tokenizer))
-    hm = HomerModel(model, tokenizer, name="tiny-llama", homer=HomerConfig(focus_leaves=2, focus_margin=0))
+    hm = HomerModel(model, tokenizer, name="tiny-llama",
+                    homer=HomerConfig(focus_leaves=2, focus_margin=0, focus_locator="tree"))
     parts = hm.prepare_question(DOC, "which word?")
     plan = hm.plan(parts)
     context = hm.compress(parts)
@@ -137,7 +138,8 @@ def test_focus_answers_from_a_plain_read_of_the_chosen_leaves(tokenizer):
     out = hm.generate(context, GenerationConfig(max_new_tokens=3))
     assert out.token_ids[0] == int(context.last_logits.argmax())
     # the default margin reads the same leaves widened on both sides, within the same budget
-    wide = HomerModel(model, tokenizer, name="tiny-llama", homer=HomerConfig(focus_leaves=2)).compress(parts)
+    wide = HomerModel(model, tokenizer, name="tiny-llama",
+                      homer=HomerConfig(focus_leaves=2, focus_locator="tree")).compress(parts)
     budget = hm.focus_budget - P - S
     spans = focus_spans(plan, leaves, 256, budget)
     assert wide.kept[P:-S].tolist() == [P + i for lo, hi in spans for i in range(lo, hi)]
@@ -146,7 +148,8 @@ def test_focus_answers_from_a_plain_read_of_the_chosen_leaves(tokenizer):
 
 
 def test_focus_progress_counts_the_tree_then_the_plain_read(tokenizer):
-    hm = HomerModel(tiny_model("llama", vocab=len(tokenizer)), tokenizer, name="t", homer=HomerConfig(focus_leaves=1))
+    hm = HomerModel(tiny_model("llama", vocab=len(tokenizer)), tokenizer, name="t",
+                    homer=HomerConfig(focus_leaves=1, focus_locator="tree"))
     parts = hm.prepare_question(DOC, "which word?")
     calls: list[tuple[int, int]] = []
     hm.compress(parts, progress=lambda done, total: calls.append((done, total)))
@@ -159,11 +162,12 @@ def test_focus_progress_counts_the_tree_then_the_plain_read(tokenizer):
 def test_focus_leaves_nothing_to_do_on_one_chunk(tokenizer):
     model = tiny_model("llama", vocab=len(tokenizer))
     plain = HomerModel(model, tokenizer, name="t")
-    focus = HomerModel(model, tokenizer, name="t", homer=HomerConfig(focus_leaves=2))
     parts = plain.prepare_question("a short document", "q?")
-    a, b = plain.compress(parts), focus.compress(parts)
-    torch.testing.assert_close(a.last_logits, b.last_logits)
-    assert a.cache_tokens == b.cache_tokens == len(parts)
+    a = plain.compress(parts)
+    for locator in ("tree", "leaf"):
+        b = HomerModel(model, tokenizer, name="t", homer=HomerConfig(focus_leaves=2, focus_locator=locator)).compress(parts)
+        torch.testing.assert_close(a.last_logits, b.last_logits)
+        assert a.cache_tokens == b.cache_tokens == len(parts)
 
 
 @pytest.mark.parametrize(("value", "exc"), [(-1, ValueError), ("2", TypeError), (True, TypeError), (1.0, TypeError)])

@@ -62,10 +62,11 @@ def test_construction_is_lazy_and_default_model_is_shared(monkeypatch):
     assert HomerModel.shared_key(None, **calls[-1][1]) != HomerModel.shared_key(None)
     HomerLLM(focus_leaves=2).invoke("x")
     assert calls[-1][1]["homer"].focus_leaves == 2 and calls[-1][1]["homer"].focus_margin == 256
+    assert calls[-1][1]["homer"].focus_locator == "leaf" and calls[-1][1]["homer"].merge_attention == "auto"
     HomerLLM(focus_leaves=2, focus_margin=0).invoke("x")
     assert calls[-1][1]["homer"].focus_margin == 0
-    HomerLLM(focus_leaves=2, focus_locator="leaf", merge_attention="own-leaf").invoke("x")
-    assert calls[-1][1]["homer"].focus_locator == "leaf" and calls[-1][1]["homer"].merge_attention == "own-leaf"
+    HomerLLM(focus_leaves=2, focus_locator="tree", merge_attention="own-leaf").invoke("x")
+    assert calls[-1][1]["homer"].focus_locator == "tree" and calls[-1][1]["homer"].merge_attention == "own-leaf"
     HomerLLM().invoke("x", model="/models/other")  # per-call override
     assert calls[-1][0] == "/models/other"
 

@@ -153,8 +153,8 @@ class HomerLLM(BaseChatModel):
     locates the k leaves the question attends to most and the model answers from a plain read of
     their whole text; 0: off, the compressed cache answers), ``focus_margin`` (tokens of
     neighbouring text also read on each side of a chosen leaf; default 256), ``focus_locator``
-    ("tree": leaves ranked by the question's attention after the whole tree; "leaf": inside each
-    leaf's own pass, the merges not run), ``merge_attention`` ("causal", as published;
+    ("leaf", default: leaves ranked inside each leaf's own pass, the merges not run; "tree": by the
+    question's attention after the whole tree), ``merge_attention`` ("causal", as published;
     "own-leaf": in merged nodes a document token reads only its own leaf, the question reads all;
     "auto", default: own-leaf without focus on sdpa/eager attention, else causal).
     ``documents``: texts used as the context of every call (also accepted per call and through
@@ -188,7 +188,7 @@ class HomerLLM(BaseChatModel):
     rope_factor: float = 2.0
     focus_leaves: int = Field(default=0, ge=0)
     focus_margin: int = Field(default=256, ge=0)
-    focus_locator: Literal["tree", "leaf"] = "tree"
+    focus_locator: Literal["tree", "leaf"] = "leaf"
     merge_attention: Literal["auto", "causal", "own-leaf"] = "auto"
     max_tokens: int | None = Field(default=512, ge=1)
     """Most new tokens per call (None: as many as the model's window allows)."""
