@@ -547,6 +547,10 @@ if [[ $STAGE == 34a ]]; then
   left=$(( END - $(date +%s) )); (( left > 600 )) && "${S9[@]}" --out "$OUT-s13-yarn32a" --methods yarn --lengths 32k \
     --samples 10 --call-seconds 2400 --max-seconds $left
 fi
+if [[ $STAGE == 34c ]]; then  # (from 16:20, once 33c ended) YaRN from sample 5
+  "${S9[@]}" --out "$OUT-s13-yarn32c" --methods yarn --lengths 32k --first-sample 5 --samples 10 --call-seconds 2400 \
+    --max-seconds $(( ${END:-$(( $(date +%s) + 3000 ))} - $(date +%s) ))
+fi
 if [[ $STAGE == 34b ]]; then
   "${S9[@]}" --out "$OUT-s13-yarn32b" --methods yarn --lengths 32k --first-sample 10 --samples 20 --call-seconds 2400 \
     --max-seconds $(( ${END:-$(( $(date +%s) + 6000 ))} - $(date +%s) ))
@@ -569,7 +573,7 @@ if [[ $STAGE == 35j ]]; then
   # session 12's joined records (committed) without its leaf-lse rows, with this session's leaf-mass ones
   R=benchmarks/results
   grep -v '"homer-focus-leaf"' "$R/eval-cpu-s12/records.jsonl" | cat - "$OUT"-s13-{focusmass,focusmass-b,focusmass-64k}/records.jsonl \
-    "$OUT"-s13-{ntk32c,yarn32a,yarn32b}/records.jsonl > "$J/records.jsonl" 2>/dev/null || true
+    "$OUT"-s13-{ntk32c,yarn32a,yarn32b,yarn32c}/records.jsonl > "$J/records.jsonl" 2>/dev/null || true
   .venv/bin/homer-llm eval --out "$J" --report-only --paired-with homer-focus-leaf,homer-focus,homer-ownleaf,homer \
     --methods homer-focus-leaf,homer-focus,homer-ownleaf,homer,homer-yarn,full,truncate,yarn,ntk,linear,bm25 \
     --tasks passkey --lengths 8k,16k,32k,64k --samples 20 --depths random --yarn-calibration-samples 2 --threads 1

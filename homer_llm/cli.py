@@ -122,7 +122,7 @@ def add_ask_arguments(parser: argparse.ArgumentParser) -> None:
     homer.add_argument("--rope-factor", type=float, default=2.0, metavar="F",
                        help="scaling factor with --rope-scaling (default: 2)")
     homer.add_argument("--focus-leaves", type=int, default=0, metavar="K",
-                       help="use HOMER's tree to locate the K leaves the question attends to most and answer from "
+                       help="locate the K leaves (document slices) the question attends to most and answer from "
                             "a plain read of their whole text (default 0: answer from the compressed cache)")
     homer.add_argument("--focus-margin", type=int, default=256, metavar="N",
                        help="with --focus-leaves: tokens of neighbouring text also read on each side of a chosen "

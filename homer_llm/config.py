@@ -53,11 +53,10 @@ class HomerConfig:
             unchanged, and every HOMER chunk is.
         rope_factor: the scaling factor (> 1) when ``rope_scaling`` is set.
         focus_leaves: 0 (default): answer from HOMER's compressed cache. k > 0 (``homer_llm.focus``):
-            when the tree has more than one leaf, rank the leaves by the attention the question,
-            read afresh after the pruned cache, gives their surviving tokens in the upper half of
-            the layers, and answer from a plain read of the prefix, the whole text of the k best
-            leaves (document order; as many as fit ``window - (window - chunk_len) // 2`` tokens
-            with the affixes) and the question. A locator plus a fresh full-resolution read of at
+            when the tree has more than one leaf, rank the leaves by how much of the question's
+            attention they draw (``focus_locator``), and answer from a plain read of the prefix,
+            the whole text of the k best leaves (document order; as many as fit
+            ``window - (window - chunk_len) // 2`` tokens with the affixes) and the question. A locator plus a fresh full-resolution read of at
             most one window: better at copying a detail out of a very long document, blind to
             whatever lies in the leaves it leaves out (not for summaries of the whole).
         focus_margin: with focus, tokens of the neighbouring text also read on each side of every

@@ -10,6 +10,10 @@ of the best leaves with a margin of their neighbours' text (in document order) a
 fresh, full-resolution read of at most one window, located by the model's own attention over the
 entire document.
 
+That tree locator (:func:`leaf_attention`) favours the first leaves of each subtree; the default
+locator since session 13 is :func:`leaf_relevance`, which ranks each leaf inside its own pass
+(no merges run) by the question's attention share on the leaf's text.
+
 Free functions; ``HomerModel.compress`` applies them when ``HomerConfig.focus_leaves > 0``.
 """
 
