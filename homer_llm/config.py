@@ -77,7 +77,8 @@ class HomerConfig:
             still reads everything, so pruning and the answer see the whole document. "auto"
             (default): "own-leaf" where it was measured better, i.e. without focus and on an
             attention backend that takes an arbitrary mask (sdpa, eager), else "causal" (under
-            flash-attn, and with focus, whose locators were measured on causal merges);
+            flash-attn; with focus, whose tree locator was measured on causal merges and whose
+            leaf locator runs no merges);
             ``HomerModel.homer`` holds the resolved value.
     """
 

@@ -119,7 +119,7 @@ def leaf_attention(
     return torch.zeros(plan.num_leaves).index_add_(0, owner[ctx], total[ctx])
 
 
-def context_share(parts: compat.ModelParts, index: int, hidden_last: torch.Tensor, pos_emb_last: compat.KV,
+def context_share(parts: compat.ModelParts, index: int, hidden_last: torch.Tensor, pos_emb: compat.KV,
                   keys: torch.Tensor, lo: int, hi: int) -> float:
     """Share of one query token's attention that falls on tokens [lo, hi) of a node at one layer.
 
@@ -129,11 +129,12 @@ def context_share(parts: compat.ModelParts, index: int, hidden_last: torch.Tenso
     pruning rule does) lowered the rank of keys at a leaf's very end (session 12 probe).
 
     Args:
-        hidden_last: [1, 1, hidden] the query token's input to layer ``index``; ``pos_emb_last``
-            its cos/sin ([1, 1, d] each).
+        hidden_last: [1, 1, hidden] the query token's input to layer ``index``.
+        pos_emb: cos/sin ([1, m, d] each) of tokens ending with the query token (the last row is used).
         keys: [1, n_kv, n, d] that layer's rotated keys.
     """
-    query = compat.last_query(parts, index, hidden_last, pos_emb_last)
+    cos, sin = pos_emb
+    query = compat.last_query(parts, index, hidden_last, (cos[:, -1:], sin[:, -1:]))
     logits = last_query_logits(query, keys, compat.attention_scaling(parts, index))
     return float(torch.softmax(logits, 0)[lo:hi].sum())
 
@@ -155,9 +156,8 @@ class _LeafLocator(TreePass):
                 pos_emb: compat.KV) -> None:
         upper = upper_leaf_layers(node)
         if index in upper:
-            cos, sin = pos_emb
-            share = context_share(self.parts, index, hidden_last, (cos[:, -1:], sin[:, -1:]), kv[0],
-                                  state.prefix_len, state.length - state.suffix_len)
+            share = context_share(self.parts, index, hidden_last, pos_emb, kv[0], state.prefix_len,
+                                  state.length - state.suffix_len)
             self.sums[node.leaf_start] += share / len(upper)
 
     def prune_node(self, state: ChunkState, node: Node, hidden_last: torch.Tensor, pos_emb: compat.KV) -> ChunkState:

@@ -235,18 +235,18 @@ class _ReusePass(TreePass):
         cached_hidden = self.leaves.hidden[j]
         P, S = plan.prefix_len, plan.suffix_len
         last = node.layer_end - 1
-        inputs: dict[int, torch.Tensor] = {}
+        last_input: list[torch.Tensor] = []  # the question's input to the leaf's last layer (pruning's query)
 
         def after_layer(index: int, hidden_in: torch.Tensor) -> None:
             if index == last:
-                inputs[last] = hidden_in
+                last_input.append(hidden_in)
             self.done += 1
             if self.progress is not None:
                 self.progress(self.done, self.total)
 
         hidden, kv, positions, pos_emb = _suffix_on_leaf(parts, plan, node, self.leaves, j,
                                                          self.ids[P + plan.context_len :], after_layer)
-        hidden_last = inputs.get(last, hidden[:, -1:])
+        (hidden_last,) = last_input
         positions = positions.to(parts.embed_device)
         full_hidden = torch.cat([cached_hidden, hidden.to(cached_hidden.device)], dim=1)
         start, end = plan.leaf_ranges()[node.leaf_start]
@@ -307,11 +307,11 @@ def relevance_from_leaves(engine: Any, parts: PromptParts, leaves: LeafStates) -
                 if index in upper:
                     inputs[index] = hidden_in
 
-            _, kv, _, (cos, sin) = _suffix_on_leaf(mp, plan, node, leaves, j, suffix_ids, keep_input)
+            _, kv, _, pos_emb = _suffix_on_leaf(mp, plan, node, leaves, j, suffix_ids, keep_input)
             past_len = int(leaves.hidden[j].shape[1])
             relevance[node.leaf_start] = sum(
-                context_share(mp, index, inputs[index], (cos[:, -1:], sin[:, -1:]), kv[index][0], plan.prefix_len,
-                              past_len) for index in upper) / len(upper)
+                context_share(mp, index, inputs[index], pos_emb, kv[index][0], plan.prefix_len, past_len)
+                for index in upper) / len(upper)
     return plan, relevance
 
 

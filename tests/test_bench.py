@@ -115,14 +115,26 @@ def test_settings_validate():
         BenchSettings(shape=TINY, merge_attention="own-leaf", attn="flash_attention_2")
 
 
-def test_own_leaf_merges_are_benchmarked_as_the_engine_runs_them(one_thread):
+def test_own_leaf_merges_are_benchmarked_as_the_engine_runs_them(one_thread, monkeypatch):
     """--merge-attention own-leaf times the engine's own-leaf tree: same cache size and peak K/V
     as causal merges (the mask changes who attends, not what is kept alive)."""
+    from homer_llm.bench import runner
+
+    seen = []
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs.get("own_leaf", False))
+        return compress(*args, **kwargs)
+
+    compress = runner.compress
+    monkeypatch.setattr(runner, "compress", spy)
     rows = {}
     for mode in ("causal", "own-leaf"):
+        seen.clear()
         bench = _bench(methods=("homer",), lengths=(1024,), decode_tokens=0, merge_attention=mode)
         report = bench.run()
         assert report.meta["homer"]["merge_attention"] == mode and report.results[0].status == "ok"
+        assert seen and set(seen) == {mode == "own-leaf"}  # the engine ran the tree the row is labelled with
         rows[mode] = report.results[0]
     assert rows["own-leaf"].cache_tokens == rows["causal"].cache_tokens
     assert rows["own-leaf"].kv_peak_bytes == rows["causal"].kv_peak_bytes

@@ -226,6 +226,22 @@ def test_leaf_relevance_reads_each_leaf_alone(tiny_homer):
     torch.testing.assert_close(changed[keep], relevance[keep])
 
 
+def test_the_leaf_locator_needs_no_calibration_table(tokenizer, monkeypatch):
+    """The leaf locator ranks by raw attention shares: focus with it never builds or loads the
+    table (the tree locator does, for the pruned tree)."""
+    model = tiny_model("llama", vocab=len(tokenizer))
+    hm = HomerModel(model, tokenizer, name="tiny-llama", homer=HomerConfig(focus_leaves=2, focus_locator="leaf"))
+
+    def no_table():
+        raise AssertionError("bias_table called")
+
+    monkeypatch.setattr(hm, "bias_table", no_table)
+    parts = hm.prepare_question(DOC, "which word?")
+    assert hm.plan(parts).num_leaves > 1
+    context = hm.compress(parts)
+    assert context.cache_tokens <= hm.focus_budget
+
+
 def test_focus_with_the_leaf_locator_reads_the_leaves_it_ranks_first(tokenizer):
     model = tiny_model("llama", vocab=len(tokenizer))
     hm = HomerModel(model, tokenizer, name="tiny-llama",
