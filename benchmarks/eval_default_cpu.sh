@@ -600,6 +600,13 @@ if [[ $STAGE == 36b ]]; then
   "${S14[@]}" --out "$OUT-s14-bf16-b" --first-sample 10 --samples 20 \
     --max-seconds $(( ${END:-$(( $(date +%s) + 7200 ))} - $(date +%s) ))
 fi
+# 36c/36d: (session 14, the last half hour) YaRN (36c) and linear RoPE (36d) at 8x in bfloat16 from
+#     sample 0, as far as the budget goes (~8 CPU minutes per sample)
+if [[ $STAGE == 36c || $STAGE == 36d ]]; then
+  M=$([[ $STAGE == 36c ]] && echo yarn || echo linear)
+  "${S9[@]}" --dtype bfloat16 --call-seconds 1200 --lengths 64k --methods $M --out "$OUT-s14-bf16-$M" --samples 20 \
+    --max-seconds $(( ${END:-$(( $(date +%s) + 1800 ))} - $(date +%s) ))
+fi
 # 36j: the joined table of 36a and 36b (committed as benchmarks/results/eval-cpu-s14-bf16)
 if [[ $STAGE == 36j ]]; then
   mkdir -p "$OUT-s14-bf16"
