@@ -587,33 +587,30 @@ if [[ $STAGE == 35j ]]; then
     --tasks multikey --lengths 32k --samples 10 --depths random --threads 1 --paired-with homer-focus-leaf
 fi
 # 36a/36b: (session 14) the 8x cell in bfloat16, where this Xeon's AMX makes a 64k plain prefill
-#     ~9 CPU minutes (50-60 in float32): dynamic NTK, the strongest RoPE baseline at 2x and 4x,
+#     ~8 CPU minutes (50-60 in float32): dynamic NTK, the strongest RoPE baseline at 2x and 4x,
 #     beside HOMER (own-leaf default and the published causal tree), focus, truncation and BM25,
 #     all in bfloat16 on the same drawn depths; the cheap methods run first on each sample, so a run
 #     cut short leaves whole paired samples. 36a: samples 0-9, 36b: samples 10-19 (one core each).
-S14=("${S9[@]}" --dtype bfloat16 --call-seconds 2400 --lengths 64k
-     --methods homer-ownleaf,homer,truncate,bm25,homer-focus-leaf,ntk)
-if [[ $STAGE == 36a ]]; then
-  "${S14[@]}" --out "$OUT-s14-bf16-a" --samples 10 --max-seconds $(( ${END:-$(( $(date +%s) + 7200 ))} - $(date +%s) ))
-fi
-if [[ $STAGE == 36b ]]; then
-  "${S14[@]}" --out "$OUT-s14-bf16-b" --first-sample 10 --samples 20 \
-    --max-seconds $(( ${END:-$(( $(date +%s) + 7200 ))} - $(date +%s) ))
-fi
-# 36c/36d: (session 14, the last half hour) YaRN (36c) and linear RoPE (36d) at 8x in bfloat16 from
-#     sample 0, as far as the budget goes (~8 CPU minutes per sample)
-if [[ $STAGE == 36c || $STAGE == 36d ]]; then
-  M=$([[ $STAGE == 36c ]] && echo yarn || echo linear)
-  "${S9[@]}" --dtype bfloat16 --call-seconds 1200 --lengths 64k --methods $M --out "$OUT-s14-bf16-$M" --samples 20 \
-    --max-seconds $(( ${END:-$(( $(date +%s) + 1800 ))} - $(date +%s) ))
-fi
-# 36j: the joined table of 36a and 36b (committed as benchmarks/results/eval-cpu-s14-bf16)
+#     36c/36d: YaRN / linear RoPE at 8x in bfloat16 from sample 0, as far as the budget goes.
+#     Budget: END (epoch seconds), else 2 hours (36a/36b) or 30 minutes (36c/36d) from now.
+BF16=("${S9[@]}" --dtype bfloat16 --lengths 64k)
+case $STAGE in
+  36a) "${BF16[@]}" --call-seconds 2400 --methods homer-ownleaf,homer,truncate,bm25,homer-focus-leaf,ntk \
+         --out "$OUT-s14-bf16-a" --samples 10 --max-seconds $(( ${END:-$(( $(date +%s) + 7200 ))} - $(date +%s) )) ;;
+  36b) "${BF16[@]}" --call-seconds 2400 --methods homer-ownleaf,homer,truncate,bm25,homer-focus-leaf,ntk \
+         --out "$OUT-s14-bf16-b" --first-sample 10 --samples 20 \
+         --max-seconds $(( ${END:-$(( $(date +%s) + 7200 ))} - $(date +%s) )) ;;
+  36c|36d) M=$([[ $STAGE == 36c ]] && echo yarn || echo linear)
+    "${BF16[@]}" --call-seconds 1200 --methods $M --out "$OUT-s14-bf16-$M" --samples 20 \
+      --max-seconds $(( ${END:-$(( $(date +%s) + 1800 ))} - $(date +%s) )) ;;
+esac
+# 36j: the joined table of 36a-36d (committed as benchmarks/results/eval-cpu-s14-bf16)
 if [[ $STAGE == 36j ]]; then
   mkdir -p "$OUT-s14-bf16"
-  cat "$OUT"-s14-bf16-{a,b}/records.jsonl > "$OUT-s14-bf16/records.jsonl"
+  cat "$OUT"-s14-bf16-{a,b,yarn,linear}/records.jsonl > "$OUT-s14-bf16/records.jsonl"
   .venv/bin/homer-llm eval --out "$OUT-s14-bf16" --report-only --paired-with homer-ownleaf,homer-focus-leaf \
-    --methods homer-focus-leaf,homer-ownleaf,homer,truncate,ntk,bm25 --tasks passkey --lengths 64k --samples 20 \
-    --depths random --threads 1 --dtype bfloat16
+    --methods homer-focus-leaf,homer-ownleaf,homer,truncate,ntk,yarn,linear,bm25 --tasks passkey --lengths 64k \
+    --samples 20 --depths random --threads 1 --dtype bfloat16
 fi
 # 3. more samples and the other tasks, as far as the budget goes
 if [[ $STAGE == 3 || $STAGE == all ]]; then
