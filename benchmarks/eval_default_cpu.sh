@@ -612,6 +612,21 @@ if [[ $STAGE == 36j ]]; then
     --methods homer-focus-leaf,homer-ownleaf,homer,truncate,ntk,yarn,linear,bm25 --tasks passkey --lengths 64k \
     --samples 20 --depths random --threads 1 --dtype bfloat16
 fi
+# 37a/37b: (session 15) the cells still thin or empty, in bfloat16 on the same drawn depths.
+#     37a (one core): 4x: linear RoPE (factor 4) and the plain model on samples 0-19 (never run at
+#     32k on the drawn depths), then YaRN's samples 12-19 (session 13 ran 0-11 in float32).
+#     37b (one core): 8x: YaRN and linear RoPE (factor 8) on samples 3-19 (36c/36d ran 0-2),
+#     alternating per sample so a run cut short leaves both methods on the same samples.
+#     Budget: END (epoch seconds), else 2 hours from now. 37j joins them with 36's records.
+B15=("${S9[@]}" --dtype bfloat16 --call-seconds 1500)
+left() { echo $(( ${END:-$(( $(date +%s) + 7200 ))} - $(date +%s) )); }
+case $STAGE in
+  37a) "${B15[@]}" --lengths 32k --methods linear,full --out "$OUT-s15-bf16-32k" --samples 20 --max-seconds "$(left)"
+       (( $(left) > 300 )) && "${B15[@]}" --lengths 32k --methods yarn --out "$OUT-s15-bf16-32k-yarn" \
+         --first-sample 12 --samples 20 --max-seconds "$(left)" ;;
+  37b) "${B15[@]}" --lengths 64k --methods yarn,linear --out "$OUT-s15-bf16-64k" --first-sample 3 --samples 20 \
+         --max-seconds "$(left)" ;;
+esac
 # 3. more samples and the other tasks, as far as the budget goes
 if [[ $STAGE == 3 || $STAGE == all ]]; then
   "${EVAL[@]}" --tasks passkey,vartrack,multikey,multivalue,ppl --ppl-sink 0 \

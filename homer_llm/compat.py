@@ -166,6 +166,18 @@ def _switch_to_repeat_kv(model: PreTrainedModel) -> None:
                 "in float32; its math kernel holds the full score matrix)")
 
 
+def cpu_has_amx() -> bool:
+    """Whether torch reports AMX tiles on this CPU (where bfloat16 matmuls run much faster).
+
+    ``torch.cpu._is_amx_tile_supported`` is private (torch 2.x); a torch without it reads False.
+    """
+    probe = getattr(torch.cpu, "_is_amx_tile_supported", None)
+    try:
+        return bool(probe()) if callable(probe) else False
+    except (RuntimeError, AttributeError):  # a build without the CPU capability query
+        return False
+
+
 def model_parts(model: PreTrainedModel) -> ModelParts:
     """Look up the parts of a supported model (raises UnsupportedModelError otherwise)."""
     check_supported(model)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 import torch
 from tiny import tiny_model
@@ -159,6 +161,29 @@ def test_model_from_folder_round_trip(tmp_path, tokenizer):
     assert same is HomerModel.shared(tmp_path / "m", dtype="float32")
     ans = hm.ask("words " * 80, "q?", config=GenerationConfig(max_new_tokens=3))
     assert ans.cache_tokens == 128
+
+
+@pytest.mark.parametrize("amx,dtype,hint", [(True, None, True), (True, "auto", True), (True, "float32", False),
+                                             (False, None, False)])
+def test_amx_cpu_hint_keeps_float32(tmp_path, tokenizer, monkeypatch, caplog, amx, dtype, hint):
+    from homer_llm import compat
+
+    model = tiny_model(vocab=len(tokenizer))
+    model.save_pretrained(tmp_path / "m")
+    tokenizer.save_pretrained(tmp_path / "m")
+    monkeypatch.setattr(compat, "cpu_has_amx", lambda: amx)
+    with caplog.at_level(logging.INFO, logger="homer_llm.model"):
+        hm = HomerModel.load(tmp_path / "m", device="cpu", dtype=dtype)
+    assert next(hm.model.parameters()).dtype == torch.float32
+    assert ("dtype='bfloat16'" in caplog.text) is hint
+
+
+def test_cpu_has_amx_without_the_probe(monkeypatch):
+    from homer_llm import compat
+
+    assert isinstance(compat.cpu_has_amx(), bool)
+    monkeypatch.delattr(torch.cpu, "_is_amx_tile_supported", raising=False)
+    assert compat.cpu_has_amx() is False
 
 
 @pytest.mark.parametrize("kwargs,exc,match", [
