@@ -615,6 +615,9 @@ fi
 # 37a/37b: (session 15) the cells still thin or empty, in bfloat16 on the same drawn depths.
 #     37a (one core): 4x: linear RoPE (factor 4) and the plain model on samples 0-19 (never run at
 #     32k on the drawn depths), then YaRN's samples 12-19 (session 13 ran 0-11 in float32).
+#     37c (after 37a, one core): HOMER's default (own-leaf) at 4x in bfloat16, so the 4x baselines
+#     above pair with HOMER in one precision, then the plain model at 2x (16k; never run on the
+#     drawn depths).
 #     37b (one core): 8x: YaRN and linear RoPE (factor 8) on samples 3-19 (36c/36d ran 0-2),
 #     alternating per sample so a run cut short leaves both methods on the same samples.
 #     Budget: END (epoch seconds), else 2 hours from now. 37j joins them with 36's records.
@@ -623,10 +626,36 @@ left() { echo $(( ${END:-$(( $(date +%s) + 7200 ))} - $(date +%s) )); }
 case $STAGE in
   37a) "${B15[@]}" --lengths 32k --methods linear,full --out "$OUT-s15-bf16-32k" --samples 20 --max-seconds "$(left)"
        (( $(left) > 300 )) && "${B15[@]}" --lengths 32k --methods yarn --out "$OUT-s15-bf16-32k-yarn" \
-         --first-sample 12 --samples 20 --max-seconds "$(left)" ;;
+         --first-sample 12 --samples 20 --max-seconds "$(left)"
+ ;;
+  37c) "${B15[@]}" --lengths 32k --methods homer-ownleaf --out "$OUT-s15-bf16-32k-ownleaf" --samples 20 \
+         --max-seconds "$(left)"
+       (( $(left) > 300 )) && "${B15[@]}" --lengths 16k --methods full --out "$OUT-s15-bf16-16k" --samples 20 \
+         --max-seconds "$(left)" ;;
   37b) "${B15[@]}" --lengths 64k --methods yarn,linear --out "$OUT-s15-bf16-64k" --first-sample 3 --samples 20 \
          --max-seconds "$(left)" ;;
 esac
+# 37j: (session 15) joined tables. 8x: every bfloat16 record (36a-36d, 37b). 4x in bfloat16: 37a/37c's
+#     linear, plain, YaRN 12-19 and own-leaf. 2x: 37c's plain model beside session 13's joined records
+#     (float32; the plain model in bfloat16, its records marked by method only: see the write-up).
+if [[ $STAGE == 37j ]]; then
+  J="$OUT-s15-bf16"
+  mkdir -p "$J-64k" "$J-32k"
+  cat "$OUT"-s14-bf16-{a,b,yarn,linear}/records.jsonl "$OUT-s15-bf16-64k/records.jsonl" > "$J-64k/records.jsonl"
+  .venv/bin/homer-llm eval --out "$J-64k" --report-only --paired-with homer-ownleaf,homer-focus-leaf \
+    --methods homer-focus-leaf,homer-ownleaf,homer,truncate,ntk,yarn,linear,bm25 --tasks passkey --lengths 64k \
+    --samples 20 --depths random --threads 1 --dtype bfloat16
+  cat "$OUT"-s15-bf16-32k{,-yarn,-ownleaf}/records.jsonl > "$J-32k/records.jsonl" 2>/dev/null || true
+  .venv/bin/homer-llm eval --out "$J-32k" --report-only --paired-with homer-ownleaf \
+    --methods homer-ownleaf,full,yarn,linear --tasks passkey --lengths 32k \
+    --samples 20 --depths random --threads 1 --dtype bfloat16
+  if [[ -s "$OUT-s15-bf16-16k/records.jsonl" ]]; then
+    mkdir -p "$J-16k"
+    cp "$OUT-s15-bf16-16k/records.jsonl" "$J-16k/records.jsonl"
+    .venv/bin/homer-llm eval --out "$J-16k" --report-only --methods full --tasks passkey --lengths 16k \
+      --samples 20 --depths random --threads 1 --dtype bfloat16
+  fi
+fi
 # 3. more samples and the other tasks, as far as the budget goes
 if [[ $STAGE == 3 || $STAGE == all ]]; then
   "${EVAL[@]}" --tasks passkey,vartrack,multikey,multivalue,ppl --ppl-sink 0 \
