@@ -636,23 +636,24 @@ case $STAGE in
          --max-seconds "$(left)" ;;
 esac
 # 37j: (session 15) joined tables. 8x: every bfloat16 record (36a-36d, 37b). 4x in bfloat16: 37a/37c's
-#     linear, plain, YaRN 12-19 and own-leaf. 2x: 37c's plain model beside session 13's joined records
-#     (float32; the plain model in bfloat16, its records marked by method only: see the write-up).
+#     linear, plain, YaRN 12-19 and own-leaf. 2x: 37c's plain model alone (HOMER's 2x records are
+#     float32, in eval-cpu-s13).
+#     (The joined folders are named -s15-join-*: session 15 first named them like 37b's own folder,
+#     and the join's `cat ... >` emptied 37b's records before reading them; 37b's verdicts survive
+#     only in its log, committed as benchmarks/results/eval-cpu-s15-37b-log.txt.)
 if [[ $STAGE == 37j ]]; then
-  J="$OUT-s15-bf16"
+  J="$OUT-s15-join"
   mkdir -p "$J-64k" "$J-32k"
   cat "$OUT"-s14-bf16-{a,b,yarn,linear}/records.jsonl "$OUT-s15-bf16-64k/records.jsonl" > "$J-64k/records.jsonl"
   .venv/bin/homer-llm eval --out "$J-64k" --report-only --paired-with homer-ownleaf,homer-focus-leaf \
     --methods homer-focus-leaf,homer-ownleaf,homer,truncate,ntk,yarn,linear,bm25 --tasks passkey --lengths 64k \
     --samples 20 --depths random --threads 1 --dtype bfloat16
-  cat "$OUT"-s15-bf16-32k{,-yarn,-ownleaf}/records.jsonl > "$J-32k/records.jsonl" 2>/dev/null || true
+  cat "$OUT"-s15-bf16-32k{,-yarn,-ownleaf}/records.jsonl > "$J-32k/records.jsonl"
   .venv/bin/homer-llm eval --out "$J-32k" --report-only --paired-with homer-ownleaf \
     --methods homer-ownleaf,full,yarn,linear --tasks passkey --lengths 32k \
     --samples 20 --depths random --threads 1 --dtype bfloat16
   if [[ -s "$OUT-s15-bf16-16k/records.jsonl" ]]; then
-    mkdir -p "$J-16k"
-    cp "$OUT-s15-bf16-16k/records.jsonl" "$J-16k/records.jsonl"
-    .venv/bin/homer-llm eval --out "$J-16k" --report-only --methods full --tasks passkey --lengths 16k \
+    .venv/bin/homer-llm eval --out "$OUT-s15-bf16-16k" --report-only --methods full --tasks passkey --lengths 16k \
       --samples 20 --depths random --threads 1 --dtype bfloat16
   fi
 fi
