@@ -612,7 +612,7 @@ if [[ $STAGE == 36j ]]; then
     --methods homer-focus-leaf,homer-ownleaf,homer,truncate,ntk,yarn,linear,bm25 --tasks passkey --lengths 64k \
     --samples 20 --depths random --threads 1 --dtype bfloat16
 fi
-# 37a/37b: (session 15) the cells still thin or empty, in bfloat16 on the same drawn depths.
+# 37a-37c: (session 15) the cells still thin or empty, in bfloat16 on the same drawn depths.
 #     37a (one core): 4x: linear RoPE (factor 4) and the plain model on samples 0-19 (never run at
 #     32k on the drawn depths), then YaRN's samples 12-19 (session 13 ran 0-11 in float32).
 #     37c (after 37a, one core): HOMER's default (own-leaf) at 4x in bfloat16, so the 4x baselines
@@ -626,8 +626,7 @@ left() { echo $(( ${END:-$(( $(date +%s) + 7200 ))} - $(date +%s) )); }
 case $STAGE in
   37a) "${B15[@]}" --lengths 32k --methods linear,full --out "$OUT-s15-bf16-32k" --samples 20 --max-seconds "$(left)"
        (( $(left) > 300 )) && "${B15[@]}" --lengths 32k --methods yarn --out "$OUT-s15-bf16-32k-yarn" \
-         --first-sample 12 --samples 20 --max-seconds "$(left)"
- ;;
+         --first-sample 12 --samples 20 --max-seconds "$(left)" ;;
   37c) "${B15[@]}" --lengths 32k --methods homer-ownleaf --out "$OUT-s15-bf16-32k-ownleaf" --samples 20 \
          --max-seconds "$(left)"
        (( $(left) > 300 )) && "${B15[@]}" --lengths 16k --methods full --out "$OUT-s15-bf16-16k" --samples 20 \

@@ -4,7 +4,7 @@ Everything HOMER needs from a decoder-only model goes through here: finding its 
 what the method cannot drive, building masks per attention backend, running one decoder layer
 with HOMER's own position embeddings while capturing that layer's K/V, projecting the last
 token's query, reading or writing a standard ``DynamicCache``, and building RoPE-scaled views
-that share the model's weights.
+that share the model's weights. (It also holds the one private torch probe, :func:`cpu_has_amx`.)
 
 Rule kept throughout: HOMER's ``position_ids`` never reach a decoder layer. Position ids restart
 inside merged chunks, and flash attention / ``create_causal_mask`` read a restart as the start of a
@@ -169,12 +169,13 @@ def _switch_to_repeat_kv(model: PreTrainedModel) -> None:
 def cpu_has_amx() -> bool:
     """Whether torch reports AMX tiles on this CPU (where bfloat16 matmuls run much faster).
 
-    ``torch.cpu._is_amx_tile_supported`` is private (torch 2.x); a torch without it reads False.
+    ``torch.cpu._is_amx_tile_supported`` is private (torch 2.x): a torch without it, or whose
+    probe raises, reads False, since this only decides whether a hint is logged.
     """
     probe = getattr(torch.cpu, "_is_amx_tile_supported", None)
     try:
         return bool(probe()) if callable(probe) else False
-    except (RuntimeError, AttributeError):  # a build without the CPU capability query
+    except (RuntimeError, AttributeError):
         return False
 
 

@@ -39,12 +39,19 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: str) -> torch.dtype:
 
     The CPU default stays float32 (transformers' own CPU default, and the precision every CPU
     result of this project was measured in) even on CPUs with AMX, where bfloat16 is several
-    times faster: :meth:`HomerModel.load` logs a hint there instead.
+    times faster: the choice logs a hint there instead.
     """
     if isinstance(dtype, torch.dtype):
         return dtype
     if dtype is None or dtype == "auto":
-        return torch.bfloat16 if device.startswith("cuda") else torch.float32
+        if device.startswith("cuda"):
+            return torch.bfloat16
+        if device.startswith("cpu") and compat.cpu_has_amx():
+            # Measured on a 2-core AMX Xeon (benchmarks/eval_results_cpu.md, session 14): HOMER
+            # 4-5x faster in bfloat16 with 98 of 100 passkey verdicts equal to float32's.
+            logger.info("this CPU has AMX: dtype='bfloat16' (CLI: --dtype bfloat16) is several times "
+                        "faster than the float32 default here")
+        return torch.float32
     if dtype not in _DTYPES:
         raise ValueError(f"dtype must be one of {sorted(_DTYPES)} or a torch.dtype, got {dtype!r}")
     return _DTYPES[dtype]
@@ -176,11 +183,6 @@ class HomerModel:
             path = str(model)
         device = resolve_device(device)
         torch_dtype = resolve_dtype(dtype, device)
-        if (dtype is None or dtype == "auto") and device == "cpu" and compat.cpu_has_amx():
-            # Measured on a 2-core AMX Xeon (benchmarks/eval_results_cpu.md, session 14): HOMER
-            # 4-5x faster in bfloat16 with 98 of 100 passkey verdicts equal to float32's.
-            logger.info("this CPU has AMX: dtype='bfloat16' (CLI: --dtype bfloat16) is several times "
-                        "faster than the float32 default here")
         try:
             tokenizer = AutoTokenizer.from_pretrained(path)
             kwargs = dict(dtype=torch_dtype, attn_implementation=attn_implementation, **model_kwargs)
