@@ -656,6 +656,26 @@ if [[ $STAGE == 37j ]]; then
       --samples 20 --depths random --threads 1 --dtype bfloat16
   fi
 fi
+# 38a/38b: (session 16) the ablations on the library's default (own-leaf merges) on the drawn depths,
+#     in bfloat16, so each is paired with the default on the same samples and precision; then the
+#     plain model at 8x (64k; one cycled sample before), samples split between the two cores.
+#     38a (one core): homer-ownleaf-uncal at 8k-64k, then `full` at 64k on samples 0-9.
+#     38b (one core): homer-ownleaf-random at 8k-64k, homer-ownleaf at 8k/16k in bfloat16 (32k/64k
+#     ran in 37c/36a), then `full` at 64k on samples 10-19.
+#     Budget: END (epoch seconds), else 2 hours from now (the `left` of 37a-37c).
+B16=("${S9[@]}" --dtype bfloat16 --call-seconds 1500)
+case $STAGE in
+  38a) "${B16[@]}" --lengths 8k,16k,32k,64k --methods homer-ownleaf-uncal --out "$OUT-s16-bf16-uncal" --samples 20 \
+         --max-seconds "$(left)"
+       (( $(left) > 600 )) && "${B16[@]}" --lengths 64k --methods full --out "$OUT-s16-bf16-64k-full-a" \
+         --samples 10 --max-seconds "$(left)" ;;
+  38b) "${B16[@]}" --lengths 8k,16k,32k,64k --methods homer-ownleaf-random --out "$OUT-s16-bf16-random" \
+         --samples 20 --max-seconds "$(left)"
+       (( $(left) > 300 )) && "${B16[@]}" --lengths 8k,16k --methods homer-ownleaf --out "$OUT-s16-bf16-ownleaf" \
+         --samples 20 --max-seconds "$(left)"
+       (( $(left) > 600 )) && "${B16[@]}" --lengths 64k --methods full --out "$OUT-s16-bf16-64k-full-b" \
+         --first-sample 10 --samples 20 --max-seconds "$(left)" ;;
+esac
 # 3. more samples and the other tasks, as far as the budget goes
 if [[ $STAGE == 3 || $STAGE == all ]]; then
   "${EVAL[@]}" --tasks passkey,vartrack,multikey,multivalue,ppl --ppl-sink 0 \

@@ -411,6 +411,16 @@ def test_homer_sees_the_same_sample_as_every_method(small_eval):
     assert QA_TASKS["multikey"].name == "multikey"
 
 
+def test_ablation_methods_run_the_variant_they_name(small_eval):
+    from homer_llm.evaluation.methods import make_methods
+
+    names = ["homer", "homer-uncal", "homer-random", "homer-ownleaf", "homer-ownleaf-uncal", "homer-ownleaf-random"]
+    configs = {m.name: m.hm.homer for m in make_methods(small_eval, names)}
+    assert [(configs[n].pruning, configs[n].merge_attention) for n in names] == [
+        ("calibrated", "causal"), ("uncalibrated", "causal"), ("random", "causal"),
+        ("calibrated", "own-leaf"), ("uncalibrated", "own-leaf"), ("random", "own-leaf")]
+
+
 def test_homer_model_loads_from_the_saved_folder(model_dir):
     hm = HomerModel.load(model_dir, device="cpu")
     assert hm.window == 1024 and hm.chunk_len == 512

@@ -19,6 +19,8 @@ stop with TimeBudgetExceeded once it has passed.
     homer-ownleaf    HOMER, calibrated, whose merged nodes keep every context token to its own
                      leaf (``HomerConfig.merge_attention="own-leaf"``; the question reads all):
                      what ``HomerModel`` runs by default on sdpa/eager attention without focus
+    homer-ownleaf-uncal, homer-ownleaf-random  the two ablations above on own-leaf merges, so
+                     they pair with the library's default rather than with the published tree
     full             the plain model over the whole prompt, also beyond its window
     truncate         the plain model over the prompt cut to the window: prefix and suffix kept,
                      the END of the document kept (for perplexity: the last window of tokens)
@@ -82,7 +84,7 @@ ANSWER_ROOM = 64
 
 ALL_METHODS = ("homer", "homer-uncal", "homer-random", "homer-word", "homer-merged", "full", "truncate", "yarn",
                "ntk", "linear", "homer-yarn", "homer-focus", "homer-focus-leaf", "homer-ownleaf",
-               "bm25")
+               "homer-ownleaf-uncal", "homer-ownleaf-random", "bm25")
 
 
 class NotApplicable(Exception):
@@ -537,6 +539,10 @@ def make_methods(
         "homer-focus-leaf": lambda: HomerMethod(model, "homer-focus-leaf", "calibrated", focus_leaves=focus_leaves,
                                                 focus_locator="leaf"),
         "homer-ownleaf": lambda: HomerMethod(model, "homer-ownleaf", "calibrated", merge_attention="own-leaf"),
+        "homer-ownleaf-uncal": lambda: HomerMethod(model, "homer-ownleaf-uncal", "uncalibrated",
+                                                   merge_attention="own-leaf"),
+        "homer-ownleaf-random": lambda: HomerMethod(model, "homer-ownleaf-random", "random",
+                                                    merge_attention="own-leaf"),
         "full": lambda: FullMethod(model),
         "truncate": lambda: TruncateMethod(model),
         "yarn": lambda: RopeMethod(model, "yarn", rope_factor),
