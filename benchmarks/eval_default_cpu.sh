@@ -621,7 +621,7 @@ fi
 #     37b (one core): 8x: YaRN and linear RoPE (factor 8) on samples 3-19 (36c/36d ran 0-2),
 #     alternating per sample so a run cut short leaves both methods on the same samples.
 #     Budget: END (epoch seconds), else 2 hours from now. 37j joins them with 36's records.
-B15=("${S9[@]}" --dtype bfloat16 --call-seconds 1500)
+B15=("${S9[@]}" --dtype bfloat16)  # S9 already sets --call-seconds 1500
 left() { echo $(( ${END:-$(( $(date +%s) + 7200 ))} - $(date +%s) )); }
 case $STAGE in
   37a) "${B15[@]}" --lengths 32k --methods linear,full --out "$OUT-s15-bf16-32k" --samples 20 --max-seconds "$(left)"
@@ -661,19 +661,19 @@ fi
 #     plain model at 8x (64k; one cycled sample before), samples split between the two cores.
 #     38a (one core): homer-ownleaf-uncal at 8k-64k, then `full` at 64k on samples 0-9.
 #     38b (one core): homer-ownleaf-random at 8k-64k, homer-ownleaf at 8k/16k in bfloat16 (32k/64k
-#     ran in 37c/36a), then `full` at 64k on samples 10-19.
-#     Budget: END (epoch seconds), else 2 hours from now (the `left` of 37a-37c).
-B16=("${S9[@]}" --dtype bfloat16 --call-seconds 1500)
+#     ran in 37c and 36a/36b), then `full` at 64k on samples 10-19.
+#     Budget: END (epoch seconds), else 2 hours from now. Same command base (B15) and budget (`left`)
+#     as 37a-37c.
 case $STAGE in
-  38a) "${B16[@]}" --lengths 8k,16k,32k,64k --methods homer-ownleaf-uncal --out "$OUT-s16-bf16-uncal" --samples 20 \
+  38a) "${B15[@]}" --lengths 8k,16k,32k,64k --methods homer-ownleaf-uncal --out "$OUT-s16-bf16-uncal" --samples 20 \
          --max-seconds "$(left)"
-       (( $(left) > 600 )) && "${B16[@]}" --lengths 64k --methods full --out "$OUT-s16-bf16-64k-full-a" \
+       (( $(left) > 600 )) && "${B15[@]}" --lengths 64k --methods full --out "$OUT-s16-bf16-64k-full-a" \
          --samples 10 --max-seconds "$(left)" ;;
-  38b) "${B16[@]}" --lengths 8k,16k,32k,64k --methods homer-ownleaf-random --out "$OUT-s16-bf16-random" \
+  38b) "${B15[@]}" --lengths 8k,16k,32k,64k --methods homer-ownleaf-random --out "$OUT-s16-bf16-random" \
          --samples 20 --max-seconds "$(left)"
-       (( $(left) > 300 )) && "${B16[@]}" --lengths 8k,16k --methods homer-ownleaf --out "$OUT-s16-bf16-ownleaf" \
+       (( $(left) > 300 )) && "${B15[@]}" --lengths 8k,16k --methods homer-ownleaf --out "$OUT-s16-bf16-ownleaf" \
          --samples 20 --max-seconds "$(left)"
-       (( $(left) > 600 )) && "${B16[@]}" --lengths 64k --methods full --out "$OUT-s16-bf16-64k-full-b" \
+       (( $(left) > 600 )) && "${B15[@]}" --lengths 64k --methods full --out "$OUT-s16-bf16-64k-full-b" \
          --first-sample 10 --samples 20 --max-seconds "$(left)" ;;
 esac
 # 3. more samples and the other tasks, as far as the budget goes

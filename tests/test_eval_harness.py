@@ -15,7 +15,7 @@ from tiny import tiny_model
 from homer_llm import HomerModel
 from homer_llm.evaluation import cli as eval_cli
 from homer_llm.evaluation.harness import EvalSettings, load_records, run_eval
-from homer_llm.evaluation.methods import ALL_METHODS, EvalModel, Method, MethodResult
+from homer_llm.evaluation.methods import ALL_METHODS, EvalModel, Method, MethodResult, make_methods
 from homer_llm.evaluation.report import cells, markdown_table
 from homer_llm.evaluation.runner import Deadline, TimeBudgetExceeded
 from homer_llm.evaluation.tasks import QA_TASKS
@@ -412,8 +412,6 @@ def test_homer_sees_the_same_sample_as_every_method(small_eval):
 
 
 def test_ablation_methods_run_the_variant_they_name(small_eval):
-    from homer_llm.evaluation.methods import make_methods
-
     names = ["homer", "homer-uncal", "homer-random", "homer-ownleaf", "homer-ownleaf-uncal", "homer-ownleaf-random"]
     configs = {m.name: m.hm.homer for m in make_methods(small_eval, names)}
     assert [(configs[n].pruning, configs[n].merge_attention) for n in names] == [
