@@ -100,3 +100,39 @@ def test_eval_records_its_layout_and_refuses_to_resume_across_layouts(tmp_path, 
     assert eval_cli.run(_args(**base, resume=True)) == 2
     assert eval_cli.run(_args(**base, layout="instructed", resume=True)) == 0
     assert LAYOUTS == ("plain", "instructed")
+
+
+# ---------------------------------------------------------------- whole-document tasks
+def test_count_task_answer_is_the_number_of_notes_of_the_asked_kind():
+    task = QA_TASKS["count"]
+    for i in range(10):
+        s = task.make(count_words, 2000, i, 0, 0.5)
+        kind = s.question.split("crates of ", 1)[1].split(" were", 1)[0]
+        notes = s.document.count(f"one crate of {kind} was brought")
+        assert s.expected == (str(notes),) and len(s.needles) == notes
+        assert s.document.count("Delivery note:") > notes  # other kinds look the same
+        assert task.check(s, f"{notes}") and not task.check(s, f"{notes + 1}")
+
+
+def test_common_words_answer_is_the_most_frequent_words_of_the_list():
+    task = QA_TASKS["cwe"]
+    s = task.make(count_words, 3000, 0, 0, 0.5)
+    words = [entry for k, entry in enumerate(s.document.split(" ")) if k % 2 == 1]
+    counts = Counter(words)
+    top = {w for w, _ in counts.most_common(task.top)}
+    assert set(s.expected) == top and len(top) == task.top
+    assert min(counts[w] for w in top) > max(c for w, c in counts.items() if w not in top)
+    assert task.check(s, ", ".join(reversed(s.expected)))
+    assert not task.check(s, ", ".join(s.expected[:-1]))
+    assert not any(w in s.question for w in top)
+
+
+def test_two_facts_sit_half_a_document_apart_and_only_together_answer():
+    task = QA_TASKS["twofacts"]
+    for i, depth in enumerate((0.0, 0.3, 0.7, 1.0)):
+        s = task.make(count_words, 3000, i, 0, depth)
+        first, second = (s.document.index(n) / len(s.document) for n in s.needles)
+        assert abs(first - second) >= 0.4
+        room = s.needles[0].rsplit(" ", 1)[1].rstrip(".")
+        assert room in s.needles[1] and room not in s.question
+        assert s.expected[0] in s.needles[1] and s.document.count("Room ") == 4

@@ -57,7 +57,7 @@ def test_generator_meets_budget_and_hides_needles(name):
     for needle in sample.needles:
         assert needle in sample.document
     for value in sample.expected:
-        assert value in sample.document
+        assert value in sample.document or not task.answer_in_document
     # the right answer passes its own checker, the answer prefix alone does not
     assert task.check(sample, " " + ", ".join(sample.expected) + ".")
     assert not task.check(sample, "")

@@ -13,6 +13,9 @@ Tasks:
                  from a number, with a distractor chain; answer the number the last variable holds.
     needle       one fact in varied formats: three haystacks, four wordings, three kinds of value
                  (``VariedNeedleTask``), asked with a plain question.
+    count        aggregation: count the delivery notes of one kind scattered through the document.
+    cwe          RULER's common-words extraction over a long numbered word list.
+    twofacts     two facts half a document apart that answer the question only together.
 
 Token budgets are met approximately: each distinct unit (sentence) is counted once with the
 model's tokenizer and the sum of the counts is taken as the document length.
@@ -22,6 +25,7 @@ from __future__ import annotations
 
 import random
 import re
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -190,6 +194,7 @@ class QATask:
     name = ""
     instruction = ""
     max_new_tokens = 16
+    answer_in_document = True  # False where the answer is computed (a count), not copied
 
     def make(self, count: TokenCounter, budget: int, index: int, seed: int, depth: float) -> QASample:
         """Generate sample ``index`` with a document of about ``budget`` tokens.
@@ -415,5 +420,115 @@ class VariedNeedleTask(QATask):
         return check_contains(sample.expected[0], output)
 
 
+# ------------------------------------------------------------------------------ whole-document tasks
+_GOODS = ("apples", "copper wire", "lanterns", "wool blankets", "salt", "rope", "glass jars", "tea", "nails",
+          "candles", "paper", "olive oil")
+_PLACES = ("north gate", "mill", "harbour office", "school", "bakery", "forge", "chapel", "granary")
+_EVENTS = ("budget review", "chess final", "choir rehearsal", "safety briefing", "book auction",
+           "quarterly audit", "poetry reading", "board meeting")
+_SYLLABLES = ("ka", "lo", "mi", "ren", "tu", "sa", "vo", "bri", "den", "fa", "gul", "ho", "ji", "mor", "nes",
+              "pal", "qui", "rus", "tor", "ul", "vin", "wex", "yo", "zan")
+
+
+def _pseudo_words(rng: random.Random, count: int) -> list[str]:
+    """``count`` distinct made-up words of two or three syllables (no real word to be biased by)."""
+    words: set[str] = set()
+    while len(words) < count:
+        words.add("".join(rng.choice(_SYLLABLES) for _ in range(rng.choice((2, 3)))))
+    out = sorted(words)
+    rng.shuffle(out)
+    return out
+
+
+class CountTask(QATask):
+    """Aggregation: delivery notes scattered through the document; count one kind of goods.
+
+    No passage holds the answer: every note of the asked kind must be found and counted, and the
+    other kinds' notes look the same. The notes are spread uniformly; ``depth`` is unused beyond
+    seeding (the answer has no single position).
+    """
+
+    name = "count"
+    instruction = "The text below contains delivery notes among unrelated sentences. You will be asked to count some of them."
+    max_new_tokens = 12
+    answer_in_document = False
+
+    def _make(self, hay, budget, rng, index, depth):
+        kinds = rng.sample(_GOODS, 4)
+        counts = [rng.randint(2, 7) for _ in kinds]
+        notes = []
+        for kind, n in zip(kinds, counts, strict=True):
+            notes += [f"Delivery note: one crate of {kind} was brought to the {rng.choice(_PLACES)}." for _ in range(n)]
+        placed = sorted(((rng.random(), note) for note in notes), key=lambda pair: pair[0])
+        document = hay.build(budget, lambda: rng.choice(PROSE), placed)
+        question = f"How many crates of {kinds[0]} were delivered in total? Answer with the number only."
+        return QASample(self.name, index, depth, self.instruction, document, question,
+                        f"The number of crates of {kinds[0]} is", (str(counts[0]),),
+                        tuple(n for n in notes if kinds[0] in n), self.max_new_tokens)
+
+
+class CommonWordsTask(QATask):
+    """RULER's common-words extraction: a long numbered word list; name its most frequent words.
+
+    ``top`` words appear ``common`` times each, every other word ``rare`` times, in a seeded
+    shuffle; the answer must name all ``top`` common words. The question has no lexical cue, so a
+    retriever cannot pick the passages that hold the answer: it is spread over the whole list.
+    """
+
+    name = "cwe"
+    instruction = "Below is a numbered list of words. You will be asked which words appear most often in it."
+    max_new_tokens = 40
+    top, common, rare = 5, 24, 3
+
+    def _make(self, hay, budget, rng, index, depth):
+        words = _pseudo_words(rng, 2000)
+        frequent, others = words[: self.top], words[self.top:]
+        # the number of rare words is sized to the budget (the numbered entries are the filler)
+        cost = hay.tokens(f"999. {others[0]}") + 1
+        rare_words = max(1, min(len(others), (budget // cost - self.top * self.common) // self.rare))
+        entries = frequent * self.common + others[:rare_words] * self.rare
+        rng.shuffle(entries)
+        lines: list[str] = []
+        used = 0
+        for i, word in enumerate(entries, start=1):
+            unit = f"{i}. {word}"
+            used += hay.tokens(unit)
+            if used > budget:
+                break
+            lines.append(unit)
+        kept = Counter(line.split(" ", 1)[1] for line in lines)
+        answer = tuple(w for w, _ in kept.most_common(self.top))
+        question = f"What are the {self.top} most common words in the list? Answer with the words only, separated by commas."
+        return QASample(self.name, index, depth, self.instruction, " ".join(lines), question,
+                        f"The {self.top} most common words are", answer, (), self.max_new_tokens)
+
+    def check(self, sample: QASample, output: str) -> bool:
+        return all(check_contains(word, output) for word in sample.expected)
+
+
+class TwoFactsTask(QATask):
+    """Two facts far apart that only answer the question together: where an event is held, and on
+    which floor that room is (with distractor rooms on other floors)."""
+
+    name = "twofacts"
+    instruction = "The text below contains facts about rooms and events among unrelated sentences."
+    max_new_tokens = 12
+
+    def _make(self, hay, budget, rng, index, depth):
+        rooms = [str(r) for r in rng.sample(range(100, 999), 4)]
+        floors = [str(f) for f in rng.sample(range(2, 40), 4)]
+        event = rng.choice(_EVENTS)
+        first = f"The {event} will be held in room {rooms[0]}."
+        facts = [f"Room {r} is on floor {f}." for r, f in zip(rooms, floors, strict=True)]
+        # the event at the cell's depth, its room's floor at least half the document away
+        other = depth + 0.5 if depth < 0.5 else depth - 0.5
+        placed = [(depth, first), (other, facts[0])] + [(rng.random(), fact) for fact in facts[1:]]
+        document = hay.build(budget, lambda: rng.choice(PROSE), placed)
+        question = f"On which floor will the {event} be held? Answer with the floor number only."
+        return QASample(self.name, index, depth, self.instruction, document, question,
+                        f"The {event} will be held on floor", (floors[0],), (first, facts[0]), self.max_new_tokens)
+
+
 QA_TASKS: dict[str, QATask] = {t.name: t for t in (PasskeyTask(), MultiKeyTask(), MultiValueTask(),
-                                                   VariableTrackingTask(), VariedNeedleTask())}
+                                                   VariableTrackingTask(), VariedNeedleTask(), CountTask(),
+                                                   CommonWordsTask(), TwoFactsTask())}
