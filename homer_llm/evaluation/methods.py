@@ -21,6 +21,9 @@ stop with TimeBudgetExceeded once it has passed.
                      what ``HomerModel`` runs by default on sdpa/eager attention without focus
     homer-ownleaf-uncal, homer-ownleaf-random  the two ablations above on own-leaf merges, so
                      they pair with the library's default rather than with the published tree
+    homer-hybrid     the whole document compressed (own-leaf merges) plus the leaf the question
+                     points to most (leaf locator) read in full after it, in one cache
+                     (``homer_llm.hybrid``)
     full             the plain model over the whole prompt, also beyond its window
     truncate         the plain model over the prompt cut to the window: prefix and suffix kept,
                      the END of the document kept (for perplexity: the last window of tokens)
@@ -84,7 +87,7 @@ ANSWER_ROOM = 64
 
 ALL_METHODS = ("homer", "homer-uncal", "homer-random", "homer-word", "homer-merged", "full", "truncate", "yarn",
                "ntk", "linear", "homer-yarn", "homer-focus", "homer-focus-leaf", "homer-ownleaf",
-               "homer-ownleaf-uncal", "homer-ownleaf-random", "bm25")
+               "homer-ownleaf-uncal", "homer-ownleaf-random", "homer-hybrid", "bm25")
 
 
 class NotApplicable(Exception):
@@ -357,6 +360,22 @@ class HomerMethod(Method):
         return MethodResult("", len(parts), context.cache_tokens, nll.tolist())
 
 
+class HybridMethod(HomerMethod):
+    """The whole document compressed plus its best leaf read in full, in one cache (``homer_llm.hybrid``)."""
+
+    def answer(self, sample, deadline):
+        from ..hybrid import hybrid_context
+
+        hm = self.hm
+        parts = build_parts(hm.tokenizer, sample, layout=self.model.layout)
+        context = hybrid_context(hm, parts, leaves=1)
+        out = hm.generate(context, self.model.generation_config(sample))
+        return MethodResult(out.text, len(parts), context.cache_tokens)
+
+    def score(self, sample, deadline):
+        raise NotApplicable(f"{self.name} reads the leaves a question points to; it does not score perplexity")
+
+
 class PlainMethod(Method):
     """The plain model over a (possibly reduced) prompt; subclasses choose the prompt and RoPE."""
 
@@ -563,6 +582,8 @@ def make_methods(
                                                    merge_attention="own-leaf"),
         "homer-ownleaf-random": lambda: HomerMethod(model, "homer-ownleaf-random", "random",
                                                     merge_attention="own-leaf"),
+        "homer-hybrid": lambda: HybridMethod(model, "homer-hybrid", "calibrated", merge_attention="own-leaf",
+                                             focus_locator="leaf"),
         "full": lambda: FullMethod(model),
         "truncate": lambda: TruncateMethod(model),
         "yarn": lambda: RopeMethod(model, "yarn", rope_factor),

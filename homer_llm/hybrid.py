@@ -1,0 +1,110 @@
+"""Hybrid read: the whole document compressed by HOMER, plus the leaves the question points to, read in full.
+
+HOMER's compressed cache keeps every part of the document in a little space but at reduced
+resolution; focus (``homer_llm.focus``) reads the best leaves at full resolution but drops the rest.
+The hybrid keeps both in one cache, in the spirit of the compress-gather-recompute idea of REFORM
+(Song et al., 2025, arXiv 2506.01215):
+
+    [prefix][HOMER's pruned context: the whole document][the chosen leaves' text, read plainly][question]
+
+1. The HOMER tree runs over the prompt as usual (chunks of at most ``chunk_len``; see below).
+2. The leaves are ranked by the locator of ``HomerConfig.focus_locator`` (``leaf``: the question's
+   attention share inside each leaf's own pass, ``homer_llm.focus.leaf_relevance``; ``tree``: the
+   question read after the compressed cache, ``homer_llm.focus.leaf_attention``).
+3. The compressed cache's suffix is dropped; the chosen leaves' text (widened by a margin) runs
+   through every layer after the compressed cache at the position ids that follow the tree's
+   context, then the question again after it. The answer is decoded from there.
+
+Positions: the tree's tokens use ids below P + c + S (c the nominal leaf length), the gathered text
+continues at P + c, so everything stays inside the model's window when c + gathered + answer room
+fit. ``hybrid_chunk_len`` picks the largest chunk for which one leaf plus its margins does.
+
+Free functions over a ``HomerModel``; ``evaluation.methods`` exposes the read path as ``homer-hybrid``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import replace
+
+import torch
+
+from .engine import CompressedContext, append_tokens, drop_last
+from .focus import choose_leaves, focus_spans, leaf_attention, leaf_relevance
+from .prompt import PromptParts
+
+logger = logging.getLogger(__name__)
+
+ANSWER_ROOM = 256
+"""Positions left free after the question for the answer."""
+
+
+def hybrid_chunk_len(window: int, chunk_len: int, prefix_len: int, suffix_len: int, margin: int,
+                     answer_room: int = ANSWER_ROOM) -> int:
+    """The largest chunk length (at most ``chunk_len``) for which a leaf and its two margins can be
+    read after the tree's context and still leave ``answer_room`` positions in ``window``.
+
+    A leaf holds c = chunk - P - S context tokens and the gathered text starts at position P + c,
+    so the condition is P + c + (c + 2 margin) + S + answer_room <= window.
+    """
+    P, S = prefix_len, suffix_len
+    c = (window - P - S - answer_room - 2 * margin) // 2
+    if c < 4:
+        raise ValueError(f"a window of {window} tokens cannot hold a hybrid read with a prefix of {P}, "
+                         f"a suffix of {S} and a margin of {margin}")
+    return min(chunk_len, c + P + S)
+
+
+@torch.inference_mode()
+def hybrid_context(hm, parts: PromptParts, *, leaves: int = 1, margin: int | None = None,
+                   answer_room: int = ANSWER_ROOM) -> CompressedContext:
+    """The hybrid cache for ``parts`` on ``hm`` (a ``homer_llm.HomerModel``).
+
+    Args:
+        leaves: how many leaves to read in full (more only where they fit the window).
+        margin: tokens of each neighbour read on each side of a chosen leaf (None:
+            ``hm.homer.focus_margin``).
+        answer_room: positions kept free for the answer.
+
+    A prompt that fits one chunk takes the plain path (``hm.compress``), as everywhere else.
+    """
+    from .model import HomerModel
+
+    if leaves < 1:
+        raise ValueError(f"leaves must be >= 1, got {leaves}")
+    margin = hm.homer.focus_margin if margin is None else margin
+    if margin < 0:
+        raise ValueError(f"margin must be >= 0, got {margin}")
+    P, S = len(parts.prefix), len(parts.suffix)
+    chunk = hybrid_chunk_len(hm.window, hm.chunk_len, P, S, margin, answer_room)
+    cache_len = None if hm.homer.cache_len is None else min(hm.homer.cache_len, chunk)
+    tree = hm if chunk == hm.chunk_len and not hm.homer.focus_leaves else HomerModel(
+        hm.model, hm.tokenizer, name=hm.name,
+        homer=replace(hm.homer, chunk_len=chunk, cache_len=cache_len, focus_leaves=0))
+    plan = tree.plan(parts)
+    compressed = tree.compress(parts)
+    if plan.num_leaves == 1:
+        return compressed
+    started = time.perf_counter()
+    ids = torch.tensor(parts.ids, dtype=torch.long)
+    suffix = torch.tensor(parts.suffix, dtype=torch.long)
+    with tree.lock:
+        if hm.homer.focus_locator == "leaf":
+            relevance = leaf_relevance(tree.parts, plan, ids)
+        else:
+            relevance = leaf_attention(tree.parts, plan, compressed, suffix, tree.bias_table())
+        start = plan.next_position - S  # P + c: right after the tree's context ids
+        budget = hm.window - start - S - answer_room
+        chosen = choose_leaves(plan, relevance, leaves, budget)
+        spans = focus_spans(plan, chosen, margin, budget)
+        gathered = [t for lo, hi in spans for t in parts.context[lo:hi]]
+        if len(gathered) > budget:  # a single leaf wider than the budget: keep its start
+            gathered = gathered[:budget]
+        logger.info("hybrid: leaves %s of %d, spans %s, %d tokens read after a %d-token compressed cache",
+                    chosen, plan.num_leaves, spans, len(gathered), compressed.cache_tokens - S)
+        new_ids = torch.tensor(gathered + list(parts.suffix), dtype=torch.long)
+        kv, logits = append_tokens(tree.parts, drop_last(compressed.kv, S), new_ids, start)
+    stats = replace(compressed.stats, cache_tokens=int(kv[0][0].shape[2]),
+                    seconds=compressed.stats.seconds + time.perf_counter() - started)
+    return CompressedContext(kv, start + len(new_ids), logits, stats)
