@@ -58,7 +58,7 @@ def hybrid_chunk_len(window: int, chunk_len: int, prefix_len: int, suffix_len: i
 
 @torch.inference_mode()
 def hybrid_context(hm, parts: PromptParts, *, leaves: int = 1, margin: int | None = None,
-                   answer_room: int = ANSWER_ROOM) -> CompressedContext:
+                   answer_room: int = ANSWER_ROOM, window: int | None = None) -> CompressedContext:
     """The hybrid cache for ``parts`` on ``hm`` (a ``homer_llm.HomerModel``).
 
     Args:
@@ -66,6 +66,8 @@ def hybrid_context(hm, parts: PromptParts, *, leaves: int = 1, margin: int | Non
         margin: tokens of each neighbour read on each side of a chosen leaf (None:
             ``hm.homer.focus_margin``).
         answer_room: positions kept free for the answer.
+        window: the positions the read may use (None: the model's window; less emulates a
+            shorter-window model).
 
     A prompt that fits one chunk takes the plain path (``hm.compress``), as everywhere else.
     """
@@ -76,8 +78,11 @@ def hybrid_context(hm, parts: PromptParts, *, leaves: int = 1, margin: int | Non
     margin = hm.homer.focus_margin if margin is None else margin
     if margin < 0:
         raise ValueError(f"margin must be >= 0, got {margin}")
+    window = hm.window if window is None else window
+    if not 0 < window <= hm.window:
+        raise ValueError(f"window must be in (0, {hm.window}], got {window}")
     P, S = len(parts.prefix), len(parts.suffix)
-    chunk = hybrid_chunk_len(hm.window, hm.chunk_len, P, S, margin, answer_room)
+    chunk = hybrid_chunk_len(window, hm.chunk_len, P, S, margin, answer_room)
     cache_len = None if hm.homer.cache_len is None else min(hm.homer.cache_len, chunk)
     tree = hm if chunk == hm.chunk_len and not hm.homer.focus_leaves else HomerModel(
         hm.model, hm.tokenizer, name=hm.name,
@@ -95,7 +100,7 @@ def hybrid_context(hm, parts: PromptParts, *, leaves: int = 1, margin: int | Non
         else:
             relevance = leaf_attention(tree.parts, plan, compressed, suffix, tree.bias_table())
         start = plan.next_position - S  # P + c: right after the tree's context ids
-        budget = hm.window - start - S - answer_room
+        budget = window - start - S - answer_room
         chosen = choose_leaves(plan, relevance, leaves, budget)
         spans = focus_spans(plan, chosen, margin, budget)
         gathered = [t for lo, hi in spans for t in parts.context[lo:hi]]

@@ -136,3 +136,31 @@ def test_two_facts_sit_half_a_document_apart_and_only_together_answer():
         room = s.needles[0].rsplit(" ", 1)[1].rstrip(".")
         assert room in s.needles[1] and room not in s.question
         assert s.expected[0] in s.needles[1] and s.document.count("Room ") == 4
+
+
+# ---------------------------------------------------------------- emulated window
+def test_emulated_window_bounds_truncation_and_the_run_settings(tmp_path, tokenizer, capsys):
+    from homer_llm.evaluation.methods import TruncateMethod
+    from homer_llm.evaluation.runner import Deadline
+
+    model = tiny_model("llama", vocab=len(tokenizer), window=1024, layers=4)
+    hm = HomerModel(model, tokenizer, name="tiny")
+    with pytest.raises(ValueError, match="2048"):
+        EvalModel(hm, window=2048)
+    emulated = EvalModel(hm, window=256)
+    sample = QA_TASKS["needle"].make(count_words, 600, 0, 0, 0.5)
+    result = TruncateMethod(emulated).answer(sample, Deadline(None))
+    assert result.used_tokens <= 256 < result.input_tokens
+
+    folder = tmp_path / "tiny"
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    out = tmp_path / "out"
+    assert eval_cli.run(_args(model=folder, methods="truncate", tasks="needle", lengths="2x", samples=1,
+                              quiet=True, out=out, threads=1, window=256, json=True)) == 0
+    settings = json.loads((out / "settings.json").read_text())
+    assert settings["window"] == 256 and settings["lengths"] == [512] and settings["homer"]["chunk_len"] == 128
+    capsys.readouterr()
+    assert eval_cli.run(_args(model=folder, methods="truncate", tasks="needle", lengths="2x", samples=1,
+                              quiet=True, out=tmp_path / "bad", window=8)) == 2
+    assert "--window must be at least 16 tokens, got 8" in capsys.readouterr().err

@@ -82,7 +82,7 @@ def parse_depths(value: str) -> tuple[float, ...] | str:
     return depths
 
 
-RESUME_KEYS = ("model", "seed", "depths", "homer", "layout")
+RESUME_KEYS = ("model", "seed", "depths", "homer", "layout", "window")
 
 
 def check_resumable(settings_path: Path, current: dict) -> None:
@@ -127,6 +127,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="QA prompt layout: 'plain' (the document, then the question, as the LangChain and "
                              "LlamaIndex adapters send it; default) or 'instructed' (the task stated before the "
                              "document and the answer's first words given)")
+    parser.add_argument("--window", type=int, default=None,
+                        help="emulate a shorter window than the model's: lengths Nx, truncation, BM25, the hybrid "
+                             "read and RoPE factors use it, and HOMER's chunk length defaults to half of it; full "
+                             "attention keeps the model's own window (the ceiling)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--depths", default="0,25,50,75,100",
                         help="needle depths in percent, sample i takes the i-th (cycled); 'random': each sample "
@@ -209,10 +213,14 @@ def run(args: argparse.Namespace) -> int:
                                           ("calibration_samples", args.calibration_samples),
                                           ("focus_margin", args.focus_margin)) if v is not None}
         homer_kwargs["reread_suffix"] = not args.merged_suffix
+        if args.window is not None:
+            if args.window < 16:
+                raise ValueError(f"--window must be at least 16 tokens, got {args.window}")
+            homer_kwargs.setdefault("chunk_len", args.window // 2)
         say(f"loading {args.model or 'the default model'} ...")
         hm = HomerModel.load(args.model, device=args.device, dtype=args.dtype, attn_implementation=args.attn,
                              homer=HomerConfig(**homer_kwargs))
-        lengths = parse_lengths(args.lengths, hm.window)
+        lengths = parse_lengths(args.lengths, args.window or hm.window)
         settings = EvalSettings(tasks=tasks, methods=methods, lengths=lengths, samples=args.samples, seed=args.seed,
                                 first_sample=args.first_sample,
                                 depths=depths, max_seconds=args.max_seconds, call_seconds=args.call_seconds,
@@ -223,7 +231,7 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError(f"--ppl-recent / --ppl-append / --ppl-sink must be >= 0, "
                              f"got {args.ppl_recent} / {args.ppl_append} / {args.ppl_sink}")
         model = EvalModel(hm, ppl_recent=args.ppl_recent, ppl_append=args.ppl_append, ppl_sink=args.ppl_sink,
-                          layout=args.layout)
+                          layout=args.layout, window=args.window)
         instances = make_methods(model, list(methods), rope_factor=args.rope_factor,
                                  homer_yarn_factor=args.homer_yarn_factor,
                                  homer_yarn_calibration_samples=args.yarn_calibration_samples,
@@ -254,7 +262,7 @@ def run(args: argparse.Namespace) -> int:
         if hm.homer.focus_margin:  # only then: folders of whole-leaf focus runs (margin 0) still resume
             homer_settings["focus_margin"] = hm.homer.focus_margin
     run_settings = {**vars(settings), "depths": depths, "torch_threads": torch.get_num_threads(), "model": hm.name,
-                    "homer": homer_settings, "layout": args.layout}
+                    "homer": homer_settings, "layout": args.layout, "window": args.window or hm.window}
     if previous and out is not None:
         try:
             check_resumable(out / "settings.json", run_settings)

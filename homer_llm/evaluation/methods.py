@@ -197,9 +197,12 @@ class EvalModel:
 
     def __init__(
         self, homer: HomerModel, ppl_recent: int = 0, ppl_append: int = 0, ppl_sink: int = SINK_TOKENS,
-        layout: str = "plain",
+        layout: str = "plain", window: int | None = None,
     ) -> None:
-        """``layout``: how every method lays out a QA prompt (see ``LAYOUTS``). HOMER perplexity: ``ppl_recent`` keeps the last N context tokens whole as the suffix
+        """``layout``: how every method lays out a QA prompt (see ``LAYOUTS``). ``window``: an emulated
+        window shorter than the model's (None: the model's), the budget of truncation, BM25, the
+        hybrid read and the RoPE factors, so a long-window model can be run in a short-window regime
+        (HOMER's own chunk length is set separately). HOMER perplexity: ``ppl_recent`` keeps the last N context tokens whole as the suffix
         (seen, and averaged, by every chunk); ``ppl_append`` compresses all but the last N context
         tokens and runs those N whole after the compressed cache, like a continuation;
         ``ppl_sink``: without a BOS, the document's first N tokens are every chunk's shared prefix
@@ -210,11 +213,13 @@ class EvalModel:
             raise ValueError("choose one of ppl_recent and ppl_append")
         if layout not in LAYOUTS:
             raise ValueError(f"unknown layout {layout!r}: expected one of {', '.join(LAYOUTS)}")
+        if window is not None and not 0 < window <= homer.window:
+            raise ValueError(f"the emulated window must be in (0, {homer.window}], got {window}")
         self.homer = homer
         self.layout = layout
         self.ppl_recent, self.ppl_append, self.ppl_sink = ppl_recent, ppl_append, ppl_sink
         self.tokenizer = homer.tokenizer
-        self.window = homer.window
+        self.window = homer.window if window is None else window
         self._views: dict[tuple[str, float], object] = {}
         self._homers: dict[tuple, HomerModel] = {}
         self._results: dict[tuple, MethodResult] = {}
@@ -368,7 +373,7 @@ class HybridMethod(HomerMethod):
 
         hm = self.hm
         parts = build_parts(hm.tokenizer, sample, layout=self.model.layout)
-        context = hybrid_context(hm, parts, leaves=1)
+        context = hybrid_context(hm, parts, leaves=1, window=self.model.window)
         out = hm.generate(context, self.model.generation_config(sample))
         return MethodResult(out.text, len(parts), context.cache_tokens)
 
