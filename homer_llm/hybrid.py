@@ -17,7 +17,8 @@ The hybrid keeps both in one cache, in the spirit of the compress-gather-recompu
 
 Positions: the tree's tokens use ids below P + c + S (c the nominal leaf length), the gathered text
 continues at P + c, so everything stays inside the model's window when c + gathered + answer room
-fit. ``hybrid_chunk_len`` picks the largest chunk for which one leaf plus its margins does.
+fit. ``hybrid_chunk_len`` picks the largest chunk (a multiple of 64, the same for every prompt) for
+which one leaf plus its margins does.
 
 Free functions over a ``HomerModel``; ``evaluation.methods`` exposes the read path as ``homer-hybrid``.
 """
@@ -40,20 +41,21 @@ ANSWER_ROOM = 256
 """Positions left free after the question for the answer."""
 
 
-def hybrid_chunk_len(window: int, chunk_len: int, prefix_len: int, suffix_len: int, margin: int,
-                     answer_room: int = ANSWER_ROOM) -> int:
-    """The largest chunk length (at most ``chunk_len``) for which a leaf and its two margins can be
-    read after the tree's context and still leave ``answer_room`` positions in ``window``.
+def hybrid_chunk_len(window: int, chunk_len: int, margin: int, answer_room: int = ANSWER_ROOM) -> int:
+    """The chunk length of the hybrid's tree: ``chunk_len``, or less where one leaf and its two margins
+    could not be read after the tree's context and still leave ``answer_room`` positions in ``window``.
 
-    A leaf holds c = chunk - P - S context tokens and the gathered text starts at position P + c,
-    so the condition is P + c + (c + 2 margin) + S + answer_room <= window.
+    A leaf holds c = chunk - P - S context tokens and the gathered text starts at position P + c, so
+    the condition is P + c + (c + 2 margin) + S + answer_room <= window, i.e.
+    2 chunk - P - S + 2 margin + answer_room <= window. It is taken for P = S = 0, so the chunk
+    length does not depend on the prompt (one calibration table serves every prompt), and rounded
+    down to a multiple of 64.
     """
-    P, S = prefix_len, suffix_len
-    c = (window - P - S - answer_room - 2 * margin) // 2
-    if c < 4:
-        raise ValueError(f"a window of {window} tokens cannot hold a hybrid read with a prefix of {P}, "
-                         f"a suffix of {S} and a margin of {margin}")
-    return min(chunk_len, c + P + S)
+    bound = (window - 2 * margin - answer_room) // 2 // 64 * 64
+    if bound < 64:
+        raise ValueError(f"a window of {window} tokens cannot hold a hybrid read with a margin of {margin} "
+                         f"and {answer_room} positions for the answer")
+    return min(chunk_len, bound)
 
 
 @torch.inference_mode()
@@ -81,8 +83,8 @@ def hybrid_context(hm, parts: PromptParts, *, leaves: int = 1, margin: int | Non
     window = hm.window if window is None else window
     if not 0 < window <= hm.window:
         raise ValueError(f"window must be in (0, {hm.window}], got {window}")
-    P, S = len(parts.prefix), len(parts.suffix)
-    chunk = hybrid_chunk_len(window, hm.chunk_len, P, S, margin, answer_room)
+    S = len(parts.suffix)
+    chunk = hybrid_chunk_len(window, hm.chunk_len, margin, answer_room)
     cache_len = None if hm.homer.cache_len is None else min(hm.homer.cache_len, chunk)
     tree = hm if chunk == hm.chunk_len and not hm.homer.focus_leaves else HomerModel(
         hm.model, hm.tokenizer, name=hm.name,

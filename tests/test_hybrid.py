@@ -14,7 +14,7 @@ from homer_llm.hybrid import hybrid_chunk_len, hybrid_context
 @pytest.fixture
 def hm(tokenizer):
     torch.manual_seed(0)
-    model = tiny_model("llama", vocab=len(tokenizer), window=256, layers=4)
+    model = tiny_model("llama", vocab=len(tokenizer), window=512, layers=4)
     return HomerModel(model, tokenizer, name="tiny", homer=HomerConfig(focus_locator="leaf", focus_margin=8))
 
 
@@ -25,12 +25,15 @@ def _parts(n_context: int) -> PromptParts:
 
 
 def test_chunk_len_leaves_room_for_a_leaf_its_margins_and_the_answer():
-    chunk = hybrid_chunk_len(8192, 4096, 40, 30, 256)
-    c = chunk - 40 - 30
-    assert 40 + c + (c + 512) + 30 + 256 <= 8192 < 40 + (c + 2) + (c + 2 + 512) + 30 + 256
-    assert hybrid_chunk_len(8192, 1024, 40, 30, 256) == 1024  # a smaller chunk is kept
+    chunk = hybrid_chunk_len(8192, 4096, 256)
+    assert chunk % 64 == 0 and chunk < 4096
+    for P, S in ((0, 0), (40, 30), (500, 200)):  # whatever the prompt's affixes
+        c = chunk - P - S
+        assert P + c + (c + 512) + S + 256 <= 8192
+    assert 2 * (chunk + 64) + 512 + 256 > 8192  # the largest such multiple of 64
+    assert hybrid_chunk_len(8192, 1024, 256) == 1024  # a smaller chunk is kept
     with pytest.raises(ValueError, match="cannot hold"):
-        hybrid_chunk_len(300, 150, 40, 30, 100)
+        hybrid_chunk_len(300, 150, 100)
 
 
 def test_one_chunk_prompt_is_the_plain_path(hm):
@@ -41,7 +44,7 @@ def test_one_chunk_prompt_is_the_plain_path(hm):
 
 
 def test_long_prompt_is_the_compressed_tree_then_the_best_leaf_then_the_question(hm, monkeypatch):
-    parts = _parts(700)
+    parts = _parts(1400)
     chosen = {}
     import homer_llm.hybrid as hybrid
 
@@ -75,6 +78,6 @@ def test_long_prompt_is_the_compressed_tree_then_the_best_leaf_then_the_question
 
 def test_bad_arguments_name_the_value(hm):
     with pytest.raises(ValueError, match="leaves must be >= 1, got 0"):
-        hybrid_context(hm, _parts(700), leaves=0, answer_room=32)
+        hybrid_context(hm, _parts(1400), leaves=0, answer_room=32)
     with pytest.raises(ValueError, match="margin must be >= 0, got -1"):
-        hybrid_context(hm, _parts(700), margin=-1, answer_room=32)
+        hybrid_context(hm, _parts(1400), margin=-1, answer_room=32)
