@@ -10,9 +10,11 @@
 # nothing is installed or downloaded). Writes four files under $OUT (default results/gpu-<config>):
 #   env.txt, bench_<config>.json (written row by row, so a cut-off run keeps its rows),
 #   bench_<config>.png, bench_<config>.log (table, growth per doubling, profile).
-# BENCH_ARGS: extra bench flags, e.g. own-leaf merges against the causal rows of an earlier run:
-#   BENCH_ARGS="--methods homer --merge-attention own-leaf" OUT=results/gpu-llama3-8b-ownleaf \
-#     bash benchmarks/gpu_bench.sh llama3-8b 1M none
+# METHODS: the bench rows (default plain,homer: homer is HomerConfig's default, own-leaf merges);
+#   METHODS=plain,homer,homer-causal,homer-focus adds causal merges and focus (benchmarks/gpu_sweep.sh
+#   runs all four with the targets in one call).
+# BENCH_ARGS: extra bench flags, e.g. the homer row with causal merges:
+#   BENCH_ARGS="--merge-attention causal" OUT=results/gpu-llama3-8b-causal bash benchmarks/gpu_bench.sh llama3-8b 1M none
 # Sized for one 10-minute device call per config on an H100 (estimate in benchmarks/PERF_NOTES.md);
 # the python step is capped by BENCH_TIMEOUT seconds (default 540) and replots whatever it measured.
 set -uo pipefail
@@ -47,7 +49,7 @@ PROFILE_ARGS=()
 
 timeout "${BENCH_TIMEOUT:-540}" "$PY" -m homer_llm.bench -v --device "$DEVICE" --config "$CONFIG" \
   --min-length "${MIN_LENGTH:-4k}" --max-length "$MAX_LENGTH" --repeats 3 --warmup 1 --budget-s 20 --decode-tokens 16 \
-  --json "$JSON" --plot "$PNG" "${PROFILE_ARGS[@]}" ${BENCH_ARGS:-} 2>&1 | tee "$LOG"
+  --methods "${METHODS:-plain,homer}" --json "$JSON" --plot "$PNG" "${PROFILE_ARGS[@]}" ${BENCH_ARGS:-} 2>&1 | tee "$LOG"
 status=${PIPESTATUS[0]}
 if [ "$status" -ne 0 ] && [ -f "$JSON" ]; then
   echo "bench exited with $status; table and plot of the rows measured so far:" | tee -a "$LOG"

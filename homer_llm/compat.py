@@ -239,6 +239,18 @@ def mask_from_allowed(parts: ModelParts, allowed: torch.Tensor, dtype: torch.dty
     return mask[None, None]
 
 
+def owner_mask(parts: ModelParts, owner: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """The own-leaf merge mask from each token's owner id, built where ``owner`` lives.
+
+    ``owner``: [n] long, -1 for a prefix token, -2 for a suffix token, else the token's leaf.
+    Token i may attend to token j <= i when j is a prefix token, j shares i's leaf, or i is a suffix
+    token. Built with tensor ops on ``owner``'s device (no host copy, no device-to-host sync).
+    """
+    rows, cols = owner[:, None], owner[None, :]
+    allowed = ((cols == -1) | (cols == rows) | (rows == -2)).tril_()
+    return mask_from_allowed(parts, allowed, dtype)
+
+
 class _KVCapture:
     """Stands in for a Cache in one layer call: keeps the layer's rotated K/V, adds nothing to them."""
 

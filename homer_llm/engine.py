@@ -199,18 +199,16 @@ class TreePass:
         Causal in sequence order (HOMER as published). With ``own_leaf``, in a merged node a
         context token attends only to the prefix and to the surviving tokens of its own leaf; the
         suffix still attends to everything before it. Why: after a merge the right child's tokens
-        follow the left child's, which carry the same position ids; on the default model the
-        answers were much worse when the needle sat in a right child (benchmarks/merge_mask_probe.py).
+        follow the left child's, which carry the same position ids, and read them; on the default
+        model the answers were much worse when the needle sat in a right child (``docs/method.md``).
         """
         parts, n = self.parts, state.length
         if not self.own_leaf or node.is_leaf:
             return compat.attention_mask(parts, n, 0, state.hidden.dtype, state.hidden.device)
         if state.origin is None:
             raise RuntimeError("own-leaf merge attention needs the tokens' origins (ChunkState.origin)")
-        owner = token_owners(self.plan, state.origin.cpu())
-        allowed = torch.ones(n, n, dtype=torch.bool).tril_()
-        allowed &= (owner[None, :] == -1) | (owner[None, :] == owner[:, None]) | (owner[:, None] == -2)
-        return compat.mask_from_allowed(parts, allowed.to(state.hidden.device), state.hidden.dtype)
+        owner = token_owners(self.plan, state.origin.to(state.hidden.device))
+        return compat.owner_mask(parts, owner, state.hidden.dtype)
 
     def observe(
         self, node: Node, index: int, hidden_last: torch.Tensor, kv: compat.KV, state: ChunkState, pos_emb: compat.KV
@@ -252,7 +250,7 @@ class TreePass:
 def token_owners(plan: Plan, origin: torch.Tensor) -> torch.Tensor:
     """Leaf index of every token from its prompt index ([n] long -> [n] long): -1 prefix, -2 suffix."""
     P, C = plan.prefix_len, plan.context_len
-    ends = torch.tensor([hi for _, hi in plan.leaf_ranges()], dtype=torch.long)
+    ends = torch.tensor([hi for _, hi in plan.leaf_ranges()], dtype=torch.long, device=origin.device)
     leaf = torch.searchsorted(ends, origin - P, right=True)
     return torch.where(origin < P, -1, torch.where(origin >= P + C, -2, leaf))
 

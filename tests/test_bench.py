@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from homer_llm.bench import cli, measure, runner
-from homer_llm.bench.analytic import plan_cost
+from homer_llm.bench.analytic import focus_work, layer_flops, plain_work, plan_cost
 from homer_llm.bench.configs import (
     SHAPES,
     build_model,
@@ -115,29 +115,90 @@ def test_settings_validate():
         BenchSettings(shape=TINY, merge_attention="own-leaf", attn="flash_attention_2")
 
 
-def test_own_leaf_merges_are_benchmarked_as_the_engine_runs_them(one_thread, monkeypatch):
-    """--merge-attention own-leaf times the engine's own-leaf tree: same cache size and peak K/V
-    as causal merges (the mask changes who attends, not what is kept alive)."""
-    from homer_llm.bench import runner
+def test_homer_rows_run_what_users_get(one_thread, monkeypatch):
+    """homer is HomerConfig's default (own-leaf merges on sdpa, suffix re-read), homer-causal the
+    same with causal merges, homer-focus the leaf locator then a plain read: each row runs the
+    engine the way its label says, and the two tree rows keep the same cache and peak K/V (the mask
+    changes who attends, not what is kept alive)."""
+    from homer_llm import focus, model
 
-    seen = []
+    seen: list[tuple[bool, bool]] = []
+    located: list[int] = []
+    real_compress, real_locate = model.compress, focus.leaf_relevance
 
-    def spy(*args, **kwargs):
-        seen.append(kwargs.get("own_leaf", False))
-        return compress(*args, **kwargs)
+    def spy(parts, plan, ids, **kwargs):
+        seen.append((kwargs.get("own_leaf", False), kwargs.get("reread_suffix", False)))
+        return real_compress(parts, plan, ids, **kwargs)
 
-    compress = runner.compress
-    monkeypatch.setattr(runner, "compress", spy)
-    rows = {}
-    for mode in ("causal", "own-leaf"):
-        seen.clear()
-        bench = _bench(methods=("homer",), lengths=(1024,), decode_tokens=0, merge_attention=mode)
-        report = bench.run()
-        assert report.meta["homer"]["merge_attention"] == mode and report.results[0].status == "ok"
-        assert seen and set(seen) == {mode == "own-leaf"}  # the engine ran the tree the row is labelled with
-        rows[mode] = report.results[0]
-    assert rows["own-leaf"].cache_tokens == rows["causal"].cache_tokens
-    assert rows["own-leaf"].kv_peak_bytes == rows["causal"].kv_peak_bytes
+    def locate(parts, plan, ids, progress=None):
+        located.append(plan.num_leaves)
+        return real_locate(parts, plan, ids, progress)
+
+    monkeypatch.setattr(model, "compress", spy)
+    monkeypatch.setattr(model, "leaf_relevance", locate)
+    bench = _bench(methods=("homer", "homer-causal", "homer-focus"), lengths=(1024,), decode_tokens=1)
+    report = bench.run()
+    rows = {r.method: r for r in report.results}
+    assert all(r.status == "ok" for r in rows.values())
+    assert report.meta["homer"]["merge_attention"] == "own-leaf"
+    assert report.meta["methods"]["homer-causal"]["merge_attention"] == "causal"
+    assert report.meta["methods"]["homer-focus"]["focus_leaves"] == 2
+    # one timed run per row: own-leaf + re-read, causal + re-read, then focus: the locator over
+    # every leaf of the plan, then one plain read (no re-read: it is one pass)
+    leaves = bench.plan(1024).num_leaves
+    assert seen == [(True, True), (False, True), (False, False)] and located == [leaves] and leaves > 1
+    assert rows["homer"].cache_tokens == rows["homer-causal"].cache_tokens == TINY.window // 2
+    assert rows["homer"].kv_peak_bytes == rows["homer-causal"].kv_peak_bytes
+    budget = TINY.window - (TINY.window - TINY.window // 2) // 2  # HomerModel.focus_budget
+    assert rows["homer-focus"].cache_tokens <= budget
+    assert rows["homer"].own_flops == rows["homer-causal"].own_flops  # the floor assumes no masked saving
+    assert rows["homer-focus"].work_fraction < 1 and rows["homer"].work_fraction < 1
+    for r in rows.values():
+        assert r.decode_ms > 0 and 0 < r.floor_fraction and r.own_floor_seconds > 0
+
+
+def test_merge_attention_of_the_default_row_can_be_pinned(one_thread):
+    report = _bench(methods=("homer",), lengths=(512,), decode_tokens=0, merge_attention="causal").run()
+    assert report.meta["homer"]["merge_attention"] == "causal" and report.results[0].status == "ok"
+    with pytest.raises(ValueError, match="flash_attention_2"):
+        BenchSettings(shape=TINY, merge_attention="own-leaf", attn="flash_attention_2")
+    with pytest.raises(ValueError, match="focus_leaves"):
+        BenchSettings(shape=TINY, focus_leaves=0)
+
+
+def test_layer_flops_count_the_matmuls_of_one_layer():
+    model = build_model(TINY, device="cpu", dtype=torch.float32)
+    flops = layer_flops(model)
+    kv = TINY.kv_heads * TINY.head_dim
+    assert flops.linear_params == TINY.hidden * (2 * TINY.hidden + 2 * kv) + 3 * TINY.hidden * TINY.intermediate
+    assert flops.attn_width == TINY.hidden
+    assert flops(1) == 2 * flops.linear_params + 4 * TINY.hidden  # one token attends to itself
+    assert flops(3, past=2) == 6 * flops.linear_params + 4 * TINY.hidden * (3 * 2 + 6)
+
+
+@pytest.mark.parametrize("method", ["homer", "homer-causal", "homer-focus"])
+def test_own_work_counts_every_layer_pass_the_library_runs(method, monkeypatch, one_thread):
+    """The floor's FLOPs, counted from the plan alone, equal those of the decoder-layer calls the
+    library makes for the row (tree, suffix re-read, focus locator and plain read), call by call."""
+    bench = _bench(methods=(method,), lengths=(1500,), decode_tokens=0)
+    calls, tokens = [], []
+    real = runner.compat.run_layer
+
+    def counting(parts, index, hidden, pos_emb, mask, past=None):
+        tokens.append(hidden.shape[1])
+        calls.append(bench.flops(hidden.shape[1], 0 if past is None else past.get_seq_length(index)))
+        return real(parts, index, hidden, pos_emb, mask, past)
+
+    monkeypatch.setattr(runner.compat, "run_layer", counting)
+    (row,) = bench.run().results
+    assert row.status == "ok" and row.own_flops == sum(calls)
+    assert row.floor_fraction == pytest.approx(row.own_flops / bench.rate / row.seconds)
+    plain = plain_work(1500, TINY.layers, bench.flops)
+    assert row.own_flops < plain.flops  # HOMER does less than the dense causal prefill
+    assert row.work_fraction == pytest.approx(sum(tokens) / (1500 * TINY.layers))
+    if method == "homer-focus":
+        plan = bench.plan(1500)
+        assert row.own_flops == focus_work(plan, bench.flops, row.cache_tokens).flops
 
 
 def test_is_oom_recognises_allocation_failures():
@@ -176,11 +237,15 @@ def test_cpu_mode_end_to_end_writes_table_json_and_plot(tmp_path, capsys, one_th
     assert code == 0
     printed = capsys.readouterr().out
     assert "homer-llm bench: tiny" in printed and "decode ms/tok" in printed
-    assert printed.count(" plain ") >= 2 and printed.count(" homer ") >= 2
+    assert printed.count(" plain ") >= 2 and printed.count(" homer ") >= 2 and "own floor %" in printed
+    assert "homer/homer-causal at 1k: time x" in printed and "homer-focus/plain at 1k" in printed
     data = json.loads(out_json.read_text())
     rows = {(r["method"], r["length"]): r for r in data["results"]}
-    assert set(rows) == {("plain", 256), ("plain", 1024), ("homer", 256), ("homer", 1024)}
+    assert set(rows) == {(m, n) for m in ("plain", "homer", "homer-causal", "homer-focus") for n in (256, 1024)}
     assert all(r["status"] == "ok" and r["seconds"] > 0 and r["decode_ms"] > 0 for r in rows.values())
+    assert all(0 < r["floor_fraction"] and r["own_flops"] > 0 for r in rows.values())
+    assert data["meta"]["homer"]["merge_attention"] == "own-leaf"
+    assert data["meta"]["dtype"] == ("bfloat16" if runner.compat.cpu_has_amx() else "float32")  # dtype auto
     assert rows["plain", 1024]["cache_tokens"] == 1024
     assert rows["homer", 1024]["cache_tokens"] == TINY.window // 2  # T = M
     assert rows["homer", 1024]["kv_peak_bytes"] < rows["plain", 1024]["kv_peak_bytes"]
@@ -207,7 +272,7 @@ def test_oom_is_a_result_and_longer_lengths_are_skipped(monkeypatch, one_thread)
 
     monkeypatch.setattr(Bench, "_plain", exhausted)
     partial = []
-    report = _bench(lengths=(256, 512), warmup=1).run(on_result=partial.append)
+    report = _bench(methods=("plain", "homer"), lengths=(256, 512), warmup=1).run(on_result=partial.append)
     assert [len(p.results) for p in partial] == [1, 2, 3, 4] and not partial[-1].complete
     status = {(r.method, r.length): r.status for r in report.results}
     assert status == {("plain", 256): "oom", ("plain", 512): "skipped", ("homer", 256): "ok", ("homer", 512): "ok"}
@@ -299,10 +364,91 @@ def test_profile_counts_no_host_syncs(one_thread):
     assert "aten::" in summary.format()
 
 
+def _row(method, length, seconds, over_gib=1.0, decode=5.0, fraction=0.8, status="ok"):
+    if status != "ok":
+        return runner.BenchResult(method, length, status, note="out of memory")
+    return runner.BenchResult(method, length, "ok", seconds=seconds, peak_over_weights_bytes=int(over_gib * 2**30),
+                              decode_ms=decode, floor_fraction=fraction, own_floor_seconds=seconds * fraction)
+
+
+def _report(rows, name="llama3-8b", window=8192):
+    meta = {"config": {"name": name, "window": window}, "device_type": "cuda"}
+    return runner.BenchReport(meta, tuple(rows))
+
+
+def test_targets_read_met_missed_and_unmeasured_off_the_rows():
+    from homer_llm.bench.targets import TargetSpec, check, format_verdicts
+
+    spec = TargetSpec(long_length=32768, mid_length=16384)
+    main = _report([
+        _row("plain", 8192, 1.0, decode=20.0), _row("plain", 16384, 3.0, over_gib=9.0),
+        _row("homer", 8192, 0.5, 1.0, decode=8.0), _row("homer", 16384, 0.9, 1.5, decode=9.0),
+        _row("homer", 32768, 12.0, 3.0, decode=11.0, fraction=0.7),
+        _row("homer-causal", 16384, 1.0), _row("homer-causal", 32768, 0, status="oom"),
+    ])
+    other = _report([_row("homer", 8192, 1, 1.0), _row("homer", 16384, 1, 1.9), _row("homer", 32768, 1, 2.5)],
+                    name="llama2-7b", window=4096)
+    verdicts = {(v.shape, v.name): v for v in check(main, [other], spec)}
+    status = {k: v.status for k, v in verdicts.items()}
+    assert status[("llama3-8b", "default at 32k: seconds")] == "met"  # 12 <= 13
+    assert status[("llama3-8b", "default at 32k: share of its own FLOP floor")] == "missed"  # 70% < 75%
+    assert status[("llama3-8b", "default/plain time at 16k")] == "met"  # 0.9 / 3.0 = 0.30
+    assert status[("llama3-8b", "own-leaf/causal merges time at 16k")] == "met"  # 0.9x
+    assert status[("llama3-8b", "own-leaf/causal merges time at 32k")] == "unmeasured"
+    assert "homer-causal at 32k: oom" in verdicts[("llama3-8b", "own-leaf/causal merges time at 32k")].measured
+    assert status[("llama3-8b", "decode on the default cache (slowest length)")] == "missed"  # 11 ms at 32k
+    assert status[("llama3-8b", "decode on the default cache vs plain at its 8k window")] == "met"  # 11 <= 20
+    assert status[("llama3-8b", "peak over weights growth (default)")] == "missed"  # +1.5 GiB 16k -> 32k
+    assert status[("llama2-7b", "peak over weights growth (default)")] == "met"  # +0.9, +0.6
+    text = format_verdicts(list(verdicts.values()))
+    assert "[    MISSED]" in text and "targets: 5 met, 3 missed, 1 unmeasured" in text
+    # no main report at all: only the other shapes' growth is judged
+    assert [v.status for v in check(None, [other], spec)] == ["met"]
+
+
+def test_targets_command_names_a_missing_report(tmp_path, capsys):
+    from homer_llm.bench import targets
+    from homer_llm.bench.report import write_json
+
+    write_json(_report([_row("homer", 8192, 1, 1.0)], name="llama2-7b", window=4096), tmp_path / "g.json")
+    code = targets.main([str(tmp_path / "none.json"), str(tmp_path / "g.json"), "--json", str(tmp_path / "t.json")])
+    out = capsys.readouterr().out
+    assert code == 0 and f"[UNMEASURED] no report at {tmp_path / 'none.json'}" in out
+    assert "llama2-7b: peak over weights growth (default)" in out and "no row" in out
+    saved = json.loads((tmp_path / "t.json").read_text())
+    assert saved["missing_reports"] == [str(tmp_path / "none.json")] and saved["verdicts"][0]["status"] == "unmeasured"
+    assert targets.main([str(tmp_path / "g.json"), "--long", "four"]) == 2
+
+
+def test_gpu_sweep_runs_end_to_end_in_tiny_mode(tmp_path):
+    """The device sweep, on the CPU with the tiny config: every step runs, every file it promises
+    is written, and every target is printed with a verdict."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).parent.parent / "benchmarks" / "gpu_sweep.sh"
+    env = dict(os.environ, PYTHON=sys.executable, OUT=str(tmp_path / "out"), OMP_NUM_THREADS="1")
+    done = subprocess.run(["bash", str(script), "--tiny"], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    names = {p.name for p in (tmp_path / "out").iterdir()}
+    assert names == {"env.txt", "main.json", "main.log", "growth.json", "growth.log", "targets.json", "targets.txt"}
+    main = json.loads((tmp_path / "out" / "main.json").read_text())
+    assert {r["method"] for r in main["results"]} == {"plain", "homer", "homer-causal", "homer-focus"}
+    assert main["complete"] and all(r["status"] in ("ok", "not_run") for r in main["results"])
+    verdicts = json.loads((tmp_path / "out" / "targets.json").read_text())["verdicts"]
+    assert len(verdicts) == 9 and all(v["status"] in ("met", "missed") for v in verdicts)
+    assert "targets: " in done.stdout and "unmeasured" in done.stdout
+    bad = subprocess.run(["bash", str(script), "--huge"], env=env, capture_output=True, text=True)
+    assert bad.returncode == 2 and "unknown argument '--huge'" in bad.stderr
+
+
 def test_gpu_script_is_valid_bash():
     import subprocess
     from pathlib import Path
 
+    subprocess.run(["bash", "-n", str(Path(__file__).parent.parent / "benchmarks" / "gpu_sweep.sh")], check=True)
     script = Path(__file__).parent.parent / "benchmarks" / "gpu_bench.sh"
     subprocess.run(["bash", "-n", str(script)], check=True)
     text = script.read_text()

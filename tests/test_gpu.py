@@ -45,3 +45,23 @@ def test_float32_gqa_prefill_stays_off_the_math_kernel(tokenizer):
     peak = torch.cuda.max_memory_allocated() - before
     assert torch.isfinite(logits).all()
     assert peak < 1 << 30, f"peak {peak / 2**30:.2f} GiB: the math kernel's scores would be 4 GiB"
+
+
+def test_owner_mask_is_built_on_the_device_and_equals_the_host_one():
+    parts = compat.model_parts(tiny_model("llama", vocab=100).cuda())
+    owner = torch.tensor([-1, -1, 0, 0, 0, 1, 1, 2, -2, -2])
+    host = compat.owner_mask(parts, owner, torch.bfloat16)
+    device = compat.owner_mask(parts, owner.cuda(), torch.bfloat16)
+    assert device.device.type == "cuda" and torch.equal(host, device.cpu())
+
+
+def test_bench_rows_of_what_users_get_run_on_cuda():
+    from homer_llm.bench.configs import get_shape
+    from homer_llm.bench.runner import METHODS, Bench, BenchSettings
+
+    settings = BenchSettings(shape=get_shape("tiny"), device="cuda", dtype=torch.bfloat16, lengths=(512,),
+                             repeats=1, warmup=1, decode_tokens=2, matmul_size=2048)
+    report = Bench(settings).run()
+    assert [r.method for r in report.results] == list(METHODS)
+    assert all(r.status == "ok" and r.decode_ms > 0 and r.floor_fraction > 0 for r in report.results)
+    assert report.meta["homer"]["merge_attention"] == "own-leaf" and report.meta["device_type"] == "cuda"

@@ -1,4 +1,4 @@
-"""``homer-llm bench``: plain prefill vs HOMER, memory and speed against input length.
+"""``homer-llm bench``: plain prefill vs what HOMER users get, memory and speed against input length.
 
 The main CLI imports this module lazily and calls ``add_arguments(subparser)`` then ``run(args)``
 (it adds ``-v/--verbose`` itself); ``python -m homer_llm.bench`` does the same on its own.
@@ -25,17 +25,21 @@ _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bf
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.description = (
         "Benchmark plain transformers prefill against HOMER on a random-initialised model: peak memory, "
-        "prefill seconds, decode ms/token and the FLOP floor, for lengths doubling up to --max-length. "
-        "Out-of-memory is reported as OOM, not raised."
+        "prefill seconds, decode ms/token and the share of the FLOP floor of each method's own work, for "
+        "lengths doubling up to --max-length. Rows: plain, homer (the library's defaults: own-leaf merges "
+        "on sdpa/eager, suffix re-read), homer-causal (causal merges) and homer-focus (--focus-leaves "
+        "with the leaf locator). Out-of-memory is reported as OOM, not raised."
     )
     parser.add_argument("--config", choices=sorted(SHAPES), default=None,
                         help="model shape (default: llama2-7b on CUDA, tiny on the CPU); "
                         + "; ".join(f"{k}: {v.description}" for k, v in SHAPES.items()))
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
-    parser.add_argument("--dtype", default="auto", help="bf16/fp16/fp32 (default: bf16 on CUDA, fp32 on the CPU)")
+    parser.add_argument("--dtype", default="auto",
+                        help="bf16/fp16/fp32 (default auto: bf16 on CUDA and on CPUs with AMX, else fp32)")
     parser.add_argument("--attn", default="sdpa", choices=("sdpa", "eager", "flash_attention_2"),
                         help="attention backend of the model (default sdpa: PyTorch's flash kernel on CUDA)")
-    parser.add_argument("--methods", default="plain,homer", help="comma list of plain, homer (default both)")
+    parser.add_argument("--methods", default="plain,homer,homer-causal,homer-focus",
+                        help="comma list of plain, homer, homer-causal, homer-focus (default all four)")
     parser.add_argument("--lengths", default=None, help="comma list of input lengths, e.g. 4k,16k,1M")
     parser.add_argument("--min-length", default=None, help="smallest length of the doubling series (e.g. 4k)")
     parser.add_argument("--max-length", default=None, help="largest length of the doubling series (e.g. 1M)")
@@ -49,9 +53,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--budget-s", type=float, default=30.0,
                         help="stop repeating a length once its runs took this many seconds (default 30)")
     parser.add_argument("--decode-tokens", type=int, default=16, help="greedy decode steps timed per cache (0: none)")
-    parser.add_argument("--merge-attention", default="causal", choices=("causal", "own-leaf"),
-                        help="HOMER's merged-node attention: causal (as published; default) or own-leaf "
-                        "(HomerConfig's default on sdpa/eager: an explicit mask)")
+    parser.add_argument("--merge-attention", default="auto", choices=("auto", "causal", "own-leaf"),
+                        help="merged-node attention of the homer row: auto (HomerConfig's default: own-leaf "
+                        "on sdpa/eager, an explicit mask; causal under flash-attn), causal or own-leaf")
+    parser.add_argument("--focus-leaves", type=int, default=2, metavar="K",
+                        help="leaves the homer-focus row reads plainly (default 2)")
+    parser.add_argument("--matmul-size", type=int, default=None, metavar="N",
+                        help="side of the square matmul that measures the device's rate "
+                        "(default 8192 on CUDA, 1024 on the CPU)")
     parser.add_argument("--bias", default="zero", choices=("zero", "none", "random"),
                         help="HOMER calibration table: zero (calibrated code path; default), none, random")
     parser.add_argument("--plain-logits", default="last", choices=("last", "all"),
@@ -71,7 +80,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _settings(args: argparse.Namespace):
-    from ..model import resolve_device
+    from ..model import resolve_device, resolve_dtype
     from .report import doubling_lengths, parse_length
     from .runner import BenchSettings
 
@@ -79,7 +88,7 @@ def _settings(args: argparse.Namespace):
     name = args.config or ("llama2-7b" if device.startswith("cuda") else "tiny")
     shape = get_shape(name)
     if args.dtype == "auto":
-        dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
+        dtype = resolve_dtype("auto", device)
     elif args.dtype in _DTYPES:
         dtype = _DTYPES[args.dtype]
     else:
@@ -100,6 +109,7 @@ def _settings(args: argparse.Namespace):
         chunk_len=args.chunk_len, warmup_layers=args.warmup_layers, repeats=repeats, warmup=args.warmup,
         budget_s=args.budget_s, decode_tokens=args.decode_tokens, bias=args.bias,
         plain_logits=args.plain_logits, seed=args.seed, merge_attention=args.merge_attention,
+        focus_leaves=args.focus_leaves, matmul_size=args.matmul_size,
         max_plain_length=parse_length(args.max_plain_length) if args.max_plain_length else None,
     )
 

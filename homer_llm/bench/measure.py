@@ -160,10 +160,10 @@ def make_meter(device: torch.device) -> MemoryMeter:
 def matmul_rate(device: torch.device, dtype: torch.dtype, size: int | None = None, repeats: int = 10) -> float:
     """Measured dense matmul rate in FLOP/s for square ``size`` x ``size`` products in ``dtype``.
 
-    Defaults: 8192 on CUDA (fills an H100), 512 on the CPU. Random inputs (zeros run faster than
+    Defaults: 8192 on CUDA (fills an H100), 1024 on the CPU. Random inputs (zeros run faster than
     real data on some GPUs), 3 warm-ups, median of ``repeats``.
     """
-    size = size or (8192 if device.type == "cuda" else 512)
+    size = size or (8192 if device.type == "cuda" else 1024)
     gen = torch.Generator(device=device).manual_seed(0)
     a = torch.randn(size, size, device=device, dtype=dtype, generator=gen)
     b = torch.randn(size, size, device=device, dtype=dtype, generator=gen)

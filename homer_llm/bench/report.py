@@ -60,7 +60,7 @@ def format_table(report: BenchReport) -> str:
     over_label = "over weights" if report.meta.get("device_type") == "cuda" else "over idle"
     header = (
         "method", "length", "status", "prefill s", "tok/s", f"{mem_label} {unit}", f"{over_label} {unit}",
-        f"KV peak {unit}", "cache tok", "decode ms/tok", "x floor", "work", "H",
+        f"KV peak {unit}", "cache tok", "decode ms/tok", "x floor", "own floor %", "work", "H",
     )
     rows: list[tuple[str, ...]] = []
     for r in report.results:
@@ -74,6 +74,7 @@ def format_table(report: BenchReport) -> str:
             _num(r.peak_over_weights_bytes / scale if r.peak_over_weights_bytes is not None else None, ".2f"),
             _num(r.kv_peak_bytes / scale if r.kv_peak_bytes is not None else None, ".3f"),
             _num(r.cache_tokens, "d"), _num(r.decode_ms, ".2f"), _num(r.x_floor, ".2f"),
+            _num(r.floor_fraction * 100 if r.floor_fraction is not None else None, ".0f"),
             _num(r.work_fraction, ".2f"), _num(r.tree_height, "d"),
         ))
     widths = [max(len(h), *(len(row[i]) for row in rows)) if rows else len(h) for i, h in enumerate(header)]
@@ -101,7 +102,7 @@ def format_header(report: BenchReport) -> str:
         f"# {_count(m['parameters'])} parameters ({m['weights_bytes'] / 2**20:,.1f} MiB), "
         f"K/V {m['kv_bytes_per_token'] / 1024:g} KiB/token, matmul probe {_rate(m['matmul_flops'])}\n"
         f"# HOMER: P={h['prefix_len']} S={h['suffix_len']} M={h['chunk_len']} T={h['cache_len']} bias={h['bias']} "
-        f"merges={h.get('merge_attention', 'causal')}; "
+        f"homer merges={h.get('merge_attention', 'causal')} focus k={h.get('focus_leaves', '-')}; "
         f"plain logits={m['plain_logits']}; memory={m['memory_kind']}; median of <= {m['repeats']} runs"
     )
 
@@ -200,12 +201,21 @@ def write_plot(report: BenchReport, path: str | Path) -> Path:
 
 
 def summary_ratio(report: BenchReport, length: int) -> str | None:
-    """'homer/plain at N: memory x, time x' when both ran at ``length``."""
+    """'<method>/plain at N: memory x, time x' for every HOMER row that ran at ``length`` beside plain,
+    and the default row's time over the causal-merge row's."""
     rows = {r.method: r for r in report.results if r.length == length and r.status == "ok"}
-    if "plain" not in rows or "homer" not in rows:
-        return None
-    p, h = rows["plain"], rows["homer"]
-    mem = (h.peak_over_weights_bytes or 0) / max(p.peak_over_weights_bytes or 1, 1)
-    time_ratio = (h.seconds or math.nan) / (p.seconds or math.nan)
     what = "over weights" if report.meta.get("device_type") == "cuda" else "over idle RSS"
-    return f"homer/plain at {format_length(length)}: peak memory {what} x{mem:.2f}, time x{time_ratio:.2f}"
+    lines = []
+    if "plain" in rows:
+        p = rows["plain"]
+        for method, h in rows.items():
+            if method == "plain":
+                continue
+            mem = (h.peak_over_weights_bytes or 0) / max(p.peak_over_weights_bytes or 1, 1)
+            time_ratio = (h.seconds or math.nan) / (p.seconds or math.nan)
+            lines.append(f"{method}/plain at {format_length(length)}: peak memory {what} x{mem:.2f}, "
+                         f"time x{time_ratio:.2f}")
+    if "homer" in rows and "homer-causal" in rows:
+        ratio = (rows["homer"].seconds or math.nan) / (rows["homer-causal"].seconds or math.nan)
+        lines.append(f"homer/homer-causal at {format_length(length)}: time x{ratio:.2f}")
+    return "\n".join(lines) or None

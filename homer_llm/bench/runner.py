@@ -1,14 +1,23 @@
-"""The benchmark loop: plain transformers prefill vs HOMER compression, length by length.
+"""The benchmark loop: plain transformers prefill vs what HOMER users get, length by length.
 
 For every (method, length): random token ids, ``warmup`` untimed runs (first length only), then
 up to ``repeats`` timed runs (median reported; stops early once ``budget_s`` is spent), the peak
 memory of the runs, then greedy decode on the resulting cache. Out-of-memory is a result: the
 row says "oom", memory is freed, and longer lengths of that method are skipped.
 
-HOMER is driven through the engine directly (``compat.model_parts`` + ``schedule.make_plan`` +
-``engine.compress``), with a zero calibration table by default: the calibrated code path (bias
-gather and subtraction) runs, while building a real table is a one-off cost per model that
-belongs to no single request.
+HOMER rows run ``HomerModel.compress`` on a prompt of random ids, so they time what a user's
+call does with that configuration:
+
+- ``homer``: the library's defaults (``HomerConfig()``: merge attention "auto", i.e. own-leaf
+  merges on sdpa/eager, causal under flash-attn; the suffix read again after the tree);
+- ``homer-causal``: the same with causal merges (HOMER as published, still with the re-read);
+- ``homer-focus``: ``focus_leaves`` (default 2) with the default leaf locator: every leaf's own
+  layers, then a plain read of the chosen leaves.
+
+The calibration table is fixed (zeros by default): the calibrated code path (bias gather and
+subtraction) runs, while building a real table is a one-off cost per model that belongs to no
+single request. Every row also carries the FLOP floor of its own work (``analytic``): the matmul
+FLOPs of the passes that method runs, over the matmul rate measured on the device.
 """
 
 from __future__ import annotations
@@ -17,7 +26,7 @@ import datetime as _dt
 import logging
 import platform
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from statistics import median
 from typing import Any
 
@@ -25,17 +34,21 @@ import torch
 import transformers
 
 from .. import __version__, compat
-from ..engine import compress
+from ..config import HomerConfig
 from ..generation import decode_step
+from ..model import HomerModel
+from ..prompt import PromptParts
 from ..schedule import Plan, make_plan
-from .analytic import plan_cost
+from .analytic import LayerFlops, OwnWork, focus_work, layer_flops, plain_work, tree_work
 from .configs import ModelShape, build_model, count_parameters, layer_parameters, weights_bytes
 from .measure import device_name, free_memory, make_meter, matmul_rate, rss_bytes, time_call
 
 logger = logging.getLogger(__name__)
 
-METHODS: tuple[str, ...] = ("plain", "homer")
+METHODS: tuple[str, ...] = ("plain", "homer", "homer-causal", "homer-focus")
+HOMER_METHODS: tuple[str, ...] = ("homer", "homer-causal", "homer-focus")
 BIAS_MODES: tuple[str, ...] = ("zero", "none", "random")
+MERGE_MODES: tuple[str, ...] = ("auto", "causal", "own-leaf")
 
 
 @dataclass(frozen=True)
@@ -61,8 +74,11 @@ class BenchSettings:
         max_plain_length: plain rows above this length are not run (status "not_run"): for
             machines where a long plain prefill would take hours rather than fail.
         seed: ids and weights seed.
-        merge_attention: HOMER's merged-node attention, "causal" (as published) or "own-leaf"
-            (an explicit mask: sdpa or eager only), as ``HomerConfig.merge_attention``.
+        merge_attention: the ``homer`` row's merged-node attention, as ``HomerConfig.merge_attention``:
+            "auto" (the library's default), "causal" or "own-leaf" (an explicit mask: sdpa or eager).
+            ``homer-causal`` is always causal; ``homer-focus`` runs no merges.
+        focus_leaves: k of the ``homer-focus`` row (``HomerConfig.focus_leaves``).
+        matmul_size: side of the square matmul probe (None: 8192 on CUDA, 1024 on the CPU).
     """
 
     shape: ModelShape
@@ -83,7 +99,9 @@ class BenchSettings:
     plain_logits: str = "last"
     max_plain_length: int | None = None
     seed: int = 0
-    merge_attention: str = "causal"
+    merge_attention: str = "auto"
+    focus_leaves: int = 2
+    matmul_size: int | None = None
 
     def __post_init__(self) -> None:
         bad = [m for m in self.methods if m not in METHODS]
@@ -99,10 +117,14 @@ class BenchSettings:
             )
         if self.attn not in ("sdpa", "eager", "flash_attention_2"):
             raise ValueError(f"attn must be sdpa, eager or flash_attention_2, got {self.attn!r}")
-        if self.merge_attention not in ("causal", "own-leaf"):
-            raise ValueError(f"merge_attention must be 'causal' or 'own-leaf', got {self.merge_attention!r}")
+        if self.merge_attention not in MERGE_MODES:
+            raise ValueError(f"merge_attention must be one of {MERGE_MODES}, got {self.merge_attention!r}")
         if self.merge_attention == "own-leaf" and self.attn not in compat.MASKABLE_ATTENTION:
             raise ValueError(f"merge_attention='own-leaf' needs one of {compat.MASKABLE_ATTENTION}, not {self.attn!r}")
+        if self.focus_leaves < 1:
+            raise ValueError(f"focus_leaves must be >= 1, got {self.focus_leaves}")
+        if self.matmul_size is not None and self.matmul_size < 16:
+            raise ValueError(f"matmul_size must be >= 16, got {self.matmul_size}")
         lengths = self.lengths or self.shape.lengths
         if any(n < 2 for n in lengths):
             raise ValueError(f"lengths must be >= 2 tokens, got {lengths}")
@@ -132,10 +154,16 @@ class BenchResult:
             plain: the full cache, length x per-token K/V bytes.
         cache_tokens, cache_bytes: the resulting cache handed to decoding.
         decode_ms: greedy decode ms per token on that cache (the same decode loop for both).
-        floor_seconds: 2 x decoder-layer parameters x length / measured matmul rate.
+        floor_seconds: 2 x decoder-layer parameters x length / measured matmul rate (the dense
+            linear work of the whole input, the same for every method).
         x_floor: seconds / floor_seconds (< 1 is possible for HOMER: pruned tokens skip layers).
-        work_fraction: HOMER token-layers / (length x layers): the share of dense work it does.
+        work_fraction: token-layers the method runs / (length x layers): the share of dense work.
         tree_height, num_leaves: HOMER's H and N.
+        own_flops: matmul FLOPs of the passes this method runs (``analytic``: projections, causal
+            attention over each pass's tokens, MLP), counted from the plan and the cache it returned.
+        own_floor_seconds: own_flops / measured matmul rate.
+        floor_fraction: own_floor_seconds / seconds: the share of the device's matmul rate the
+            method's own work reached (1 = every second spent in matmuls at the probe's rate).
     """
 
     method: str
@@ -157,6 +185,9 @@ class BenchResult:
     work_fraction: float | None = None
     tree_height: int | None = None
     num_leaves: int | None = None
+    own_flops: float | None = None
+    own_floor_seconds: float | None = None
+    floor_fraction: float | None = None
 
 
 @dataclass(frozen=True)
@@ -200,6 +231,27 @@ def _first_line(err: BaseException) -> str:
     return f"{type(err).__name__}: {text[0] if text else ''}"[:200]
 
 
+class _Ids:
+    """The one tokenizer attribute ``HomerModel`` reads when the model names no end-of-text id."""
+
+    eos_token_id = 2
+
+
+class BenchHomer(HomerModel):
+    """``HomerModel`` with a fixed calibration table, on a random-initialised model.
+
+    Everything else (plan, merge attention, suffix re-read, focus) is the library's own code path;
+    the table is the one thing a real model builds once from text, which a random model has none of.
+    """
+
+    def __init__(self, model, homer: HomerConfig, table: torch.Tensor | None, name: str = "bench") -> None:
+        super().__init__(model, _Ids(), name=name, homer=homer)
+        self._table = table
+
+    def bias_table(self) -> torch.Tensor | None:
+        return self._table if self.homer.pruning == "calibrated" else None
+
+
 class Bench:
     """Holds the model and the measured constants; ``run()`` produces the report."""
 
@@ -222,8 +274,10 @@ class Bench:
         self.meter = make_meter(self.device)
         free_memory(self.device)
         self.rss_idle = rss_bytes()
-        self.rate = matmul_rate(self.device, settings.dtype)
+        self.rate = matmul_rate(self.device, settings.dtype, settings.matmul_size)
+        self.flops: LayerFlops = layer_flops(self.model)
         self.bias = self._bias_table()
+        self._homers: dict[str, BenchHomer] = {}
 
     def _bias_table(self) -> torch.Tensor | None:
         mode, shape = self.settings.bias, (self.parts.num_layers, self.chunk_len)
@@ -233,6 +287,25 @@ class Bench:
             return torch.zeros(shape, dtype=torch.float32, device=self.device)
         gen = torch.Generator().manual_seed(self.settings.seed)
         return (torch.randn(shape, generator=gen) * 0.1).to(self.device)
+
+    def homer_config(self, method: str) -> HomerConfig:
+        """The HomerConfig a HOMER row runs with (the library's defaults but for the row's point)."""
+        s = self.settings
+        base = HomerConfig(chunk_len=self.chunk_len, warmup_layers=s.warmup_layers,
+                           pruning="uncalibrated" if s.bias == "none" else "calibrated")
+        if method == "homer":
+            return replace(base, merge_attention=s.merge_attention)
+        if method == "homer-causal":
+            return replace(base, merge_attention="causal")
+        if method == "homer-focus":
+            return replace(base, focus_leaves=s.focus_leaves)
+        raise ValueError(f"not a HOMER method: {method!r}")
+
+    def homer_model(self, method: str) -> BenchHomer:
+        """The (cached) ``HomerModel`` of a HOMER row over the bench's model."""
+        if method not in self._homers:
+            self._homers[method] = BenchHomer(self.model, self.homer_config(method), self.bias, name=method)
+        return self._homers[method]
 
     # ------------------------------------------------------------------ methods
     def plan(self, length: int) -> Plan:
@@ -254,9 +327,13 @@ class Bench:
         size = _cache_bytes(cache)
         return _Prefill(cache, n, n, size, size)
 
-    def _homer(self, ids: torch.Tensor, plan: Plan) -> _Prefill:
-        ctx = compress(self.parts, plan, ids, bias=self.bias, own_leaf=self.settings.merge_attention == "own-leaf")
-        extra = {"tree_height": ctx.stats.tree_height, "num_leaves": ctx.stats.num_leaves}
+    def _homer(self, hm: BenchHomer, parts: PromptParts, plan: Plan) -> _Prefill:
+        ctx = hm.compress(parts)
+        if hm.homer.focus_leaves and plan.num_leaves > 1:
+            work = focus_work(plan, self.flops, ctx.cache_tokens)
+        else:
+            work = tree_work(plan, self.flops, hm.homer.reread_suffix)
+        extra = {"tree_height": ctx.stats.tree_height, "num_leaves": ctx.stats.num_leaves, "work": work}
         return _Prefill(ctx.to_cache(), ctx.next_position, ctx.cache_tokens, ctx.kv_bytes(), ctx.stats.peak_kv_bytes, extra)
 
     def _method(self, method: str, length: int) -> tuple[Callable[[], _Prefill], dict[str, Any]]:
@@ -264,10 +341,13 @@ class Bench:
         ids = torch.randint(3, self.parts.embed.num_embeddings, (length,), generator=gen)
         if method == "plain":
             dev_ids = ids.to(self.device)
-            return (lambda: self._plain(dev_ids)), {}
+            return (lambda: self._plain(dev_ids)), {"work": plain_work(length, self.parts.num_layers, self.flops)}
         plan = self.plan(length)
-        work = plan_cost(plan).work_fraction
-        return (lambda: self._homer(ids, plan)), {"work_fraction": work}
+        hm = self.homer_model(method)
+        P, S = plan.prefix_len, plan.suffix_len
+        as_list = ids.tolist()
+        parts = PromptParts(tuple(as_list[:P]), tuple(as_list[P:length - S]), tuple(as_list[length - S:]))
+        return (lambda: self._homer(hm, parts, plan)), {}
 
     # ------------------------------------------------------------------ measuring
     def _decode_ms(self, prefill: _Prefill) -> float | None:
@@ -351,6 +431,8 @@ class Bench:
         assert prefill is not None
         sec = median(runs)
         floor = 2.0 * self.layer_params * length / self.rate
+        work: OwnWork = prefill.extra.get("work") or info["work"]
+        own_floor = work.flops / self.rate
         result = BenchResult(
             method, length, "ok",
             seconds=sec, runs=tuple(runs), tokens_per_s=length / sec if sec > 0 else None,
@@ -358,8 +440,10 @@ class Bench:
             reserved_bytes=int(reserved) if self.device.type == "cuda" else None,
             kv_peak_bytes=prefill.kv_peak_bytes, cache_tokens=prefill.cache_tokens, cache_bytes=prefill.cache_bytes,
             decode_ms=decode_ms, floor_seconds=floor, x_floor=sec / floor if floor > 0 else None,
-            work_fraction=info.get("work_fraction"),
+            work_fraction=work.token_layers / (length * self.parts.num_layers),
             tree_height=prefill.extra.get("tree_height"), num_leaves=prefill.extra.get("num_leaves"),
+            own_flops=float(work.flops), own_floor_seconds=own_floor,
+            floor_fraction=own_floor / sec if sec > 0 else None,
         )
         prefill = None
         free_memory(self.device, full=False)
@@ -417,8 +501,14 @@ class Bench:
             "homer": {
                 "prefix_len": s.prefix_len, "suffix_len": s.suffix_len, "chunk_len": self.chunk_len,
                 "cache_len": self.chunk_len, "warmup_layers": s.warmup_layers, "bias": s.bias,
-                "merge_attention": s.merge_attention,
+                "merge_attention": self.homer_model("homer").homer.merge_attention
+                if "homer" in s.methods else s.merge_attention,
+                "focus_leaves": s.focus_leaves,
             },
+            "methods": {m: asdict(self.homer_model(m).homer) for m in s.methods if m in HOMER_METHODS},
+            "layer_flops": {"linear_params": self.flops.linear_params, "attn_width": self.flops.attn_width},
+            "matmul_size": s.matmul_size or (8192 if self.device.type == "cuda" else 1024),
+            "threads": torch.get_num_threads(),
             "repeats": s.repeats, "warmup": s.warmup, "budget_s": s.budget_s,
             "decode_tokens": s.decode_tokens, "plain_logits": s.plain_logits,
             "max_plain_length": s.max_plain_length, "seed": s.seed,
