@@ -7,10 +7,10 @@ and siblings merge layer by layer up a binary tree into one compact standard KV 
 
 from .compat import UnsupportedModelError
 from .config import GenerationConfig, HomerConfig
-from .doc_cache import DocumentCache
+from .doc_cache import DocumentCache, EntrySpec
 from .engine import CompressedContext, CompressionStats
 from .generation import Generation, TextStream
-from .model import Answer, HomerModel, check_document
+from .model import Answer, CostEstimate, HomerModel, SizeLimits, check_document
 from .prompt import DOCUMENT_PLACEHOLDER, PromptParts, anchor_prefix, split_chat, split_text
 from .schedule import Plan, make_plan
 
@@ -19,13 +19,16 @@ __all__ = [
     "Answer",
     "CompressedContext",
     "CompressionStats",
+    "CostEstimate",
     "DocumentCache",
+    "EntrySpec",
     "Generation",
     "GenerationConfig",
     "HomerConfig",
     "HomerModel",
     "Plan",
     "PromptParts",
+    "SizeLimits",
     "TextStream",
     "UnsupportedModelError",
     "anchor_prefix",

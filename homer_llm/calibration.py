@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import random
+import threading
 from pathlib import Path
 
 import torch
@@ -140,11 +141,29 @@ def table_key(model_identity: str, model_config: dict, chunk_len: int, samples: 
     return hashlib.sha256(blob.encode()).hexdigest()[:24]
 
 
+def weights_sample(parts: compat.ModelParts, samples: int = 64) -> str:
+    """Digest of every weight's shape and dtype plus ``samples`` values spread evenly across it."""
+    h = hashlib.sha256()
+    with torch.no_grad():
+        for module in (parts.embed, parts.layers, parts.norm, parts.lm_head):
+            for name, tensor in module.named_parameters():
+                flat = tensor.detach().reshape(-1)
+                h.update(f"{name}\0{tuple(tensor.shape)}\0{tensor.dtype}\0".encode())
+                if flat.numel() and flat.device.type != "meta":
+                    # integer steps: float32 linspace rounds past 2**24 elements and can index one past the end
+                    index = torch.arange(min(samples, flat.numel()), device=flat.device) * (flat.numel() - 1) // max(min(samples, flat.numel()) - 1, 1)
+                    h.update(flat[index].float().cpu().numpy().tobytes())
+    return h.hexdigest()[:24]
+
+
 def save_bias(path: Path, table: torch.Tensor, metadata: dict[str, str]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    save_file({"bias": table.contiguous()}, str(tmp), metadata=metadata)
-    os.replace(tmp, path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")  # one per writer
+    try:
+        save_file({"bias": table.contiguous()}, str(tmp), metadata=metadata)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def load_bias(path: Path, num_layers: int, chunk_len: int) -> torch.Tensor | None:
@@ -170,8 +189,13 @@ def get_bias(
     chunk_len: int,
     samples: int,
 ) -> torch.Tensor:
-    """Load B for this model from the cache dir, building and saving it on first use."""
-    key = table_key(model_identity, model_config, chunk_len, samples)
+    """Load B for this model from the cache dir, building and saving it on first use.
+
+    The key holds ``model_identity`` (``HomerModel`` passes its name and fingerprint: weights,
+    tokenizer, files) and a sample of the weights in ``parts`` themselves, so two models with the
+    same name and other weights never share a table.
+    """
+    key = table_key(f"{model_identity}@{weights_sample(parts)}", model_config, chunk_len, samples)
     path = cache_dir() / "calibration" / f"{key}.safetensors"
     table = load_bias(path, parts.num_layers, chunk_len)
     if table is not None:

@@ -7,6 +7,11 @@ stdout (a progress bar of the compression goes to stderr). ``--json`` prints one
 the answer, token counts, timings and peak memory instead. ``--plain`` runs the plain model on the
 whole prompt (no HOMER, even beyond its window) for comparison.
 
+Before any model work, a prompt over ``--max-input-tokens`` (default 2,097,152; a document over
+16 characters a token of it is refused before tokenizing), or a compression estimated over
+``--max-compress-seconds`` (default 24 hours) or over the memory the device has available, is
+refused with the numbers (exit 2); ``--no-size-limit`` turns all three off.
+
 ``eval`` and ``bench`` come from ``homer_llm.evaluation.cli`` and ``homer_llm.bench.cli`` (each
 exposes ``add_arguments(parser)`` and ``run(args) -> int``); they are imported only when chosen.
 
@@ -21,6 +26,7 @@ import argparse
 import importlib
 import json
 import logging
+import math
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -137,9 +143,35 @@ def add_ask_arguments(parser: argparse.ArgumentParser) -> None:
                             "without --focus-leaves on sdpa/eager attention, else causal")
     gen = parser.add_argument_group("generation")
     gen.add_argument("--max-new-tokens", type=_positive_int, default=256, metavar="N")
-    gen.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    gen.add_argument("--temperature", type=_finite_float, default=0.0, help="0 = greedy (default)")
     gen.add_argument("--seed", type=int, default=None, help="sampling seed")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    limits = parser.add_argument_group("size limits (checked before any model work)")
+    limits.add_argument("--max-input-tokens", type=_positive_int, default=1 << 21, metavar="N",
+                        help="refuse a prompt of more than N tokens, or a document of more than 16 N characters "
+                             "(default 2097152)")
+    limits.add_argument("--max-compress-seconds", type=_positive_float, default=24 * 3600.0, metavar="S",
+                        help="refuse a compression estimated to take more than S seconds on this device "
+                             "(default 86400)")
+    limits.add_argument("--no-size-limit", action="store_true",
+                        help="no token, time or memory limit (the memory limit is what the device has available)")
+
+
+def _finite_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = _finite_float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value
 
 
 def _positive_int(text: str) -> int:
@@ -153,17 +185,36 @@ def _positive_int(text: str) -> int:
 
 
 # ---------------------------------------------------------------------------- inputs
-def read_document(path: str) -> str:
-    """The document's text; CommandError (one line) if missing, empty, binary or not UTF-8."""
+_UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
+
+
+def read_document(path: str, max_bytes: int | None = None) -> str:
+    """The document's text; CommandError (one line) if missing, empty, binary, too large or not
+    UTF-8 (UTF-16 with a byte-order mark is decoded). ``max_bytes``: larger files are refused unread."""
     file = Path(path)
     if not file.exists():
         raise CommandError(f"document not found: {path}")
     if not file.is_file():
         raise CommandError(f"document is not a regular file: {path}")
     try:
+        size = file.stat().st_size
+        if max_bytes is not None and size > max_bytes:
+            raise CommandError(f"document {path} is {size:,} bytes, more than --max-input-tokens allows "
+                               f"({max_bytes:,} bytes); raise it or pass --no-size-limit")
         data = file.read_bytes()
     except OSError as err:
         raise CommandError(f"cannot read document {path}: {err.strerror or err}") from None
+    if data.startswith(_UTF16_BOMS):
+        try:
+            text = data.decode("utf-16")
+        except UnicodeDecodeError as err:
+            raise CommandError(f"document {path} starts with a UTF-16 byte-order mark but is not valid UTF-16 "
+                               f"(offset {err.start})") from None
+        if "\x00" in text:
+            raise CommandError(f"document {path} contains NUL characters: it looks binary, not text")
+        if not text.strip():
+            raise CommandError(f"document {path} is empty")
+        return text
     if b"\x00" in data:
         raise CommandError(f"document {path} contains NUL bytes: it looks binary, not text")
     try:
@@ -200,9 +251,11 @@ class _Progress:
 def run_ask(args: argparse.Namespace) -> int:
     if not args.question or not args.question.strip():
         raise CommandError("the question is empty")
-    document = read_document(args.document)
     if args.temperature < 0:
         raise CommandError(f"--temperature must be >= 0, got {args.temperature}")
+    # a character is at most 4 UTF-8 bytes: a file over this many bytes is over the character bound too
+    max_bytes = None if args.no_size_limit else args.max_input_tokens * 16 * 4
+    document = read_document(args.document, max_bytes)
 
     import torch
 
@@ -219,7 +272,7 @@ def _ask(args: argparse.Namespace, document: str) -> int:
     import torch
 
     from .config import GenerationConfig, HomerConfig
-    from .model import HomerModel, resolve_device
+    from .model import HomerModel, SizeLimits, resolve_device
 
     device = resolve_device(args.device)
     if device.startswith("cuda"):
@@ -230,7 +283,10 @@ def _ask(args: argparse.Namespace, document: str) -> int:
                         focus_margin=args.focus_margin, focus_locator=args.focus_locator,
                         merge_attention=args.merge_attention)
     started = time.perf_counter()
-    hm = HomerModel.load(args.model, device=device, dtype=args.dtype, attn_implementation=args.attn, homer=homer)
+    limits = SizeLimits.off() if args.no_size_limit else SizeLimits(max_input_tokens=args.max_input_tokens,
+                                                                    max_seconds=args.max_compress_seconds)
+    hm = HomerModel.load(args.model, device=device, dtype=args.dtype, attn_implementation=args.attn, homer=homer,
+                         limits=limits)
     load_seconds = time.perf_counter() - started
     config = GenerationConfig(max_new_tokens=args.max_new_tokens, temperature=args.temperature, seed=args.seed)
     parts = hm.prepare_question(document, args.question, system=args.system, instruction=args.instruction,
@@ -240,6 +296,9 @@ def _ask(args: argparse.Namespace, document: str) -> int:
     started = time.perf_counter()
     try:
         if args.plain:
+            if limits.max_input_tokens is not None and len(parts) > limits.max_input_tokens:
+                raise CommandError(f"the prompt has {len(parts):,} tokens, more than --max-input-tokens "
+                                   f"{limits.max_input_tokens:,}; raise it or pass --no-size-limit")
             result = plain_answer(hm, parts.ids, config)
             result["answer"] = ((args.answer_prefix or "") + result.pop("raw_text")).strip()
         else:
@@ -453,6 +512,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _error(_one_line(err), 2, err)
     except (RuntimeError, OSError) as err:  # DefaultModelError, torch runtime failures, I/O
         return _error(_one_line(err), 1, err)
+    except Exception as err:  # noqa: BLE001 - anything else still ends in one line, its traceback under -vv
+        return _error(f"{type(err).__name__}: {_one_line(err)} (run with -vv for the traceback)", 1, err)
     finally:
         restore()
 

@@ -20,14 +20,18 @@ All public methods are thread-safe; concurrent requests for the same key compres
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
 import os
+import re
+import stat
 import struct
 import sys
 import tempfile
 import threading
+import time
 import weakref
 from array import array
 from collections import OrderedDict
@@ -88,6 +92,8 @@ def encode_value(value: CacheValue) -> tuple[dict[str, torch.Tensor], dict[str, 
 
 
 def decode_value(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> CacheValue:
+    if not isinstance(meta, dict):
+        raise ValueError(f"cache entry metadata must be an object, got {type(meta).__name__}")
     kind = meta.get("kind")
     if kind == "context":
         kv = tuple((tensors[f"kv.{i}.k"], tensors[f"kv.{i}.v"]) for i in range(int(meta["layers"])))
@@ -124,7 +130,10 @@ def model_identity(engine: Any) -> dict[str, Any]:
     model = engine.model
     with _probes_lock:
         probe = _probes.get(model)
-        if probe is None:
+        fingerprint = getattr(engine, "fingerprint", None)  # HomerModel: weights, tokenizer and files
+        if isinstance(fingerprint, str):
+            probe = fingerprint
+        elif probe is None:
             h = hashlib.sha256(json.dumps(model.config.to_dict(), sort_keys=True, default=str).encode())
             for param in (engine.parts.embed.weight, engine.parts.lm_head.weight):
                 h.update(param.detach().reshape(-1)[:256].float().cpu().numpy().tobytes())
@@ -142,9 +151,10 @@ def model_identity(engine: Any) -> dict[str, Any]:
 
 
 def _homer_key(homer: Any) -> dict[str, Any]:
-    """The HOMER config in a cache key; fields added in session 12 only when not the behaviour of
-    before them (causal merges, the tree locator), so entries written before they existed stay
-    hits; the defaults since session 13 (own-leaf merges, the leaf locator) are in the key."""
+    """The HOMER config in a cache key. ``merge_attention`` and ``focus_locator`` enter it only when
+    they differ from causal merges and the tree locator, the behaviour of keys that lack both
+    fields, so such stored entries stay hits; the defaults (own-leaf merges, the leaf locator) are
+    in the key."""
     out = asdict(homer)
     for name, default in (("merge_attention", "causal"), ("focus_locator", "tree")):
         if out.get(name) == default:
@@ -237,7 +247,68 @@ def decode_file(blob: bytes, key: str) -> CacheValue:
         raise CorruptEntry("tensor index digest mismatch")
     if hashlib.sha256(data).hexdigest() != info.get("data_sha256"):
         raise CorruptEntry("data digest mismatch")
-    return decode_value(_parse(blob), info["value"])
+    try:
+        return decode_value(_parse(blob), info["value"])
+    except Exception as err:  # noqa: BLE001 - self-consistent but forged content: any failure is a reject
+        raise CorruptEntry(f"entry does not decode: {type(err).__name__}: {err}") from None
+
+
+@dataclass(frozen=True)
+class EntrySpec:
+    """What an entry read for one engine must look like (checked before it is used or kept).
+
+    Attributes:
+        kind: "context" or "leaves".
+        num_layers, num_kv_heads, head_dim, hidden, vocab: the model's shapes.
+        dtype: the model's parameter dtype.
+    """
+
+    kind: str
+    num_layers: int
+    num_kv_heads: int
+    head_dim: int
+    hidden: int
+    vocab: int
+    dtype: torch.dtype
+
+    @classmethod
+    def for_engine(cls, engine: Any, kind: str) -> EntrySpec:
+        p = engine.parts
+        weight = p.embed.weight
+        return cls(kind, p.num_layers, p.num_kv_heads, p.head_dim, int(weight.shape[1]), int(weight.shape[0]),
+                   next(engine.model.parameters()).dtype)
+
+    def check(self, value: CacheValue) -> None:
+        """CorruptEntry naming the first mismatch between ``value`` and this spec."""
+        kind = "context" if isinstance(value, CompressedContext) else "leaves"
+        if kind != self.kind:
+            raise CorruptEntry(f"entry is a {kind} entry, expected {self.kind}")
+        if isinstance(value, CompressedContext):
+            if len(value.kv) != self.num_layers:
+                raise CorruptEntry(f"entry has {len(value.kv)} layers, the model {self.num_layers}")
+            self._check_kv(value.kv, None)
+            if tuple(value.last_logits.shape) != (self.vocab,):
+                raise CorruptEntry(f"entry logits of shape {tuple(value.last_logits.shape)}, expected ({self.vocab},)")
+            return
+        if not 1 <= value.leaf_layers <= self.num_layers or any(len(leaf) != value.leaf_layers for leaf in value.kv):
+            raise CorruptEntry(f"entry leaves have {value.leaf_layers} layers, the model {self.num_layers}")
+        for leaf, hidden in zip(value.kv, value.hidden, strict=True):
+            n = self._check_kv(leaf, None)
+            if hidden.dim() != 3 or tuple(hidden.shape) != (1, n, self.hidden) or hidden.dtype != self.dtype:
+                raise CorruptEntry(f"entry hidden state of shape {tuple(hidden.shape)}, expected (1, {n}, {self.hidden})")
+
+    def _check_kv(self, kv: tuple, n: int | None) -> int:
+        for k, v in kv:
+            for t in (k, v):
+                if t.dim() != 4 or t.shape[0] != 1 or t.shape[1] != self.num_kv_heads or t.shape[3] != self.head_dim:
+                    raise CorruptEntry(f"entry K/V of shape {tuple(t.shape)}, expected (1, {self.num_kv_heads}, "
+                                       f"n, {self.head_dim})")
+                if t.dtype != self.dtype:
+                    raise CorruptEntry(f"entry K/V in {t.dtype}, the model in {self.dtype}")
+                n = t.shape[2] if n is None else n
+                if t.shape[2] != n:
+                    raise CorruptEntry("entry K/V lengths differ between layers")
+        return int(n or 0)
 
 
 def _parse(blob: bytes) -> dict[str, torch.Tensor]:
@@ -265,6 +336,7 @@ class _Counters:
     disk_writes: int = 0
     corrupt: int = 0
     uncacheable: int = 0
+    disk_errors: int = 0
 
 
 class DocumentCache:
@@ -282,6 +354,16 @@ class DocumentCache:
             ``reuse.GENERIC_SUFFIX``).
         suffix_budget: suffix tokens reserved per leaf in "leaf" mode.
         namespace: salt mixed into every key (separate tenants, experiments).
+        max_entry_bytes: largest disk file read (or written) as an entry (None: the largest of
+            the three budgets plus 64 MiB); a bigger file is rejected from its size alone.
+
+    The disk tier owns only the files it writes: ``<64 hex digits>.safetensors`` whose header
+    carries this module's metadata for that very key; the budget sweep, ``clear`` and the size
+    count never touch anything else in the folder. Several processes may share one folder: a
+    file another process removed or replaced midway is a miss, never an exception. Only regular
+    files are read (no FIFOs, devices, directories, and symbolic links are not followed), and an
+    entry that fails any check, including :class:`EntrySpec` against the engine it is read for,
+    is removed and counted as ``corrupt``.
     """
 
     def __init__(
@@ -295,12 +377,15 @@ class DocumentCache:
         generic_suffix: str | None = None,
         suffix_budget: int = reuse.DEFAULT_SUFFIX_BUDGET,
         namespace: str = "",
+        max_entry_bytes: int | None = None,
     ) -> None:
         for name, value in (("max_bytes", max_bytes), ("cpu_max_bytes", cpu_max_bytes)):
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise ValueError(f"{name} must be an int >= 0, got {value!r}")
         if disk_max_bytes is not None and (not isinstance(disk_max_bytes, int) or disk_max_bytes < 0):
             raise ValueError(f"disk_max_bytes must be None or an int >= 0, got {disk_max_bytes!r}")
+        if max_entry_bytes is not None and (not isinstance(max_entry_bytes, int) or max_entry_bytes < 1):
+            raise ValueError(f"max_entry_bytes must be None or a positive int, got {max_entry_bytes!r}")
         if not isinstance(suffix_budget, int) or suffix_budget < 1:
             raise ValueError(f"suffix_budget must be a positive int, got {suffix_budget!r}")
         self.mode = reuse.check_mode(mode)
@@ -311,6 +396,8 @@ class DocumentCache:
         self.generic_suffix = reuse.GENERIC_SUFFIX if generic_suffix is None else generic_suffix
         self.suffix_budget = suffix_budget
         self.namespace = namespace
+        self.max_entry_bytes = max_entry_bytes if max_entry_bytes is not None else (
+            max(max_bytes, cpu_max_bytes, disk_max_bytes or 0) + 64 * 1024**2)
         self._mem: OrderedDict[str, _Entry] = OrderedDict()
         self._cpu: OrderedDict[str, _Entry] = OrderedDict()
         self._bytes = 0
@@ -318,6 +405,7 @@ class DocumentCache:
         self._c = _Counters()
         self._lock = threading.RLock()
         self._key_locks: dict[str, list] = {}  # key -> [lock, users]
+        self._owned_memo: dict[tuple, bool] = {}  # (name, inode, size, mtime_ns) -> header says ours
         if self.disk_dir is not None:
             self.disk_dir.mkdir(parents=True, exist_ok=True)
 
@@ -342,6 +430,7 @@ class DocumentCache:
                 "disk_evictions": c.disk_evictions,
                 "corrupt": c.corrupt,
                 "uncacheable": c.uncacheable,
+                "disk_errors": c.disk_errors,
                 "pinned": sum(1 for e in self._mem.values() if e.pins),
             }
 
@@ -351,7 +440,8 @@ class DocumentCache:
 
     def __contains__(self, key: str) -> bool:
         with self._lock:
-            return key in self._mem or key in self._cpu or (self._path(key) is not None and self._path(key).exists())
+            path = self._path(key)
+            return key in self._mem or key in self._cpu or (path is not None and _is_file(path))
 
     def keys(self) -> list[str]:
         """Memory-tier keys, least recently used first."""
@@ -359,11 +449,13 @@ class DocumentCache:
             return list(self._mem)
 
     # ------------------------------------------------------------------ core operations
-    def get(self, key: str, device: torch.device | str | None = None) -> CacheValue | None:
+    def get(
+        self, key: str, device: torch.device | str | None = None, *, expect: EntrySpec | None = None
+    ) -> CacheValue | None:
         """The value for ``key`` from any tier (promoted to the memory tier), or None. Counts a hit
-        or a miss."""
+        or a miss. ``expect``: what a disk entry must match (see :class:`EntrySpec`) to be used."""
         with self._lock:
-            value = self._lookup(key, device)
+            value = self._lookup(key, device, expect)
             if value is None:
                 self._c.misses += 1
             else:
@@ -377,7 +469,11 @@ class DocumentCache:
             self._remove_memory(key)
             self._insert(key, _Entry(value, nbytes))
         if write_disk and self.disk_dir is not None:
-            self._write_disk(key, value)
+            if nbytes > self.max_entry_bytes:
+                logger.warning("cache entry of %d bytes exceeds max_entry_bytes %d: not written to disk",
+                               nbytes, self.max_entry_bytes)
+            else:
+                self._write_disk(key, value)
 
     def evict(self, key: str) -> bool:
         """Drop ``key`` from every tier (disk included). False if it was nowhere. Refuses pinned."""
@@ -388,9 +484,8 @@ class DocumentCache:
             found = self._remove_memory(key)
             found = self._remove_cpu(key) or found
             path = self._path(key)
-            if path is not None and path.exists():
-                path.unlink(missing_ok=True)
-                found = True
+            if path is not None and _is_file(path):
+                found = _unlink(path) or found
             return found
 
     def clear(self, *, disk: bool = True) -> None:
@@ -401,8 +496,8 @@ class DocumentCache:
             self._cpu.clear()
             self._cpu_bytes = 0
             if disk and self.disk_dir is not None:
-                for path in self.disk_dir.glob("*.safetensors"):
-                    path.unlink(missing_ok=True)
+                for path, _ in self._own_files():
+                    _unlink(path)
 
     @contextmanager
     def pinned(self, key: str, device: torch.device | str | None = None) -> Iterator[CacheValue | None]:
@@ -466,7 +561,7 @@ class DocumentCache:
         def build() -> reuse.LeafStates:
             return reuse.build_leaf_states(engine, parts, budget, progress=progress)
 
-        with self._use(key, engine, build) as (leaves, hit):
+        with self._use(key, engine, build, "leaves") as (leaves, hit):
             assert isinstance(leaves, reuse.LeafStates)
             if leaf_focus and leaves.num_leaves > 1:
                 return reuse.focus_from_leaves(engine, parts, leaves), hit
@@ -479,12 +574,12 @@ class DocumentCache:
             return ctx, hit
 
     @contextmanager
-    def _use(self, key: str, engine: Any, compute) -> Iterator[tuple[CacheValue, bool]]:
+    def _use(self, key: str, engine: Any, compute, kind: str = "context") -> Iterator[tuple[CacheValue, bool]]:
         """Single-flight get-or-compute of ``key``; the entry stays pinned while the caller's block
         runs (the per-key lock is released before it, so hits on one document do not queue here)."""
         with self._key_lock(key):
             with self._lock:
-                value = self.get(key, engine.device)
+                value = self.get(key, engine.device, expect=EntrySpec.for_engine(engine, kind))
                 hit = value is not None
                 entry = self._pin(key) if hit else None
             if not hit:
@@ -521,7 +616,7 @@ class DocumentCache:
                     self._key_locks.pop(key, None)
 
     # ------------------------------------------------------------------ tiers (lock held)
-    def _lookup(self, key: str, device: torch.device | str | None) -> CacheValue | None:
+    def _lookup(self, key: str, device: torch.device | str | None, expect: EntrySpec | None) -> CacheValue | None:
         entry = self._mem.get(key)
         if entry is not None:
             self._mem.move_to_end(key)
@@ -533,7 +628,7 @@ class DocumentCache:
             value = value_to(entry.value, device) if device is not None else entry.value
             self._insert(key, _Entry(value, entry.nbytes))
             return value
-        value = self._read_disk(key)
+        value = self._read_disk(key, expect)
         if value is not None:
             self._c.disk_hits += 1
             if device is not None:
@@ -595,38 +690,112 @@ class DocumentCache:
             raise ValueError(f"cache keys are hex digests, got {key!r}")
         return self.disk_dir / f"{key}.safetensors"
 
-    def _disk_bytes(self) -> int:
+    def _own_files(self) -> list[tuple[Path, os.stat_result]]:
+        """(path, lstat) of the entries this tier wrote, oldest access first (see the class docstring)."""
         if self.disk_dir is None:
-            return 0
-        return sum(p.stat().st_size for p in self.disk_dir.glob("*.safetensors") if p.exists())
+            return []
+        out = []
+        try:
+            names = os.listdir(self.disk_dir)
+        except OSError:
+            return []
+        for name in names:
+            if not _ENTRY_NAME.fullmatch(name):
+                continue
+            path = self.disk_dir / name
+            try:
+                st = os.lstat(path)
+            except OSError:  # removed by another process meanwhile
+                continue
+            if not stat.S_ISREG(st.st_mode):
+                continue
+            memo = (name, st.st_ino, st.st_size, st.st_mtime_ns)
+            owned = self._owned_memo.get(memo)
+            if owned is None:
+                owned = _owned(path, name[:-len(_SUFFIX)], self.max_entry_bytes)
+                if len(self._owned_memo) > 4 * len(names) + 64:  # forget files long gone
+                    self._owned_memo.clear()
+                self._owned_memo[memo] = owned
+            if owned:
+                out.append((path, st))
+        out.sort(key=lambda item: item[1].st_mtime_ns)
+        return out
 
-    def _read_disk(self, key: str) -> CacheValue | None:
+    def _disk_bytes(self) -> int:
+        return sum(st.st_size for _, st in self._own_files())
+
+    def _read_disk(self, key: str, expect: EntrySpec | None = None) -> CacheValue | None:
         path = self._path(key)
-        if path is None or not path.exists():
+        if path is None:
             return None
         try:
-            blob = path.read_bytes()
-            value = decode_file(blob, key)
-        except (CorruptEntry, OSError) as err:
-            logger.warning("disk cache entry %s rejected (%s): recomputing", path.name, err)
-            self._c.corrupt += 1
-            path.unlink(missing_ok=True)
+            blob, ino = _read_regular(path, self.max_entry_bytes)
+        except FileNotFoundError:
             return None
-        os.utime(path)
+        except CorruptEntry as err:
+            self._reject(path, None, err)
+            return None
+        except OSError as err:  # permission, I/O error, a directory removed midway: a miss
+            logger.warning("disk cache entry %s unreadable (%s): recomputing", path.name, err)
+            self._c.disk_errors += 1
+            return None
+        try:
+            value = decode_file(blob, key)
+            if expect is not None:
+                expect.check(value)
+        except CorruptEntry as err:
+            self._reject(path, ino, err)
+            return None
+        try:
+            os.utime(path, follow_symlinks=False)
+        except OSError:  # removed by another process: the value read stays valid
+            pass
         return value
+
+    def _reject(self, path: Path, ino: int | None, err: Exception) -> None:
+        """Count and remove an invalid entry (only the file that was read, when known: another
+        process may have put a valid one in its place since)."""
+        logger.warning("disk cache entry %s rejected (%s): recomputing", path.name, err)
+        self._c.corrupt += 1
+        try:
+            st = os.lstat(path)
+        except OSError:
+            return
+        if ino is not None and st.st_ino != ino:
+            return
+        if stat.S_ISDIR(st.st_mode):
+            try:
+                os.rmdir(path)
+            except OSError:
+                logger.warning("disk cache: %s is a non-empty directory, left in place", path)
+            return
+        _unlink(path)
 
     def _write_disk(self, key: str, value: CacheValue) -> None:
         path = self._path(key)
         assert path is not None
         blob = encode_file(key, value)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".part")
+        tmp = None
         try:
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=_TMP_PREFIX, suffix=".part")
             with os.fdopen(fd, "wb") as fh:
                 fh.write(blob)
+            try:
+                st = os.lstat(path)
+                if stat.S_ISDIR(st.st_mode):
+                    os.rmdir(path)
+            except FileNotFoundError:
+                pass
             os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+            tmp = None
+        except OSError as err:  # full disk, folder removed, a directory in the way: the entry stays in memory
+            logger.warning("disk cache entry %s not written (%s)", path.name, err)
+            with self._lock:
+                self._c.disk_errors += 1
+            return
+        finally:
+            if tmp is not None:
+                Path(tmp).unlink(missing_ok=True)
         with self._lock:
             self._c.disk_writes += 1
             self._enforce_disk(keep=path)
@@ -634,13 +803,110 @@ class DocumentCache:
     def _enforce_disk(self, keep: Path) -> None:
         if self.disk_max_bytes is None or self.disk_dir is None:
             return
-        files = sorted(self.disk_dir.glob("*.safetensors"), key=lambda p: p.stat().st_mtime)
-        total = sum(p.stat().st_size for p in files)
-        for path in files:
+        self._sweep_temporaries()
+        files = self._own_files()
+        total = sum(st.st_size for _, st in files)
+        for path, st in files:
             if total <= self.disk_max_bytes:
                 break
             if path == keep:
                 continue
-            total -= path.stat().st_size
-            path.unlink(missing_ok=True)
-            self._c.disk_evictions += 1
+            total -= st.st_size
+            if _unlink(path):
+                self._c.disk_evictions += 1
+
+    def _sweep_temporaries(self) -> None:
+        """Remove this tier's temporary files older than ``_STALE_TMP_SECONDS`` (a writer killed midway)."""
+        assert self.disk_dir is not None
+        try:
+            names = [n for n in os.listdir(self.disk_dir) if n.startswith(_TMP_PREFIX) and n.endswith(".part")]
+        except OSError:
+            return
+        now = time.time()
+        for name in names:
+            path = self.disk_dir / name
+            try:
+                st = os.lstat(path)
+            except OSError:
+                continue
+            if stat.S_ISREG(st.st_mode) and now - st.st_mtime > _STALE_TMP_SECONDS:
+                _unlink(path)
+
+
+# ---------------------------------------------------------------------------------------- file helpers
+_SUFFIX = ".safetensors"
+_ENTRY_NAME = re.compile(r"[0-9a-f]{64}\.safetensors")
+_TMP_PREFIX = ".homer-tmp-"
+_STALE_TMP_SECONDS = 3600.0
+_HEADER_LIMIT = 64 * 1024**2
+
+
+def _is_file(path: Path) -> bool:
+    try:
+        return stat.S_ISREG(os.lstat(path).st_mode)
+    except OSError:
+        return False
+
+
+def _unlink(path: Path) -> bool:
+    try:
+        os.unlink(path)
+        return True
+    except OSError:  # already gone (another process), or not ours to remove
+        return False
+
+
+def _read_regular(path: Path, limit: int, header_only: bool = False) -> tuple[bytes, int]:
+    """(bytes, inode) of the regular file at ``path``, at most ``limit`` bytes.
+
+    Opened without following a symbolic link and without blocking (a FIFO), then checked with
+    fstat: anything but a regular file, or a file over ``limit``, is a CorruptEntry. A file that
+    shrinks while read (truncated by someone) is one too. ``header_only``: only the safetensors
+    header is read (length-checked against the file size first).
+
+    Raises:
+        FileNotFoundError: nothing at ``path``.
+        CorruptEntry: not a regular file, too large, or short.
+        OSError: any other failure to open or read.
+    """
+    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(path, flags)
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            raise CorruptEntry("a symbolic link, not an entry file") from None
+        raise
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise CorruptEntry(f"not a regular file (mode {stat.filemode(st.st_mode)})")
+        if not header_only and st.st_size > limit:
+            raise CorruptEntry(f"file of {st.st_size} bytes is over the {limit}-byte entry limit")
+        want = st.st_size
+        if header_only:
+            head = os.pread(fd, 8, 0)
+            n = struct.unpack("<Q", head)[0] if len(head) == 8 else 0
+            if len(head) < 8 or n > min(st.st_size - 8, _HEADER_LIMIT):
+                raise CorruptEntry("no valid header")
+            want = 8 + n
+        chunks, got = [], 0
+        while got < want:
+            block = os.read(fd, min(want - got, 1 << 24))
+            if not block:
+                raise CorruptEntry(f"file ended after {got} of {want} bytes")
+            chunks.append(block)
+            got += len(block)
+        return b"".join(chunks), st.st_ino
+    finally:
+        os.close(fd)
+
+
+def _owned(path: Path, key: str, limit: int) -> bool:
+    """Whether the regular file at ``path`` is this tier's entry for ``key`` (its header says so)."""
+    try:
+        head, _ = _read_regular(path, limit, header_only=True)
+        header = json.loads(head[8:])
+        info = json.loads(header["__metadata__"]["homer_llm"])
+        return isinstance(info, dict) and info.get("key") == key
+    except (OSError, CorruptEntry, ValueError, KeyError, TypeError):
+        return False

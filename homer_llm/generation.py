@@ -7,6 +7,7 @@ cache length: after HOMER the cache length and the position ids are unrelated.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Iterator
 from contextlib import nullcontext
@@ -34,6 +35,19 @@ class Generation:
     token_ids: tuple[int, ...]
     finish_reason: str
     seconds: float
+
+
+def check_config(config: GenerationConfig) -> None:
+    """ValueError naming a setting that would make decoding meaningless: a temperature, top_p or
+    top_k that is not a finite number (NaN passes ``< 0`` checks; inf samples uniformly)."""
+    for name in ("temperature", "top_p"):
+        value = getattr(config, name)
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+            raise ValueError(f"GenerationConfig.{name} must be a finite number, got {value!r}")
+    if isinstance(config.top_k, bool) or not isinstance(config.top_k, int):
+        raise ValueError(f"GenerationConfig.top_k must be an int, got {config.top_k!r}")
+    if config.seed is not None and (isinstance(config.seed, bool) or not isinstance(config.seed, int)):
+        raise ValueError(f"GenerationConfig.seed must be an int or None, got {config.seed!r}")
 
 
 def sample_next(logits: torch.Tensor, config: GenerationConfig, generator: torch.Generator | None) -> int:
@@ -85,6 +99,7 @@ class TextStream:
         eos_ids: set[int],
         lock=None,
     ) -> None:
+        check_config(config)
         self._iter = self._locked(lock, self._run(parts, tokenizer, context, config, eos_ids))
         self.result: Generation | None = None
 

@@ -8,7 +8,11 @@ public method that touches the model holds ``self.lock``, so concurrent callers 
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
+import math
+import stat
 import threading
 import time
 from collections.abc import Sequence
@@ -35,11 +39,11 @@ _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bf
 
 
 def resolve_dtype(dtype: str | torch.dtype | None, device: str) -> torch.dtype:
-    """None/"auto": bfloat16 on CUDA, float32 on CPU.
+    """None/"auto": bfloat16 on CUDA and on CPUs with AMX tiles, float32 on other CPUs.
 
-    The CPU default stays float32 (transformers' own CPU default, and the precision every CPU
-    result of this project was measured in) even on CPUs with AMX, where bfloat16 is several
-    times faster: the choice logs a hint there instead.
+    AMX runs bfloat16 matmuls in hardware: on a 2-core AMX Xeon HOMER ran 4-5x faster in bfloat16
+    than in float32, with 98 of 100 passkey verdicts equal (docs/method.md).
+    Without AMX, bfloat16 matmuls gain little or lose on the CPU, so float32 stays.
     """
     if isinstance(dtype, torch.dtype):
         return dtype
@@ -47,10 +51,8 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: str) -> torch.dtype:
         if device.startswith("cuda"):
             return torch.bfloat16
         if device.startswith("cpu") and compat.cpu_has_amx():
-            # Measured on a 2-core AMX Xeon (benchmarks/eval_results_cpu.md, session 14): HOMER
-            # 4-5x faster in bfloat16 with 98 of 100 passkey verdicts equal to float32's.
-            logger.info("this CPU has AMX: dtype='bfloat16' (CLI: --dtype bfloat16) is several times "
-                        "faster than the float32 default here")
+            logger.info("this CPU has AMX tiles: dtype='auto' is bfloat16 (dtype='float32' for full precision)")
+            return torch.bfloat16
         return torch.float32
     if dtype not in _DTYPES:
         raise ValueError(f"dtype must be one of {sorted(_DTYPES)} or a torch.dtype, got {dtype!r}")
@@ -63,6 +65,264 @@ def resolve_device(device: str | None) -> str:
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError(f"device {device!r} requested but CUDA is not available")
     return device
+
+
+# ---------------------------------------------------------------------------------------- fingerprints
+_SAMPLE_BLOCKS = 16
+_SAMPLE_BLOCK_BYTES = 64 * 1024
+_WHOLE_FILE_BYTES = 64 * 1024 * 1024
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".h5", ".msgpack", ".ckpt")
+_file_digests: dict[tuple, str] = {}
+_file_digests_lock = threading.Lock()
+
+
+def _file_digest(path: Path, st) -> str:
+    """Digest of one model file: the whole content for small files (configs, tokenizers); for
+    weight files, the safetensors header (every tensor's name, dtype, shape and offsets) and
+    ``_SAMPLE_BLOCKS`` blocks spread evenly over the file. Cached per (path, inode, size, mtime)."""
+    memo = (str(path), st.st_ino, st.st_size, st.st_mtime_ns)
+    with _file_digests_lock:
+        if memo in _file_digests:
+            return _file_digests[memo]
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        if st.st_size <= _WHOLE_FILE_BYTES and not path.name.endswith(_WEIGHT_SUFFIXES):
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+        else:
+            if path.suffix == ".safetensors":
+                head = fh.read(8)
+                n = int.from_bytes(head, "little") if len(head) == 8 else 0
+                h.update(head + fh.read(min(n, 100 * 1024 * 1024)))
+            for i in range(_SAMPLE_BLOCKS):
+                fh.seek(st.st_size * i // _SAMPLE_BLOCKS)
+                h.update(fh.read(_SAMPLE_BLOCK_BYTES))
+    digest = h.hexdigest()
+    with _file_digests_lock:
+        _file_digests[memo] = digest
+    return digest
+
+
+def files_fingerprint(folder: str | Path) -> str | None:
+    """Fingerprint of a local model folder's files (None when ``folder`` is not a local folder).
+
+    Every regular file directly in the folder counts by name, size, mtime (ns) and
+    :func:`_file_digest`, so replacing a weight file in place, or a second folder with the same
+    relative name and other weights, gives another fingerprint. Costs a stat per file and about
+    1 MiB of reads per weight file (the header plus the sampled blocks), not a full read.
+    """
+    root = Path(folder).expanduser()
+    if not root.is_dir():
+        return None
+    h = hashlib.sha256()
+    for path in sorted(root.iterdir()):
+        if path.name.startswith("."):
+            continue
+        try:
+            st = path.stat()
+        except OSError:
+            continue
+        if not stat.S_ISREG(st.st_mode):
+            continue
+        h.update(f"{path.name}\0{st.st_size}\0{st.st_mtime_ns}\0".encode())
+        try:
+            h.update(_file_digest(path, st).encode())
+        except OSError as err:  # unreadable file: the load that follows reports it
+            h.update(f"unreadable:{err.errno}".encode())
+    return h.hexdigest()[:32]
+
+
+def state_fingerprint(model: torch.nn.Module, samples: int = 64) -> str:
+    """Fingerprint of a loaded model's state: every parameter's and buffer's name, shape and dtype
+    plus ``samples`` values taken evenly across it (a few ms even for an 8B model)."""
+    h = hashlib.sha256()
+    with torch.no_grad():
+        for name, tensor in _named_state(model):
+            flat = tensor.detach().reshape(-1)
+            h.update(f"{name}\0{tuple(tensor.shape)}\0{tensor.dtype}\0".encode())
+            if flat.numel():
+                # integer steps: float32 linspace rounds past 2**24 elements and can index one past the end
+                index = torch.arange(min(samples, flat.numel()), device=flat.device) * (flat.numel() - 1) // max(min(samples, flat.numel()) - 1, 1)
+                h.update(flat[index].float().cpu().numpy().tobytes())
+    return h.hexdigest()[:32]
+
+
+def _named_state(model: torch.nn.Module) -> list[tuple[str, torch.Tensor]]:
+    seen: set[int] = set()
+    out = []
+    for name, tensor in [*model.named_parameters(remove_duplicate=False), *model.named_buffers()]:
+        if id(tensor) not in seen and tensor.device.type != "meta":
+            seen.add(id(tensor))
+            out.append((name, tensor))
+    return out
+
+
+def tokenizer_fingerprint(tokenizer: Any, *, deep: bool = True) -> str:
+    """Fingerprint of what a tokenizer does to text: its class, size, special tokens and chat
+    template, and with ``deep`` its whole definition (the fast backend's serialization: vocabulary,
+    merges, normalizer, pre-tokenizer; else the vocabulary). The deep part costs about 0.5 s for a
+    150k-token vocabulary; :meth:`HomerModel.fingerprint` skips it when the tokenizer's files are
+    already in :func:`files_fingerprint`."""
+    h = hashlib.sha256(type(tokenizer).__name__.encode())
+    for attr in ("chat_template", "bos_token_id", "eos_token_id", "pad_token_id", "unk_token_id"):
+        h.update(f"{attr}={getattr(tokenizer, attr, None)!r}\0".encode("utf-8", "surrogatepass"))
+    h.update(repr(getattr(tokenizer, "all_special_tokens", None)).encode("utf-8", "surrogatepass"))
+    try:
+        h.update(f"len={len(tokenizer)}".encode())  # counts tokens added after loading
+    except TypeError:
+        pass
+    if not deep:
+        return h.hexdigest()[:32]
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    try:
+        h.update(backend.to_str().encode("utf-8", "surrogatepass"))
+    except Exception:  # noqa: BLE001 - no fast backend, or one that cannot serialize: the vocabulary instead
+        try:
+            vocab = tokenizer.get_vocab()
+        except (AttributeError, NotImplementedError):
+            vocab = {}
+        h.update(json.dumps(sorted(vocab.items()), ensure_ascii=False).encode("utf-8", "surrogatepass"))
+    return h.hexdigest()[:32]
+
+
+# ---------------------------------------------------------------------------------------- size guard
+CHARS_PER_TOKEN_BOUND = 16
+"""A document of more than ``max_input_tokens * CHARS_PER_TOKEN_BOUND`` characters is refused before
+it is tokenized (tokenizing tens of MB takes GBs of memory); tokenizers average 1-6 characters a token."""
+
+
+@dataclass(frozen=True)
+class SizeLimits:
+    """Up-front limits on one compression, checked from its plan before any model work.
+
+    Attributes:
+        max_input_tokens: most prompt tokens (None: no limit). Default 2,097,152 (2**21: a
+            context of 2**20 tokens with its prompt fits).
+        max_seconds: most estimated compression seconds on this device (None: no limit).
+            Default 86,400 (24 hours: the estimate is a model, see :meth:`HomerModel.estimate`,
+            so the default only stops work that is far out of reach).
+        max_memory_bytes: most estimated peak bytes beyond the loaded weights (None: what the
+            device has available now: MemAvailable on CPU, free memory on CUDA).
+        check_memory: compare the memory estimate at all.
+    """
+
+    max_input_tokens: int | None = 1 << 21
+    max_seconds: float | None = 24 * 3600.0
+    max_memory_bytes: int | None = None
+    check_memory: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("max_input_tokens", "max_memory_bytes"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ValueError(f"SizeLimits.{name} must be a positive int or None, got {value!r}")
+        s = self.max_seconds
+        if s is not None and (isinstance(s, bool) or not isinstance(s, int | float) or not math.isfinite(s) or s <= 0):
+            raise ValueError(f"SizeLimits.max_seconds must be a positive finite number or None, got {s!r}")
+        if not isinstance(self.check_memory, bool):
+            raise TypeError(f"SizeLimits.check_memory must be a bool, got {self.check_memory!r}")
+
+    @classmethod
+    def off(cls) -> SizeLimits:
+        """No limit at all."""
+        return cls(max_input_tokens=None, max_seconds=None, check_memory=False)
+
+
+@dataclass(frozen=True)
+class CostEstimate:
+    """What one compression is expected to cost (``HomerModel.estimate``).
+
+    Attributes:
+        tokens: prompt tokens.
+        layer_token_passes: sum over the plan's nodes of tokens x decoder layers run.
+        flops: estimated floating-point operations.
+        seconds: flops over this device's measured matmul rate (halved: a forward pass runs below
+            matmul peak).
+        peak_bytes: estimated peak memory beyond the weights (``kv_bytes``, one chunk's
+            activations and attention scores, the token ids).
+        kv_bytes: the most K/V alive at once (``CompressionStats.peak_kv_bytes`` as predicted).
+        available_bytes: memory the device has available now (None: unknown).
+    """
+
+    tokens: int
+    layer_token_passes: int
+    flops: float
+    seconds: float
+    peak_bytes: int
+    available_bytes: int | None
+    kv_bytes: int = 0
+
+
+_rates: dict[tuple[str, str], float] = {}
+_rates_lock = threading.Lock()
+
+
+def device_flops(device: torch.device, dtype: torch.dtype) -> float:
+    """Measured matmul rate (FLOP/s) of ``dtype`` on ``device``: best of 3 products of
+    [256, 1024] x [1024, 1024] (about 0.5 GFLOP each), once per process."""
+    memo = (str(device), str(dtype))
+    with _rates_lock:
+        if memo in _rates:
+            return _rates[memo]
+    a = torch.randn(256, 1024, device=device).to(dtype)
+    b = torch.randn(1024, 1024, device=device).to(dtype)
+    torch.matmul(a, b)  # warm-up: first-call dispatch and allocation
+    best = math.inf
+    for _ in range(3):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        started = time.perf_counter()
+        torch.matmul(a, b)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        best = min(best, time.perf_counter() - started)
+    rate = 2 * 256 * 1024 * 1024 / max(best, 1e-9)
+    with _rates_lock:
+        _rates[memo] = rate
+    return rate
+
+
+def available_memory(device: torch.device) -> int | None:
+    """Bytes available on ``device`` now: CUDA free memory, or the CPU's MemAvailable (Linux)."""
+    if device.type == "cuda":
+        try:
+            return int(torch.cuda.mem_get_info(device)[0])
+        except RuntimeError:
+            return None
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def _live_kv_peak(plan: Plan) -> int:
+    """Most token-layers of K/V alive at once while the plan runs (multiply by the bytes of one
+    token-layer): the running node's, all its layers so far, plus the finished left siblings
+    waiting, each pruned to its kept tokens."""
+    affixes = plan.prefix_len + plan.suffix_len
+    peak = 0
+
+    def run(node, waiting: int) -> int:  # returns the finished node's K/V (token-layers)
+        nonlocal peak
+        if node.is_leaf:
+            tokens = affixes + node.natural_ctx
+        else:
+            left = run(node.left, waiting)
+            run(node.right, waiting + left)
+            tokens = affixes + node.left.keep_ctx + node.right.keep_ctx
+        peak = max(peak, waiting + tokens * node.layer_end)
+        return (affixes + node.keep_ctx) * node.layer_end
+
+    run(plan.root, 0)
+    return peak
+
+
+def _gib(n: float) -> str:
+    return f"{n / 1024**3:.2f} GiB"
 
 
 @dataclass(frozen=True)
@@ -85,7 +345,7 @@ def resolve_merge_attention(homer: HomerConfig, attn_implementation: str) -> str
 
     "auto" becomes "own-leaf" (a context token reads only its own leaf in merged nodes; passkey on
     the default model at or above "causal" at 1x-8x; perplexity at 8x unchanged with recent text
-    whole after the cache, 4 % worse with the cache alone: README) where the backend takes an
+    whole after the cache, 4 % worse with the cache alone: docs/method.md) where the backend takes an
     arbitrary mask and no focus is asked for, else "causal". An explicit
     "own-leaf" on a backend without masks is a ValueError.
     """
@@ -115,8 +375,24 @@ class HomerModel:
     _shared: dict[tuple, HomerModel] = {}
     _shared_lock = threading.Lock()
 
-    def __init__(self, model, tokenizer, *, name: str, homer: HomerConfig | None = None) -> None:
+    def __init__(
+        self, model, tokenizer, *, name: str, homer: HomerConfig | None = None, limits: SizeLimits | None = None,
+        source_fingerprint: str | None = None,
+    ) -> None:
+        """Wrap a loaded transformers model.
+
+        Args:
+            limits: up-front size limits of every compression (None: ``SizeLimits()``; see
+                :meth:`estimate`).
+            source_fingerprint: :func:`files_fingerprint` of the folder the weights came from, if
+                any; part of :attr:`fingerprint`.
+        """
         homer = homer or HomerConfig()
+        if limits is not None and not isinstance(limits, SizeLimits):
+            raise TypeError(f"limits must be a SizeLimits or None, got {type(limits).__name__}")
+        self.limits = limits or SizeLimits()
+        self._source_fingerprint = source_fingerprint
+        self._fingerprint: str | None = None
         if homer.rope_scaling is not None:
             if getattr(model, "hf_device_map", None):
                 raise ValueError("HomerConfig.rope_scaling is not supported on a model spread with device_map")
@@ -155,6 +431,7 @@ class HomerModel:
         attn_implementation: str = "sdpa",
         homer: HomerConfig | None = None,
         device_map: str | dict | None = None,
+        limits: SizeLimits | None = None,
         **model_kwargs: Any,
     ) -> HomerModel:
         """Load ``model`` (None: the embedded default SmolLM2-135M-Instruct) for HOMER.
@@ -165,6 +442,11 @@ class HomerModel:
             dtype: "float32", "bfloat16", "float16", a torch dtype, or None ("auto").
             attn_implementation: "sdpa" (default), "eager" or "flash_attention_2".
             device_map: passed to transformers/accelerate to spread layers over devices.
+            limits: up-front size limits (None: ``SizeLimits()``; ``SizeLimits.off()``: none).
+
+        Raises:
+            ValueError: a missing folder, a folder without a readable config.json, or a model
+                transformers cannot load (one line naming the path).
         """
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -180,20 +462,29 @@ class HomerModel:
 
             path: str = str(default_model_path())
         else:
+            if not isinstance(model, str | Path):
+                raise TypeError(f"model must be a folder path, a hub id or None, got {type(model).__name__}")
             path = str(model)
+            check_model_source(path)
         device = resolve_device(device)
         torch_dtype = resolve_dtype(dtype, device)
+        source = files_fingerprint(path)
         try:
             tokenizer = AutoTokenizer.from_pretrained(path)
             kwargs = dict(dtype=torch_dtype, attn_implementation=attn_implementation, **model_kwargs)
             if device_map is not None:
                 kwargs["device_map"] = device_map
             lm = AutoModelForCausalLM.from_pretrained(path, **kwargs)
-        except OSError as err:
-            raise ValueError(f"cannot load model {path!r}: {err}") from err
+        except MemoryError:
+            raise
+        except Exception as err:  # noqa: BLE001 - config validation errors of every kind (huggingface_hub's own too)
+            detail = " ".join(str(err).split())
+            detail = detail if len(detail) <= 400 else detail[:400] + "..."
+            raise ValueError(f"cannot load model {path!r}: {type(err).__name__}: {detail}") from err
         if device_map is None:
             lm.to(device)
-        return cls(lm, tokenizer, name=path if model is not None else "SmolLM2-135M-Instruct", homer=homer)
+        return cls(lm, tokenizer, name=path if model is not None else "SmolLM2-135M-Instruct", homer=homer,
+                   limits=limits, source_fingerprint=source)
 
     @staticmethod
     def shared_key(model: str | Path | None = None, **kwargs: Any) -> tuple:
@@ -201,12 +492,16 @@ class HomerModel:
 
         Settings equal to the defaults do not split the key, so passing dtype="auto" or
         homer=HomerConfig() shares the engine of a caller that passed nothing.
+        A local folder also enters the key by :func:`files_fingerprint`, so a folder whose files
+        changed (weights replaced in place) loads afresh instead of sharing the stale engine.
         """
-        defaults = {"device": None, "dtype": None, "attn_implementation": "sdpa", "homer": None}
+        defaults = {"device": None, "dtype": None, "attn_implementation": "sdpa", "homer": None, "limits": None}
         explicit = {k: v for k, v in kwargs.items()
                     if not (k in defaults and (v == defaults[k] or (k == "dtype" and v == "auto")
-                                               or (k == "homer" and v == HomerConfig())))}
-        return (str(model), tuple(sorted((k, repr(v)) for k, v in explicit.items())))
+                                               or (k == "homer" and v == HomerConfig())
+                                               or (k == "limits" and v == SizeLimits())))}
+        files = files_fingerprint(model) if isinstance(model, str | Path) else None
+        return (str(model), files, tuple(sorted((k, repr(v)) for k, v in explicit.items())))
 
     @classmethod
     def shared(cls, model: str | Path | None = None, **kwargs: Any) -> HomerModel:
@@ -233,7 +528,23 @@ class HomerModel:
         return self.parts.embed_device
 
     def count_tokens(self, text: str) -> int:
+        from .prompt import check_text
+
+        check_text("text", text)
         return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    @property
+    def fingerprint(self) -> str:
+        """What makes this engine's states and answers what they are, besides the HOMER config:
+        the loaded weights (:func:`state_fingerprint`), the tokenizer (:func:`tokenizer_fingerprint`)
+        and the files it was loaded from (:func:`files_fingerprint`). Computed once."""
+        if self._fingerprint is None:
+            h = hashlib.sha256(state_fingerprint(self.model).encode())
+            deep = self._source_fingerprint is None  # else the tokenizer's files are in the source's
+            h.update(tokenizer_fingerprint(self.tokenizer, deep=deep).encode())
+            h.update(str(self._source_fingerprint).encode())
+            self._fingerprint = h.hexdigest()[:32]
+        return self._fingerprint
 
     # ------------------------------------------------------------------ prompts
     def prepare_chat(
@@ -245,7 +556,7 @@ class HomerModel:
     ) -> PromptParts:
         """Render chat ``messages`` (one content holding DOCUMENT_PLACEHOLDER) around ``document``."""
         if document is not None:
-            check_document(document)
+            self.check_document(document)
         if getattr(self.tokenizer, "chat_template", None):
             return split_chat(self.tokenizer, messages, document, tools=tools)
         if tools:
@@ -270,9 +581,14 @@ class HomerModel:
         """
         from .prompt import DOCUMENT_PLACEHOLDER
 
-        check_document(document)
-        if not isinstance(question, str) or not question.strip():
+        self.check_document(document)
+        if not isinstance(question, str):
+            raise TypeError(f"question must be str, got {type(question).__name__}")
+        if not question.strip():
             raise ValueError(f"the question is empty: {question!r}")
+        from .prompt import check_text
+
+        check_text("question", question)
         for name, value in (("answer_prefix", answer_prefix), ("instruction", instruction), ("system", system)):
             if value is not None and not isinstance(value, str):
                 raise TypeError(f"{name} must be str or None, got {type(value).__name__}")
@@ -285,9 +601,30 @@ class HomerModel:
             messages.append({"role": "assistant", "content": answer_prefix})
         return self.prepare_chat(messages, document)
 
+    def check_document(self, document: Any) -> None:
+        """:func:`check_document`, plus the character bound of :attr:`limits` (checked before
+        tokenizing, which alone takes GBs of memory for tens of MB of text)."""
+        check_document(document)
+        limit = self.limits.max_input_tokens
+        if limit is not None and len(document) > limit * CHARS_PER_TOKEN_BOUND:
+            raise ValueError(
+                f"the document has {len(document):,} characters, more than max_input_tokens={limit:,} tokens can "
+                f"hold at {CHARS_PER_TOKEN_BOUND} characters a token; raise the limit "
+                "(SizeLimits(max_input_tokens=...), CLI --max-input-tokens) or turn it off (SizeLimits.off(), "
+                "CLI --no-size-limit)")
+
     # ------------------------------------------------------------------ the method
     def plan(self, parts: PromptParts) -> Plan:
-        """The HOMER schedule for ``parts`` (raises ValueError if it cannot fit)."""
+        """The HOMER schedule for ``parts`` (raises ValueError if it cannot fit or exceeds
+        ``limits.max_input_tokens``)."""
+        if not isinstance(parts, PromptParts):
+            raise TypeError(f"expected PromptParts, got {type(parts).__name__}")
+        limit = self.limits.max_input_tokens
+        if limit is not None and len(parts) > limit:
+            raise ValueError(
+                f"the prompt has {len(parts):,} tokens, more than max_input_tokens={limit:,}; raise the limit "
+                "(SizeLimits(max_input_tokens=...), CLI --max-input-tokens) or turn it off (SizeLimits.off(), "
+                "CLI --no-size-limit)")
         return make_plan(
             len(parts.prefix),
             len(parts.context),
@@ -305,7 +642,7 @@ class HomerModel:
         if self._bias is None:
             with self.lock:
                 self._bias = get_bias(
-                    self.parts, self.tokenizer, self.name, self.model.config.to_dict(),
+                    self.parts, self.tokenizer, f"{self.name}@{self.fingerprint}", self.model.config.to_dict(),
                     self.chunk_len, self.homer.calibration_samples,
                 )
         return self._bias
@@ -316,9 +653,90 @@ class HomerModel:
             return None
         return word_spans(self.tokenizer, ids.tolist())
 
+    # ------------------------------------------------------------------ input checks and the size guard
+    def check_ids(self, parts: PromptParts) -> None:
+        """ValueError naming the first token id outside this model's vocabulary."""
+        vocab = int(self.parts.embed.weight.shape[0])
+        low, high = min(parts.ids), max(parts.ids)
+        if low < 0 or high >= vocab:
+            bad = low if low < 0 else high
+            raise ValueError(f"token id {bad} is outside the vocabulary of {self.name!r} (0..{vocab - 1})")
+
+    def estimate(self, source: PromptParts | Plan) -> CostEstimate:
+        """The expected cost of compressing ``source`` on this device, from its plan alone.
+
+        Time: every node's tokens x its layers, at 2 x the per-layer weights plus the attention
+        products per token-layer, over :func:`device_flops` halved. Memory: the most K/V alive at
+        once (the running node's plus the finished left siblings waiting, as the engine counts
+        ``peak_kv_bytes``), one chunk's activations (10 x hidden) and attention scores (every
+        head's in float32 under eager attention, else the chunk's mask), and 120 bytes per prompt
+        token (ids in Python and torch).
+        """
+        plan = self.plan(source) if isinstance(source, PromptParts) else source
+        if not isinstance(plan, Plan):
+            raise TypeError(f"expected PromptParts or Plan, got {type(source).__name__}")
+        p = self.parts
+        hidden = int(p.embed.weight.shape[1])
+        layer_params = sum(t.numel() for t in p.layers.parameters()) / max(p.num_layers, 1)
+        affixes = plan.prefix_len + plan.suffix_len
+        passes = 0
+        flops = 0.0
+        for node in plan.nodes():
+            if node.is_leaf:
+                tokens = affixes + node.natural_ctx
+            else:
+                assert node.left is not None and node.right is not None
+                tokens = affixes + node.left.keep_ctx + node.right.keep_ctx
+            layers = node.layer_end - node.layer_start
+            passes += tokens * layers
+            flops += tokens * layers * (2 * layer_params + 2 * tokens * p.num_heads * p.head_dim)
+        param = next(self.model.parameters())
+        seconds = flops / (0.5 * device_flops(param.device, param.dtype))
+        element = param.element_size()
+        chunk = plan.chunk_len
+        kv = _live_kv_peak(plan) * 2 * p.num_kv_heads * p.head_dim * element
+        # eager attention materializes every head's scores; sdpa takes the (float) mask of one chunk
+        scores = p.num_heads * chunk * chunk * 4 if p.attn_implementation == "eager" else chunk * chunk * element
+        activations = 10 * chunk * hidden * element + scores
+        tokens = plan.prefix_len + plan.context_len + plan.suffix_len
+        peak = int(kv + activations + 120 * tokens)
+        return CostEstimate(tokens, passes, flops, seconds, peak, available_memory(param.device), int(kv))
+
+    def check_cost(self, plan: Plan) -> CostEstimate | None:
+        """Refuse (ValueError with the numbers and the option that overrides it) a compression
+        whose :meth:`estimate` exceeds :attr:`limits`; returns the estimate (None: no limits)."""
+        limits = self.limits
+        if limits.max_seconds is None and not limits.check_memory:
+            return None
+        est = self.estimate(plan)
+        device = self.device
+        if limits.max_seconds is not None and est.seconds > limits.max_seconds:
+            raise ValueError(
+                f"compressing {est.tokens:,} tokens is estimated at {est.seconds:,.0f} s on {device} "
+                f"({est.layer_token_passes:,} token-layer passes), over max_seconds={limits.max_seconds:,.0f}; "
+                "raise it (SizeLimits(max_seconds=...), CLI --max-compress-seconds) or turn the limits off "
+                "(SizeLimits.off(), CLI --no-size-limit)")
+        budget = limits.max_memory_bytes if limits.max_memory_bytes is not None else est.available_bytes
+        if limits.check_memory and budget is not None and est.peak_bytes > budget:
+            what = "max_memory_bytes" if limits.max_memory_bytes is not None else f"the {_gib(budget)} available"
+            raise ValueError(
+                f"compressing {est.tokens:,} tokens with chunk_len={plan.chunk_len} is estimated to need "
+                f"{_gib(est.peak_bytes)} on {device} beyond the weights, over {what}; lower chunk_len, or "
+                "raise the limit (SizeLimits(max_memory_bytes=...)) or turn it off (SizeLimits(check_memory=False), "
+                "CLI --no-size-limit)")
+        return est
+
     def compress(self, parts: PromptParts, *, progress: Progress | None = None) -> CompressedContext:
-        """Run HOMER over the prompt: a compact cache, next position id and last logits."""
+        """Run HOMER over the prompt: a compact cache, next position id and last logits.
+
+        Raises:
+            TypeError: ``parts`` is not PromptParts.
+            ValueError: token ids outside the vocabulary, a prompt that cannot be planned, or one
+                over :attr:`limits` (see :meth:`estimate`).
+        """
         plan = self.plan(parts)
+        self.check_ids(parts)
+        self.check_cost(plan)
         plain = plan.num_leaves == 1 and plan.root.keep_ctx >= plan.context_len  # one chunk, nothing pruned
         if not plain and not parts.prefix:
             logger.warning("compressing a prompt with no prefix: every chunk starts with a different "
@@ -400,16 +818,26 @@ class HomerModel:
 
         The model lock is held while the stream is being consumed, so finish (or close) it.
         """
-        context = source if isinstance(source, CompressedContext) else self.compress(source, progress=progress)
-        return TextStream(self.parts, self.tokenizer, context, config or GenerationConfig(), self.eos_ids, lock=self.lock)
+        context = self._context(source, progress)
+        return TextStream(self.parts, self.tokenizer, context, check_generation_config(config), self.eos_ids,
+                          lock=self.lock)
 
     def generate(
         self, source: PromptParts | CompressedContext, config: GenerationConfig | None = None,
         *, progress: Progress | None = None,
     ) -> Generation:
-        context = source if isinstance(source, CompressedContext) else self.compress(source, progress=progress)
+        context = self._context(source, progress)
+        config = check_generation_config(config)
         with self.lock:
-            return generate(self.parts, self.tokenizer, context, config or GenerationConfig(), self.eos_ids)
+            return generate(self.parts, self.tokenizer, context, config, self.eos_ids)
+
+    def _context(self, source: Any, progress: Progress | None) -> CompressedContext:
+        """``source`` itself (a CompressedContext) or its compression (PromptParts); TypeError otherwise."""
+        if isinstance(source, CompressedContext):
+            return source
+        if not isinstance(source, PromptParts):
+            raise TypeError(f"expected PromptParts or CompressedContext, got {type(source).__name__}")
+        return self.compress(source, progress=progress)
 
     def answer(
         self, parts: PromptParts, config: GenerationConfig | None = None, *,
@@ -420,6 +848,7 @@ class HomerModel:
         ``answer_prefix``: the text ``parts`` already end with (see :meth:`prepare_question`); it
         is put back in front of the generated text so the answer reads whole.
         """
+        config = check_generation_config(config)
         context = self.compress(parts, progress=progress)
         out = self.generate(context, config)
         s = context.stats
@@ -442,13 +871,56 @@ class HomerModel:
 
 
 def check_document(document: Any) -> None:
-    """Refuse documents HOMER cannot take: not text, empty, or binary."""
+    """Refuse documents HOMER cannot take: not text, empty, binary, or not encodable (lone surrogates)."""
+    from .prompt import check_text
+
     if not isinstance(document, str):
         raise TypeError(f"document must be str, got {type(document).__name__}")
     if not document.strip():
         raise ValueError("the document is empty")
     if "\x00" in document:
         raise ValueError("the document contains NUL bytes: it looks binary, not text")
+    check_text("document", document)
+
+
+def check_generation_config(config: Any) -> GenerationConfig:
+    """``config`` (None: the defaults) after :func:`generation.check_config`; TypeError for another type."""
+    from .generation import check_config
+
+    if config is None:
+        return GenerationConfig()
+    if not isinstance(config, GenerationConfig):
+        raise TypeError(f"config must be a GenerationConfig or None, got {type(config).__name__}")
+    check_config(config)
+    return config
+
+
+def check_model_source(path: str) -> None:
+    """ValueError (one line naming ``path``) for a model argument that cannot load: a path-like
+    argument that does not exist, a folder without config.json, or one whose config.json is not a
+    JSON object. Hub ids (``owner/name``, not a local path) pass through."""
+    local = Path(path).expanduser()
+    looks_local = local.is_absolute() or path.startswith((".", "~")) or path.count("/") > 1 or "\\" in path
+    if local.is_dir():
+        config = local / "config.json"
+        if not config.is_file():
+            raise ValueError(f"model folder {path!r} has no config.json: not a transformers model folder")
+        try:
+            data = json.loads(config.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, ValueError) as err:
+            raise ValueError(f"model folder {path!r} has an unreadable config.json: {_first_line(err)}") from None
+        if not isinstance(data, dict):
+            raise ValueError(f"model folder {path!r}: config.json is not a JSON object")
+        return
+    if local.exists():
+        raise ValueError(f"model {path!r} is a file, not a model folder")
+    if looks_local:
+        raise ValueError(f"model folder not found: {path!r}")
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return text[0] if text else type(err).__name__
 
 
 def _raw_chat(tokenizer, messages: Sequence[dict[str, Any]], document: str | None) -> PromptParts:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -19,6 +20,8 @@ class PromptParts:
     suffix: tuple[int, ...]
 
     def __post_init__(self) -> None:
+        for name in ("prefix", "context", "suffix"):
+            object.__setattr__(self, name, _token_ids(name, getattr(self, name)))
         if not self.suffix:
             # HOMER needs a last (query) token outside the context: borrow the context's last one.
             if self.context:
@@ -38,7 +41,46 @@ class PromptParts:
         return len(self.prefix) + len(self.context) + len(self.suffix)
 
 
+def _token_ids(name: str, ids: Any) -> tuple[int, ...]:
+    """``ids`` as a tuple of non-negative ints; TypeError/ValueError naming the first bad one.
+
+    Floats are refused, not truncated (2.7 is no token id); numpy integers are accepted."""
+    if isinstance(ids, str | bytes) or not isinstance(ids, Sequence):
+        try:
+            import torch
+
+            if isinstance(ids, torch.Tensor) and ids.dim() == 1 and not ids.is_floating_point():
+                ids = ids.tolist()
+        except ImportError:  # pragma: no cover - torch is a dependency
+            pass
+    if isinstance(ids, str | bytes) or not isinstance(ids, Sequence):
+        raise TypeError(f"PromptParts.{name} must be a sequence of token ids, got {type(ids).__name__}")
+    if type(ids) is tuple and all(type(i) is int and i >= 0 for i in ids):
+        return ids
+    out = []
+    for i, value in enumerate(ids):
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+            raise TypeError(f"PromptParts.{name}[{i}] must be an int token id, got {value!r}")
+        if value < 0:
+            raise ValueError(f"PromptParts.{name}[{i}] is a negative token id: {value}")
+        out.append(int(value))
+    return tuple(out)
+
+
+def check_text(name: str, text: Any) -> None:
+    """TypeError if ``text`` is not a str; ValueError if it cannot be encoded as UTF-8 (a lone
+    surrogate, which tokenizers reject with an unrelated error)."""
+    if not isinstance(text, str):
+        raise TypeError(f"{name} must be str, got {type(text).__name__}")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as err:
+        raise ValueError(f"{name} holds a lone surrogate {text[err.start]!r} at character {err.start}: "
+                         "not encodable text") from None
+
+
 def _encode(tokenizer, text: str) -> tuple[int, ...]:
+    check_text("text", text)
     return tuple(tokenizer(text, add_special_tokens=False)["input_ids"]) if text else ()
 
 

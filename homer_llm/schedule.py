@@ -109,6 +109,10 @@ class Plan:
         return out
 
 
+MAX_LEAVES = 1 << 16
+"""Most leaves of one plan (65,536: 8.4M tokens at chunk_len 128, 268M at 4,096)."""
+
+
 def default_warmup(num_layers: int) -> int:
     """W scaled from the paper's 12 of 32 layers."""
     return round(12 * num_layers / 32)
@@ -161,6 +165,11 @@ def make_plan(
         raise ValueError(
             f"a document of {C} tokens needs a merge tree of height {H}, more than this "
             f"{L}-layer model supports with chunk_len={M}; raise chunk_len or shorten the document"
+        )
+    if N > MAX_LEAVES:  # before any per-leaf work: a plan for 10**9 tokens is refused, not built
+        raise ValueError(
+            f"a document of {C} tokens needs {N} leaves of at most {E} tokens, more than the {MAX_LEAVES} "
+            "a plan may have; raise chunk_len or shorten the document"
         )
     W = default_warmup(L) if warmup_layers is None else warmup_layers
     W = min(W, L - (H + 1))  # every level needs at least one layer

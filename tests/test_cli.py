@@ -144,7 +144,7 @@ def test_unsupported_model(capsys, tmp_path, short_doc):
 
 def test_missing_model_folder(capsys, tmp_path, short_doc):
     res = run(capsys, "ask", "--model", tmp_path / "no-model", "--document", short_doc, "What?")
-    assert_one_line_error(*res, "cannot load model")
+    assert_one_line_error(*res, "model folder not found", "no-model")
 
 
 def test_memory_error_is_one_line(capsys, monkeypatch, long_doc, tiny_dir):
@@ -247,7 +247,7 @@ def test_focus_leaves_option_reads_whole_leaves(capsys, long_doc, tiny_dir):
     assert focus["cache_tokens"] != base["cache_tokens"] and focus["cache_tokens"] <= focus["window"]
     (whole,) = json_reports(capsys, tiny_dir, long_doc, ["--focus-leaves", "2", "--focus-margin", "0"])
     assert whole["focus_margin"] == 0 and whole["cache_tokens"] < focus["cache_tokens"]  # the margin is read too
-    assert base["focus_locator"] is None and focus["focus_locator"] == "leaf"  # the default since session 13
+    assert base["focus_locator"] is None and focus["focus_locator"] == "leaf"  # the default locator
     (tree,) = json_reports(capsys, tiny_dir, long_doc, ["--focus-leaves", "2", "--focus-locator", "tree"])
     assert tree["focus_locator"] == "tree" and tree["cache_tokens"] <= tree["window"]
     (own, causal) = json_reports(capsys, tiny_dir, long_doc, ["--merge-attention", "own-leaf"],

@@ -336,8 +336,8 @@ def test_key_depends_on_what_changes_the_states(tokenizer):
 
 def test_causal_merge_attention_leaves_keys_as_before_it_existed(tokenizer):
     """A config field added with the behaviour of before must not turn every stored entry into a
-    miss: causal merges (all there was before session 12) keep the old key; the default since
-    session 13 (own-leaf on this backend) computes other states and gets its own."""
+    miss: causal merges (the behaviour of keys without the field) keep the old key; the default
+    (own-leaf on this backend) computes other states and gets its own."""
     from tiny import tiny_model
 
     model = tiny_model("llama", vocab=len(tokenizer))
