@@ -107,8 +107,8 @@ def add_ask_arguments(parser: argparse.ArgumentParser) -> None:
                        help="local model folder or hub id (default: embedded SmolLM2-135M-Instruct)")
     model.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: cuda when available)")
     model.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
-                       help="weights dtype (auto: bfloat16 on CUDA, float32 on CPU; on CPUs with AMX bfloat16 "
-                            "is several times faster, and -v says so when it applies)")
+                       help="weights dtype (auto: bfloat16 on CUDA and on CPUs with AMX tiles, float32 on "
+                            "other CPUs)")
     model.add_argument("--attn", default="sdpa", choices=["sdpa", "eager", "flash_attention_2"],
                        help="attention backend")
     model.add_argument("--threads", type=_positive_int, default=None, metavar="N",

@@ -113,7 +113,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The ``eval`` subcommand's flags."""
     parser.add_argument("--model", default=None, help="local folder or hub id (default: embedded SmolLM2-135M-Instruct)")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: cuda if available)")
-    parser.add_argument("--dtype", default=None, help="float32, bfloat16, float16 (default: auto)")
+    parser.add_argument("--dtype", default=None, help="float32, bfloat16, float16 (default: auto: bfloat16 on CUDA and on CPUs with AMX "
+                             "tiles, float32 on other CPUs)")
     parser.add_argument("--attn", default="sdpa", help="attention backend: sdpa (default), eager, flash_attention_2")
     parser.add_argument("--methods", default="all", help=f"comma list or 'all': {', '.join(ALL_METHODS)}")
     parser.add_argument("--tasks", default=",".join(DEFAULT_TASKS), help=f"comma list or 'all': {', '.join(ALL_TASKS)}")
