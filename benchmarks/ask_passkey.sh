@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # `homer-llm ask` on 32k-token passkey documents (4x the default model's 8k window): HOMER on the
-# README's document (seed 12, depth 50%) and on documents with the key at seeded random depths, and
-# the plain model (--plain) on the README's document. One JSON line per run in $OUT/ask_passkey.jsonl
+# first command's document (scripts/demo.sh: seed 12, depth 50%) and on documents with the key at seeded random depths, and
+# the plain model (--plain) on that document. One JSON line per run in $OUT/ask_passkey.jsonl
 # (document seed, depth, key, method, answer, correct, seconds, peak memory); a table at the end.
 #
 #   bash benchmarks/ask_passkey.sh                  # HOMER on seeds 12 and 21-24, plain on seed 12
@@ -20,17 +20,17 @@ PY=.venv/bin/python
 mkdir -p "$OUT" /tmp/homer-ask-passkey
 LOG="$OUT/ask_passkey.jsonl"
 TASK="A pass key is hidden somewhere in the long text below, among many lines that do not matter. Find the pass key and remember it: you will be asked for it at the end."
-# Where the task text goes: the system prompt (default, as in the README's first results) or, with
+# Where the task text goes: the system prompt (default, as in scripts/demo.sh) or, with
 # LAYOUT=instruction, the user turn before the document (the layout of `homer-llm eval`).
 LAYOUT=${LAYOUT:-system}
 QUESTION="What is the pass key? Reply with the number only."
 
 run() {  # run SEED METHOD
   local seed=$1 method=$2 depth doc key flags=()
-  # seed 12 is the README's main-command document (depth 0.5); other seeds draw the depth.
+  # seed 12 is scripts/demo.sh's document (depth 0.5); other seeds draw the depth.
   if [ "$seed" = 12 ]; then depth=0.5; else depth=$($PY -c "import random; print(round(random.Random($seed).random(), 3))"); fi
   doc=/tmp/homer-ask-passkey/passkey-$TOKENS-$seed.txt
-  key=$($PY -m agents.passkey --tokens "$TOKENS" --seed "$seed" --depth "$depth" --out "$doc" | sed 's/.*pass key //')
+  key=$($PY -m homer_agent.passkey --tokens "$TOKENS" --seed "$seed" --depth "$depth" --out "$doc" | sed 's/.*pass key //')
   [ "$method" = plain ] && flags=(--plain)
   if [ "$LAYOUT" = instruction ]; then flags+=(--instruction "$TASK"); method="$method+instruction"
   else flags+=(--system "$TASK"); fi

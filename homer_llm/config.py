@@ -25,77 +25,122 @@ FOCUS_LOCATORS: tuple[str, ...] = ("tree", "leaf")
 class HomerConfig:
     """HOMER hyperparameters (HOMER.md section 2). ``None`` means "derive from the model".
 
-    Attributes:
+    ``HomerConfig()`` is the library's default; ``HomerConfig.paper()`` is the method as published
+    (causal merges, the question's states averaged by the merges). ``docs/method.md`` lists every
+    place where the two differ and the measurements behind each default.
+
+    The fields come in groups; a field marked "only with ..." has no effect otherwise.
+
+    Tree shape:
         chunk_len: M, the longest sequence any forward pass sees. Default: half the model window.
         cache_len: T, the length of the final cache, at most ``chunk_len`` (the root is one merged
             chunk). Default: ``chunk_len``.
         warmup_layers: W, layers run per leaf before any merging. Default: 12/32 of the layers
             (12 for a 32-layer model, as in the paper), reduced if the tree is too tall for it.
+
+    Pruning (which tokens survive each merge):
         pruning: "calibrated" (bias-corrected significance, the method), "uncalibrated" (B = 0)
             or "random" (the paper's ablation).
-        calibration_samples: number of generic-text chunks used to build the bias table.
-        seed: seed for random pruning.
-        prune_unit: "token" (the paper: every token ranked on its own) or "word": a token's
-            significance is the best of its word span (``homer_llm.spans``), so numbers and
-            multi-piece words are kept or dropped whole. Random pruning ignores it.
-        reread_suffix: when the tree has more than one leaf, drop the root's suffix (question +
-            assistant tag), whose states are the mean of every leaf's copy, and run it again after
-            the pruned cache, so the question reads the merged document with all its layers
-            (``engine.reread_suffix``; costs one pass of S tokens). False: HOMER as published.
-            Default True: on the default model's passkey at 4x its window it answered 15/20 where
-            the averaged suffix answered 10/20, and the same as it at 1x, 2x and 8x (README results).
-        rope_scaling: None (default), "yarn" or "linear": run HOMER on a view of the model whose
-            rotary embedding is scaled by ``rope_factor`` through transformers' own rope settings
-            (the paper's HOMER + YaRN). The scaled window is ``window * rope_factor``, so the default
-            chunk is that much longer and a long document needs fewer leaves (a shallower tree).
-            The view shares every weight; it gets its own calibration table. Dynamic NTK is not
-            offered: transformers' dynamic rule leaves sequences inside the pretrained window
-            unchanged, and every HOMER chunk is.
-        rope_factor: the scaling factor (> 1) when ``rope_scaling`` is set.
-        focus_leaves: 0 (default): answer from HOMER's compressed cache. k > 0 (``homer_llm.focus``):
-            when the tree has more than one leaf, rank the leaves by how much of the question's
-            attention they draw (``focus_locator``), and answer from a plain read of the prefix,
-            the whole text of the k best leaves (document order; as many as fit
-            ``window - (window - chunk_len) // 2`` tokens with the affixes) and the question. A locator plus a fresh full-resolution read of at
-            most one window: better at copying a detail out of a very long document, blind to
-            whatever lies in the leaves it leaves out (not for summaries of the whole).
-        focus_margin: with focus, tokens of the neighbouring text also read on each side of every
-            chosen leaf, as far as the budget above allows (default 256). A leaf boundary is an
-            arbitrary cut: the sentence the question is about can start in one leaf and end in
-            the next, and the leaf that draws the attention may hold only its second half.
-        focus_locator: how focus ranks the leaves. "leaf" (default since session 13,
-            ``focus.leaf_relevance``): inside each leaf's own pass, before any merge, by the share
-            of the question's attention that falls on the leaf's text, averaged over the upper half
-            of the leaf's layers; the merges are not run at all, so locating costs the leaves only.
-            "tree": by the attention the question, read afresh after the whole pruned tree, gives
-            each leaf's surviving tokens (it favours the first leaves of each subtree).
+        calibration_samples: only with "calibrated": number of generic-text chunks used to build
+            the bias table.
+        seed: only with "random": seed of the random choice.
+        prune_unit: not with "random": "token" (the paper: every token ranked on its own) or
+            "word": a token's significance is the best of its word span (``homer_llm.spans``), so
+            numbers and multi-piece words are kept or dropped whole.
+
+    Merged nodes:
         merge_attention: who attends to whom in the layers of merged nodes. "causal" (HOMER as
             published): every token attends to all tokens before it, so a right child's tokens
             also read the left child's, which carry the same position ids. "own-leaf"
             (``engine.TreePass.node_mask``): a context token attends only to the prefix and to
             its own leaf's surviving tokens, as it did inside its leaf; the suffix (the question)
-            still reads everything, so pruning and the answer see the whole document. "auto"
-            (default): "own-leaf" where it was measured better, i.e. without focus and on an
-            attention backend that takes an arbitrary mask (sdpa, eager), else "causal" (under
-            flash-attn; with focus, whose tree locator was measured on causal merges and whose
-            leaf locator runs no merges);
-            ``HomerModel.homer`` holds the resolved value.
+            still reads everything, so pruning and the answer see the whole document. It needs
+            an attention backend that takes an arbitrary mask (sdpa, eager). "auto" (default):
+            "own-leaf" on such a backend without focus, else "causal" (under flash-attn, and
+            with focus: the tree locator ranks leaves on causal merges, the leaf locator runs no
+            merges). ``HomerModel.homer`` holds the resolved value.
+
+    The question:
+        reread_suffix: only when the tree has more than one leaf. True (default): drop the root's
+            suffix (question + assistant tag), whose states are the mean of every leaf's copy, and
+            run it again after the pruned cache at the same position ids, so the question reads
+            the merged document with all its layers (``engine.reread_suffix``; one pass of S
+            tokens). Pruning is still chosen by the question inside the tree. False: HOMER as
+            published.
+
+    RoPE scaling under HOMER (the paper's HOMER + YaRN):
+        rope_scaling: None (default), "yarn" or "linear": run HOMER on a view of the model whose
+            rotary embedding is scaled by ``rope_factor`` through transformers' own rope settings.
+            The scaled window is ``window * rope_factor``, so the default chunk is that much longer
+            and a long document needs fewer leaves (a shallower tree). The view shares every
+            weight; it gets its own calibration table. Dynamic NTK is not offered: transformers'
+            dynamic rule leaves sequences inside the pretrained window unchanged, and every HOMER
+            chunk is.
+        rope_factor: only with ``rope_scaling``: the scaling factor (> 1).
+
+    Focus (``homer_llm.focus``; not part of the published method):
+        focus_leaves: 0 (default): answer from HOMER's compressed cache. k > 0: when the tree has
+            more than one leaf, rank the leaves by how much of the question's attention they draw
+            (``focus_locator``), and answer from a plain read of the prefix, the whole text of the
+            k best leaves (document order; as many as fit ``window - (window - chunk_len) // 2``
+            tokens with the affixes) and the question. Better at copying a detail out of a very
+            long document, blind to whatever lies in the leaves it leaves out (not for summaries
+            of the whole).
+        focus_margin: only with focus: tokens of the neighbouring text also read on each side of
+            every chosen leaf, as far as the budget above allows (default 256). A leaf boundary is
+            an arbitrary cut: the sentence the question is about can start in one leaf and end in
+            the next, and the leaf that draws the attention may hold only its second half.
+        focus_locator: only with focus: how the leaves are ranked. "leaf" (default,
+            ``focus.leaf_relevance``): inside each leaf's own pass, before any merge, by the share
+            of the question's attention that falls on the leaf's text, averaged over the upper half
+            of the leaf's layers; the merges are not run, so locating costs the leaves only.
+            "tree": by the attention the question, read afresh after the whole pruned tree, gives
+            each leaf's surviving tokens (it favours the first leaves of each subtree).
     """
 
-    chunk_len: int | None = None
-    cache_len: int | None = None
-    warmup_layers: int | None = None
+    # Tree shape.
+    chunk_len: int | None = None  # M; None: half the model window
+    cache_len: int | None = None  # T <= M; None: chunk_len
+    warmup_layers: int | None = None  # W; None: 12/32 of the layers
+    # Pruning.
     pruning: Pruning = "calibrated"
-    calibration_samples: int = 8
-    seed: int = 0
-    prune_unit: PruneUnit = "token"
-    reread_suffix: bool = True
+    calibration_samples: int = 8  # only with pruning="calibrated"
+    seed: int = 0  # only with pruning="random"
+    prune_unit: PruneUnit = "token"  # not with pruning="random"
+    # The question after the tree.
+    reread_suffix: bool = True  # False: the paper's averaged question states
+    # RoPE scaling under HOMER.
     rope_scaling: RopeScaling | None = None
-    rope_factor: float = 2.0
+    rope_factor: float = 2.0  # only with rope_scaling
+    # Focus (off with focus_leaves=0).
     focus_leaves: int = 0
-    focus_margin: int = 256
-    focus_locator: FocusLocator = "leaf"
-    merge_attention: MergeAttention = "auto"
+    focus_margin: int = 256  # only with focus_leaves > 0
+    focus_locator: FocusLocator = "leaf"  # only with focus_leaves > 0
+    # Merged nodes.
+    merge_attention: MergeAttention = "auto"  # "causal": the paper's merges
+
+    @classmethod
+    def paper(cls, **overrides) -> HomerConfig:
+        """HOMER as published (Song et al., ICLR 2024): the preset beside the library's default.
+
+        Differs from ``HomerConfig()`` in two fields: ``merge_attention="causal"`` (a right
+        child's tokens also attend to the left sibling in merged nodes) and
+        ``reread_suffix=False`` (the answer reads the question's states as the merges averaged
+        them). The other defaults already are the paper's: calibrated token-level pruning, 12/32
+        of the layers as warm-up, no RoPE scaling, no focus. The shared 4-token start that
+        ``prompt.split_text`` and ``prompt.anchor_prefix`` give a document without a BOS is a step
+        of prompt building, not a field here; build ``PromptParts`` by hand to leave it out.
+
+        Args:
+            overrides: any other field, e.g. ``chunk_len=2048``; it may also override the two
+                fields above.
+
+        Returns:
+            The frozen config.
+        """
+        fields = {"merge_attention": "causal", "reread_suffix": False}
+        fields.update(overrides)
+        return cls(**fields)
 
     def __post_init__(self) -> None:
         for name in ("chunk_len", "cache_len", "warmup_layers"):

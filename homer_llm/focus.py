@@ -2,8 +2,8 @@
 
 On the default model at 8x its window (a 32-leaf tree) HOMER's compressed cache often holds the
 whole answer and the model still cannot copy it: the kept tokens' upper-layer states were computed
-after five merges, among the tokens of many leaves that share their position ids (session 10,
-``benchmarks/cache_probe.py``). The same tree still knows WHERE the answer is: the question read
+after five merges, among the tokens of many leaves that share their position ids
+(``docs/method.md``, focus). The same tree still knows WHERE the answer is: the question read
 afresh after the pruned cache gives most of its upper-layer attention to the tokens of the leaf that
 holds it. Focus ranks the leaves that way and runs the plain model over the prefix, the whole text
 of the best leaves with a margin of their neighbours' text (in document order) and the question: a
@@ -11,7 +11,7 @@ fresh, full-resolution read of at most one window, located by the model's own at
 entire document.
 
 That tree locator (:func:`leaf_attention`) favours the first leaves of each subtree; the default
-locator since session 13 is :func:`leaf_relevance`, which ranks each leaf inside its own pass
+locator, :func:`leaf_relevance`, ranks each leaf inside its own pass
 (no merges run) by the question's attention share on the leaf's text.
 
 Free functions; ``HomerModel.compress`` applies them when ``HomerConfig.focus_leaves > 0``.
@@ -126,7 +126,7 @@ def context_share(parts: compat.ModelParts, index: int, hidden_last: torch.Tenso
     The softmax runs over the max-over-heads logits (:func:`last_query_logits`) of every key of
     the node; no calibration: every leaf that is compared has the same prefix and suffix at the
     same position ids, so the distance bias is the same in each, and subtracting it (as the
-    pruning rule does) lowered the rank of keys at a leaf's very end (session 12 probe).
+    pruning rule does) lowers the rank of keys at a leaf's very end, right before the question.
 
     Args:
         hidden_last: [1, 1, hidden] the query token's input to layer ``index``.
@@ -181,7 +181,7 @@ def leaf_relevance(parts: compat.ModelParts, plan: Plan, ids: torch.Tensor,
     over the leaf's context tokens, and the leaf gets that share averaged over the layers. Every
     leaf has the same prefix and suffix at the same position ids and no sibling before it, so the
     shares compare across leaves; the tree's own attention after merges favours the first leaves
-    of each subtree (README, Limits). ``progress(done, total)`` counts the leaves' layer passes.
+    of each subtree (``docs/method.md``, focus). ``progress(done, total)`` counts the leaves' layer passes.
     """
     return _LeafLocator(parts, plan, ids, progress).relevance()
 
