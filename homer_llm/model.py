@@ -681,19 +681,21 @@ class HomerModel:
         affixes = plan.prefix_len + plan.suffix_len
         passes = 0
         flops = 0.0
+        widest = 1  # the most tokens one layer call sees: activations and scores scale with it
         for node in plan.nodes():
             if node.is_leaf:
                 tokens = affixes + node.natural_ctx
             else:
                 assert node.left is not None and node.right is not None
                 tokens = affixes + node.left.keep_ctx + node.right.keep_ctx
+            widest = max(widest, tokens)
             layers = node.layer_end - node.layer_start
             passes += tokens * layers
             flops += tokens * layers * (2 * layer_params + 2 * tokens * p.num_heads * p.head_dim)
         param = next(self.model.parameters())
         seconds = flops / (0.5 * device_flops(param.device, param.dtype))
         element = param.element_size()
-        chunk = plan.chunk_len
+        chunk = min(plan.chunk_len, widest)
         kv = _live_kv_peak(plan) * 2 * p.num_kv_heads * p.head_dim * element
         # eager attention materializes every head's scores; sdpa takes the (float) mask of one chunk
         scores = p.num_heads * chunk * chunk * 4 if p.attn_implementation == "eager" else chunk * chunk * element

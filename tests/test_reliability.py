@@ -378,3 +378,14 @@ def test_non_string_question_is_a_type_error(tiny_homer, question):
 def test_model_argument_of_the_wrong_type():
     with pytest.raises(TypeError, match="model must be"):
         HomerModel.load(42)
+
+
+def test_memory_estimate_follows_the_prompt_not_the_chunk_length():
+    """A short prompt on a long-window model is sized by its own tokens: a 32k-window model's
+    default chunk (16k) must not make a 450-token question look like a 16k-token pass."""
+    tok = tiny_tokenizer()
+    hm = HomerModel(tiny_model("llama", vocab=len(tok), window=4096, layers=2), tok, name="tiny",
+                    homer=HomerConfig(chunk_len=2048))
+    short = hm.estimate(PromptParts((1, 2), tuple(range(5, 45)), (3, 4)))
+    full = hm.estimate(PromptParts((1, 2), tuple(range(5, 5 + 2040)), (3, 4)))
+    assert short.peak_bytes * 20 < full.peak_bytes
