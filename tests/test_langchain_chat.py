@@ -275,6 +275,73 @@ async def test_progress_in_astream_events():
     assert names and set(names) == {"homer_progress"}
 
 
+class _RunEvents(BaseCallbackHandler):
+    """Progress events with the run they belong to, tokens, and the chat model runs started."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, Any, Any]] = []
+        self.tokens: list[str] = []
+        self.runs: list[Any] = []
+
+    def on_custom_event(self, name, data, *, run_id, **kwargs) -> None:
+        self.events.append((name, data, run_id))
+
+    def on_llm_new_token(self, token, **kwargs) -> None:
+        self.tokens.append(token)
+
+    def on_chat_model_start(self, serialized, messages, *, run_id, **kwargs) -> None:
+        self.runs.append(run_id)
+
+
+@pytest.mark.parametrize("streaming", [False, True])
+def test_invoke_reports_progress_to_the_chat_model_run(streaming):
+    """``streaming=True`` makes invoke stream internally (no run manager reaches ``_stream``): progress still
+    reaches the callbacks, on the chat model's own run, next to the streamed tokens."""
+    handler = _RunEvents()
+    llm = HomerLLM(engine=ScriptedEngine(["hello there friend"]), streaming=streaming)
+    assert llm.invoke("hi", config={"callbacks": [handler]}).content == "hello there friend"
+    assert [(n, d) for n, d, _ in handler.events] == [("homer_progress", {"done": 1, "total": 1})]
+    assert [r for _, _, r in handler.events] == handler.runs and len(handler.runs) == 1
+    assert (len(handler.tokens) > 2) == streaming
+
+
+async def test_ainvoke_with_streaming_reports_progress():
+    handler = _RunEvents()
+    llm = HomerLLM(engine=ScriptedEngine(["hello there friend"]), streaming=True)
+    await llm.ainvoke("hi", config={"callbacks": [handler]})
+    await asyncio.sleep(0)  # events scheduled from the worker thread
+    assert [(n, d) for n, d, _ in handler.events] == [("homer_progress", {"done": 1, "total": 1})]
+    assert len(handler.tokens) > 2
+
+
+def _graph(llm):
+    from langgraph.graph import START, MessagesState, StateGraph
+
+    def node(state: MessagesState) -> dict:
+        return {"messages": [llm.invoke(state["messages"])]}
+
+    return StateGraph(MessagesState).add_node("model", node).add_edge(START, "model").compile()
+
+
+def test_langgraph_stream_modes_carry_tokens_and_progress():
+    graph = _graph(HomerLLM(engine=ScriptedEngine(["hello there friend"]), streaming=True))
+    seen: dict[str, list] = {"messages": [], "custom": []}
+    for mode, item in graph.stream({"messages": [HumanMessage("hi")]}, stream_mode=["messages", "custom"]):
+        seen[mode].append(item)
+    assert "".join(chunk.content for chunk, _ in seen["messages"]) == "hello there friend"
+    assert len(seen["messages"]) > 2
+    assert seen["custom"] == [{"homer_progress": {"done": 1, "total": 1}}]
+
+
+async def test_langgraph_astream_custom_and_events_carry_progress():
+    graph = _graph(HomerLLM(engine=ScriptedEngine(["hello there friend"])))
+    custom = [item async for item in graph.astream({"messages": [HumanMessage("hi")]}, stream_mode="custom")]
+    assert custom == [{"homer_progress": {"done": 1, "total": 1}}]
+    events = [e async for e in graph.astream_events({"messages": [HumanMessage("hi")]}, version="v2")
+              if e["event"] == "on_custom_event"]
+    assert [e["name"] for e in events] == ["homer_progress"]
+
+
 class _FakeCache:
     """Duck-typed document cache: a miss, then hits."""
 
@@ -424,7 +491,7 @@ def test_unsupported_or_missing_model(tmp_path):
     from transformers import GPT2Config, GPT2LMHeadModel
 
     missing = HomerLLM(model=str(tmp_path / "nothing-here"))
-    with pytest.raises(ValueError, match="cannot load"):
+    with pytest.raises(ValueError, match="cannot load|not found"):
         missing.invoke("hi")
     GPT2LMHeadModel(GPT2Config(n_layer=1, n_head=2, n_embd=16, vocab_size=110)).save_pretrained(tmp_path / "gpt2")
     tiny_tokenizer().save_pretrained(tmp_path / "gpt2")

@@ -21,6 +21,7 @@ from langchain_homer.tools import (
 from pydantic import BaseModel, Field
 from test_langchain_support import ScriptedEngine, hermes_tokenizer, shared_tiny_engine
 from tiny import tiny_tokenizer
+from typing_extensions import TypedDict
 
 
 @tool
@@ -89,7 +90,7 @@ def test_parse_malformed_goes_to_invalid_tool_calls():
     assert parsed.tool_calls == []
     (bad,) = parsed.invalid_tool_calls
     assert bad["args"] == "add(1, 2)" and "JSON" in bad["error"]
-    wrong_shape = parse_tool_calls('<tool_call>{"tool": "add"}</tool_call>', ["add"])
+    wrong_shape = parse_tool_calls('<tool_call>{"call": "add"}</tool_call>', ["add"])
     assert wrong_shape.invalid_tool_calls and not wrong_shape.tool_calls
 
 
@@ -334,7 +335,7 @@ def test_with_structured_output_json_schema_and_json_mode():
     structured = HomerLLM(engine=engine).with_structured_output(Person, method="json_schema")
     assert structured.invoke("Bo is 7") == Person(name="Bo", age=7)
     prompt = engine.prompt_text()
-    assert "follows this JSON schema" in prompt and prompt.endswith('assistant\n{"name": "')
+    assert 'Its fields: {"name": string, "age": integer}' in prompt and prompt.endswith('assistant\n{"name": "')
     engine = ScriptedEngine(['"name": "Bo", "age": 7}'])
     as_dict = HomerLLM(engine=engine).with_structured_output(None, method="json_mode")
     assert as_dict.invoke("Bo is 7") == {"name": "Bo", "age": 7}
@@ -400,3 +401,217 @@ def test_signature_listing():
         '- search(query: string, tags?: array of string, order?: "new" | "old"): Search notes.\n'
         "    query: what to look for"
     )
+
+
+# ----------------------------------------------------------------------------------- what models write
+QWEN_FENCED = '```json\n{"name": "get_weather", "arguments": {"location": "Paris"}}\n```'
+
+
+@pytest.mark.parametrize("output", [
+    QWEN_FENCED,
+    '{"name": "get_weather", "parameters": {"location": "Paris"}}',
+    'I will look it up.\n```\n{"name": "get_weather", "arguments": "{\\"location\\": \\"Paris\\"}"}\n```',
+])
+def test_untagged_calls_of_bound_tools_are_tool_calls(output):
+    engine = ScriptedEngine([output], tokenizer=hermes_tokenizer())
+    msg = HomerLLM(engine=engine).bind_tools([get_weather, add]).invoke("What's the weather in Paris?")
+    assert [(c["name"], c["args"]) for c in msg.tool_calls] == [("get_weather", {"location": "Paris"})]
+    assert "```" not in msg.content and '"name"' not in msg.content
+
+
+def test_streamed_fenced_call_is_held_back_and_parsed():
+    engine = ScriptedEngine([QWEN_FENCED], tokenizer=hermes_tokenizer())
+    chunks = list(HomerLLM(engine=engine).bind_tools([get_weather]).stream("Weather in Paris?"))
+    assert all("```" not in c.content and "{" not in c.content for c in chunks)
+    full = chunks[0]
+    for c in chunks[1:]:
+        full = full + c
+    assert [(c["name"], c["args"]) for c in full.tool_calls] == [("get_weather", {"location": "Paris"})]
+
+
+def test_a_code_answer_with_tools_bound_is_content():
+    answer = "Use this:\n```python\nprint({'a': 1})\n```"
+    engine = ScriptedEngine([answer], tokenizer=hermes_tokenizer())
+    msg = HomerLLM(engine=engine).bind_tools([get_weather]).invoke("Print a dict in Python")
+    assert msg.tool_calls == [] and msg.content == answer
+    streamed = "".join(c.content for c in HomerLLM(engine=engine).bind_tools([get_weather]).stream("again"))
+    assert streamed == answer
+
+
+# ----------------------------------------------------------------------------------- agents with response_format
+class Forecast(BaseModel):
+    """The weather report to give the user."""
+
+    location: str = Field(description="the place")
+    summary: str = Field(description="one sentence")
+
+
+def test_create_agent_with_response_format_ends_with_the_structured_answer():
+    """create_agent forces tool_choice="any" with the agent's tools and the answer tool bound on every turn:
+    a repeated call (or prose) falls back to the answer tool, so the loop ends."""
+    from langchain.agents import create_agent
+
+    engine = ScriptedEngine([
+        QWEN_FENCED,  # turn 1, the model's own reply: a new call, kept
+        QWEN_FENCED,  # turn 2, the model's own reply: the same call again, not kept
+        'Paris", "summary": "Sunny all day."}}\n</tool_call>',  # turn 2, the answer tool pre-written
+    ], tokenizer=hermes_tokenizer(), real_compress=True)
+    agent = create_agent(model=HomerLLM(engine=engine), tools=[get_weather], response_format=Forecast)
+    state = agent.invoke({"messages": [HumanMessage("What's the weather in Paris?")]}, {"recursion_limit": 12})
+    assert state["structured_response"] == Forecast(location="Paris", summary="Sunny all day.")
+    ai = [m for m in state["messages"] if isinstance(m, AIMessage)]
+    assert [c["name"] for m in ai for c in m.tool_calls] == ["get_weather", "Forecast"]
+    first = engine.prompt_text(0)
+    assert "Call Forecast to give your final answer" in first and first.endswith("<|im_start|>assistant\n")
+    assert '"name": "Forecast"' in first and '"name": "get_weather"' in first  # both tools rendered
+    assert engine.calls == 3 and len(engine.prompts) == 2  # one compression per turn
+    msg = ai[-1]
+    assert msg.usage_metadata["output_tokens"] > len(engine.tokenizer(engine.outputs[2])["input_ids"])
+
+
+def test_forced_any_with_an_answer_tool_keeps_a_direct_answer_and_converts_prose():
+    from langchain_core.tools import StructuredTool
+
+    answer_tool = StructuredTool(name="Forecast", description="final answer",
+                                 args_schema=Forecast.model_json_schema())
+    llm = HomerLLM(engine=ScriptedEngine(
+        ['<tool_call>\n{"name": "Forecast", "arguments": {"location": "Rome", "summary": "Warm."}}\n</tool_call>'],
+        tokenizer=hermes_tokenizer(), real_compress=True))
+    bound = llm.bind_tools([get_weather, answer_tool], tool_choice="any")
+    assert bound.kwargs["answer_tools"] == ["Forecast"]
+    msg = bound.invoke("Weather in Rome?")
+    assert [(c["name"], c["args"]) for c in msg.tool_calls] == [("Forecast", {"location": "Rome", "summary": "Warm."})]
+    engine = ScriptedEngine(["It is warm in Rome.", 'Rome", "summary": "Warm."}}'], tokenizer=hermes_tokenizer(),
+                            real_compress=True)
+    msg = HomerLLM(engine=engine).bind_tools([get_weather, answer_tool], tool_choice="any").invoke("Rome?")
+    assert [(c["name"], c["args"]) for c in msg.tool_calls] == [("Forecast", {"location": "Rome", "summary": "Warm."})]
+    assert msg.content == ""
+
+
+def test_answer_tools_only_next_to_runnable_tools():
+    from langchain_homer.tools import answer_tool_names
+
+    assert answer_tool_names([get_weather, Forecast], ["get_weather", "Forecast"]) == ("Forecast",)
+    assert answer_tool_names([Forecast, Person], ["Forecast", "Person"]) == ()  # nothing runnable: plain tools
+    assert answer_tool_names([get_weather, add], ["get_weather", "add"]) == ()
+    assert "answer_tools" not in HomerLLM(engine=ScriptedEngine(["x"])).bind_tools([get_weather, add]).kwargs
+
+
+# ----------------------------------------------------------------------------------- structured output
+class PersonDict(TypedDict):
+    """A person."""
+
+    name: str
+    age: int
+
+
+PERSON_SCHEMA = {"title": "Person", "description": "A person.", "type": "object", "required": ["name", "age"],
+                 "properties": {"name": {"type": "string"}, "age": {"type": "integer"}}}
+_CONTINUATIONS = {"function_calling": 'Ada", "age": 36}}]</tool_call>', "json_schema": 'Ada", "age": 36}',
+                  "json_mode": 'Ada", "age": 36} That is all.'}
+
+
+@pytest.mark.parametrize("method", ["function_calling", "json_schema", "json_mode"])
+@pytest.mark.parametrize("schema", [Person, PersonDict, PERSON_SCHEMA], ids=["pydantic", "typeddict", "dict"])
+def test_structured_output_every_method_and_schema_kind(method, schema):
+    engine = ScriptedEngine([_CONTINUATIONS[method]])
+    structured = HomerLLM(engine=engine).with_structured_output(schema, method=method)
+    expected = Person(name="Ada", age=36) if schema is Person else {"name": "Ada", "age": 36}
+    assert structured.invoke("Ada is 36.") == expected
+    assert engine.prompt_text().endswith('{"name": "')  # the object's opening was written for the model
+    raw = HomerLLM(engine=engine).with_structured_output(schema, method=method, include_raw=True).invoke("Ada")
+    assert raw["parsed"] == expected and raw["parsing_error"] is None and isinstance(raw["raw"], AIMessage)
+
+
+@pytest.mark.parametrize("method", ["function_calling", "json_schema", "json_mode"])
+@pytest.mark.parametrize("schema", [Person, PersonDict, PERSON_SCHEMA], ids=["pydantic", "typeddict", "dict"])
+def test_structured_output_that_does_not_follow_the_schema_is_a_parsing_error(method, schema):
+    from langchain_core.exceptions import OutputParserException
+
+    # a small model writing the field types instead of values
+    bad = {"function_calling": 'string", "age": "integer"}}]</tool_call>', "json_schema": 'string", "age": "integer"}',
+           "json_mode": 'string", "age": "integer"}'}[method]
+    llm = HomerLLM(engine=ScriptedEngine([bad]))
+    with pytest.raises(OutputParserException):
+        llm.with_structured_output(schema, method=method).invoke("Ada is 36.")
+    raw = llm.with_structured_output(schema, method=method, include_raw=True).invoke("Ada is 36.")
+    assert raw["parsed"] is None and isinstance(raw["parsing_error"], OutputParserException)
+
+
+def test_a_copied_schema_is_never_the_answer():
+    from langchain_core.exceptions import OutputParserException
+    from langchain_homer.structured import SchemaTarget, ToolCallAnswerParser
+
+    for schema in (PersonDict, PERSON_SCHEMA, Person):
+        target = SchemaTarget.of(schema, as_tool=True)
+        copied = dict(target.parameters)
+        message = AIMessage("", tool_calls=[{"name": target.name, "args": copied, "id": "c1", "type": "tool_call"}])
+        with pytest.raises(OutputParserException, match="copy of the schema"):
+            ToolCallAnswerParser(target=target).invoke(message)
+        fields = {"name": {"type": "string"}, "age": {"type": "integer"}}
+        message = AIMessage("", tool_calls=[{"name": target.name, "args": fields, "id": "c2", "type": "tool_call"}])
+        with pytest.raises(OutputParserException):
+            ToolCallAnswerParser(target=target).invoke(message)
+
+
+def test_structured_output_errors_name_the_reason():
+    from langchain_core.exceptions import OutputParserException
+    from langchain_homer.structured import SchemaTarget, ToolCallAnswerParser
+
+    llm = HomerLLM(engine=ScriptedEngine([" I cannot say"]))
+    with pytest.raises(OutputParserException, match="age"):  # the prefilled call lacks the required field
+        llm.with_structured_output(Person).invoke("x")
+    no_call = AIMessage("I cannot say", invalid_tool_calls=[
+        {"name": "Person", "args": "?", "id": "c", "error": "tool call is not valid JSON", "type": "invalid_tool_call"}])
+    with pytest.raises(OutputParserException, match="no readable call of Person: tool call is not valid JSON"):
+        ToolCallAnswerParser(target=SchemaTarget.of(Person, as_tool=True)).invoke(no_call)
+
+
+@pytest.mark.parametrize("method", ["function_calling", "json_schema", "json_mode"])
+@pytest.mark.parametrize("include_raw", [False, True])
+def test_structured_output_passes_documents_to_the_model(method, include_raw):
+    doc = "The lighthouse keeper, Ada Quill, turned 36 this spring."
+    engine = ScriptedEngine([_CONTINUATIONS[method]])
+    structured = HomerLLM(engine=engine).with_structured_output(Person, method=method, include_raw=include_raw)
+    out = structured.invoke([HumanMessage("Who is the keeper?")], documents=[doc])
+    assert "Ada Quill" in engine.prompt_text()
+    parsed = out["parsed"] if include_raw else out
+    assert parsed == Person(name="Ada", age=36)
+    if include_raw:
+        assert out["raw"].usage_metadata["input_tokens"] == len(engine.prompts[-1])
+
+
+def test_structured_output_rejects_bad_arguments():
+    llm = HomerLLM(engine=ScriptedEngine(["x"]))
+    with pytest.raises(ValueError, match="method must be"):
+        llm.with_structured_output(Person, method="xml")
+    with pytest.raises(ValueError, match="needs a schema"):
+        llm.with_structured_output(None, method="json_schema")
+    with pytest.raises(ValueError, match="unsupported arguments"):
+        llm.with_structured_output(Person, colour="blue")
+
+
+def test_create_agent_with_provider_strategy_calls_tools_then_answers_in_json():
+    from langchain.agents import create_agent
+    from langchain.agents.structured_output import ProviderStrategy
+
+    engine = ScriptedEngine([
+        QWEN_FENCED,  # turn 1, free reply: a new call, kept
+        "It is sunny in Paris.",  # turn 2, free reply: no call
+        'Paris", "summary": "Sunny."} ',  # turn 2, the JSON answer's opening pre-written
+    ], tokenizer=hermes_tokenizer(), real_compress=True)
+    agent = create_agent(model=HomerLLM(engine=engine), tools=[get_weather], response_format=ProviderStrategy(Forecast))
+    state = agent.invoke({"messages": [HumanMessage("What's the weather in Paris?")]}, {"recursion_limit": 12})
+    assert state["structured_response"] == Forecast(location="Paris", summary="Sunny.")
+    assert state["messages"][-1].content == '{"location": "Paris", "summary": "Sunny."}'
+    assert "give your final answer this way" in engine.prompt_text(0)
+    assert engine.prompt_text(0).endswith("<|im_start|>assistant\n")  # tools first: nothing pre-written
+
+
+def test_response_format_without_tools_is_json_from_the_start():
+    engine = ScriptedEngine(['Paris", "summary": "Sunny."}'])
+    fmt = {"type": "json_schema", "json_schema": {"name": "Forecast", "schema": Forecast.model_json_schema()}}
+    msg = HomerLLM(engine=engine).invoke("Weather?", response_format=fmt)
+    assert msg.content == '{"location": "Paris", "summary": "Sunny."}'
+    with pytest.raises(ValueError, match="response_format must be"):
+        HomerLLM(engine=engine).invoke("x", response_format={"type": "xml"})

