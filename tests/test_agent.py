@@ -1,7 +1,7 @@
-"""The LangGraph document agent: tools, state, checkpointer, streamed progress, cache reuse, CLI.
+"""The LangGraph document agent: model-driven graph, router fallback, state, tool errors, streaming.
 
 The answering model is the real LangChain ``HomerLLM`` over a tiny random llama (so documents
-really are compressed and cached); the tool-choosing model of "llm" mode is scripted.
+really are compressed and cached); the tool-choosing model of the model-driven graph is scripted.
 """
 
 from __future__ import annotations
@@ -12,23 +12,40 @@ from typing import Any
 import pytest
 import torch
 from langchain_core.language_models import BaseChatModel
-from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage, ToolMessage
+from langchain_core.messages import (
+    AIMessage,
+    AIMessageChunk,
+    BaseMessage,
+    HumanMessage,
+    SystemMessage,
+    ToolMessage,
+)
 from langchain_core.outputs import ChatGeneration, ChatResult
 
 pytest.importorskip("langgraph")
+pytest.importorskip("langchain.agents")
 langchain_homer = pytest.importorskip("langchain_homer")
 
-from agents import (  # noqa: E402
+from homer_agent import (  # noqa: E402
+    DocumentAccess,
     DocumentRegistry,
     build_agent,
-    document_agent,  # noqa: E402
     document_id,
+    resolve_mode,
     run_turn,
+    supports_tool_calling,
 )
+
 from homer_llm import HomerConfig, HomerModel  # noqa: E402
 from homer_llm.doc_cache import DocumentCache  # noqa: E402
 
 DOC = "".join(f"Line {i}: the {['red', 'blue', 'green'][i % 3]} box holds {i * 7} coins.\n" for i in range(10))
+TOOLS_TEMPLATE = (  # a ChatML template that renders tools (like Qwen2.5's hermes template)
+    "{% if tools %}<|im_start|>system\nTools:{% for t in tools %} {{ t['function']['name'] }}{% endfor %}"
+    "\nCall with <tool_call>{\"name\": .., \"arguments\": ..}</tool_call><|im_end|>\n{% endif %}"
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -39,13 +56,19 @@ def _one_thread():
     torch.set_num_threads(before)
 
 
-@pytest.fixture(scope="module")
-def engine():
+def make_engine(template: str | None = None, window: int = 256) -> HomerModel:
     from tiny import tiny_model, tiny_tokenizer
 
     tok = tiny_tokenizer()
-    return HomerModel(tiny_model("llama", vocab=len(tok), layers=4), tok, name="tiny-agent",
+    if template is not None:
+        tok.chat_template = template
+    return HomerModel(tiny_model("llama", vocab=len(tok), layers=4, window=window), tok, name="tiny-agent",
                       homer=HomerConfig(pruning="uncalibrated"))
+
+
+@pytest.fixture(scope="module")
+def engine():
+    return make_engine()
 
 
 @pytest.fixture
@@ -55,12 +78,17 @@ def doc_file(tmp_path):
     return path
 
 
+@pytest.fixture
+def access(tmp_path):
+    return DocumentAccess((tmp_path,))
+
+
 def homer_llm(engine, cache):
     return langchain_homer.HomerLLM(engine=engine, max_tokens=3, document_cache=cache)
 
 
-def tiny_cache():
-    return DocumentCache(mode="agnostic", generic_suffix="\n\nKeep the facts.")
+def tiny_cache(**kwargs):
+    return DocumentCache(mode="agnostic", generic_suffix="\n\nKeep the facts.", **kwargs)
 
 
 class ScriptedChatModel(BaseChatModel):
@@ -69,6 +97,7 @@ class ScriptedChatModel(BaseChatModel):
     steps: list[Any]
     seen: list[list[BaseMessage]] = []
     bound: list[str] = []
+    choices: list[Any] = []
 
     @property
     def _llm_type(self) -> str:
@@ -76,6 +105,7 @@ class ScriptedChatModel(BaseChatModel):
 
     def bind_tools(self, tools, **kwargs):
         self.bound = [t.name for t in tools]
+        self.choices.append(kwargs.get("tool_choice"))
         return self
 
     def _generate(self, messages, stop=None, run_manager=None, **kwargs) -> ChatResult:
@@ -93,131 +123,242 @@ def last_tool(messages: list[BaseMessage]) -> ToolMessage:
     return next(m for m in reversed(messages) if isinstance(m, ToolMessage))
 
 
-# ---------------------------------------------------------------------------------------- direct mode
-def test_direct_agent_reuses_the_document_and_streams_progress(engine, doc_file):
-    cache = tiny_cache()
-    graph = build_agent(homer_llm(engine, cache))
-    events: list[dict] = []
-    opened = run_turn(graph, f"/open {doc_file}", "t1", events.append)
-    doc_id = document_id(DOC)
-    assert opened.content.startswith(f"Opened {doc_id}")
-
-    first = run_turn(graph, "How many coins are in the blue box?", "t1", events.append)
-    progress = [e for e in events if e["event"] == "progress"]
-    assert progress and progress[-1]["done"] == progress[-1]["total"] and progress[-1]["document_id"] == doc_id
-    details = first.usage_metadata["input_token_details"]
-    assert details["cache_read"] == 0 and details["cache_creation"] > 0
-    assert first.response_metadata["homer"]["document_tokens"] == details["cache_creation"]
-
-    events.clear()
-    second = run_turn(graph, "Which line mentions 49 coins?", "t1", events.append)
-    assert not [e for e in events if e["event"] == "progress"], "a cache hit must not recompress"
-    assert second.usage_metadata["input_token_details"]["cache_read"] == details["cache_creation"]
-    answers = [e for e in events if e["event"] == "answer"]
-    assert answers and answers[0]["cache_read"] > 0
-    s = cache.stats()
-    assert (s["hits"], s["misses"], s["evictions"]) == (1, 1, 0) and s["bytes"] > 0
-
-    # the checkpointer kept the whole conversation; the state holds ids, never text or tensors
-    state = graph.get_state({"configurable": {"thread_id": "t1"}}).values
-    assert state["documents"] == [doc_id] and state["active_document"] == doc_id
-    humans = [m.content for m in state["messages"] if isinstance(m, HumanMessage)]
-    assert humans == [f"/open {doc_file}", "How many coins are in the blue box?", "Which line mentions 49 coins?"]
-    assert DOC not in json.dumps([str(m.content) for m in state["messages"]])
-    # another thread starts empty: no document open
-    other = run_turn(graph, "Which box?", "t2")
-    assert "No document is open" in other.content
+def state_of(graph, thread: str) -> dict:
+    return graph.get_state({"configurable": {"thread_id": thread}}).values
 
 
-def test_direct_agent_list_and_errors(engine, doc_file, tmp_path):
-    graph = build_agent(homer_llm(engine, tiny_cache()))
-    missing = run_turn(graph, f"/open {tmp_path / 'nope.txt'}", "t")
-    assert "no such file" in missing.content
-    run_turn(graph, f"/open {doc_file}", "t")
-    listing = json.loads(run_turn(graph, "/list", "t").content)
-    assert listing == [{"id": document_id(DOC), "name": "boxes.txt", "characters": len(DOC)}]
-
-
-def test_binary_file_is_refused(engine, tmp_path):
-    path = tmp_path / "bin.dat"
-    path.write_bytes(b"\x00\x01\x02")
-    graph = build_agent(homer_llm(engine, tiny_cache()))
-    assert "error" in run_turn(graph, f"/open {path}", "t").content
-
-
-# ---------------------------------------------------------------------------------------- llm mode
-def test_llm_agent_driven_by_scripted_tool_calls(engine, doc_file):
+# ---------------------------------------------------------------------------------------- model-driven
+def test_model_driven_agent_opens_asks_and_answers(engine, doc_file, access):
     doc_id = document_id(DOC)
     script = ScriptedChatModel(steps=[
         call("open_document", {"path": str(doc_file)}, 1),
-        lambda msgs: AIMessage(content=f"Opened: {last_tool(msgs).content}"),
-        call("ask_document", {"document_id": doc_id, "question": "Which box is red?"}, 2),
-        lambda msgs: AIMessage(content=f"The document says: {last_tool(msgs).content}"),
-        call("list_documents", {}, 3),
-        lambda msgs: AIMessage(content=last_tool(msgs).content),
-        call("ask_document", {"document_id": "doc-000000000000", "question": "x"}, 4),
-        lambda msgs: AIMessage(content=f"failed: {last_tool(msgs).content}"),
+        lambda msgs: call("ask_document", {"document_id": last_tool(msgs).artifact["document_id"],
+                                           "question": "How many coins are in the blue box?"}, 2),
+        # (the answer of ask_document ends the turn: no model call to paraphrase it)
+        # second turn: another question; the document cache answers
+        call("ask_document", {"document_id": doc_id, "question": "Which line mentions 49 coins?"}, 3),
     ])
     cache = tiny_cache()
-    graph = build_agent(homer_llm(engine, cache), mode="llm", agent_llm=script)
-    assert script.bound == ["open_document", "ask_document", "list_documents"]
+    graph = build_agent(homer_llm(engine, cache), mode="model", agent_llm=script, access=access)
+    assert {"model", "tools"} <= set(graph.get_graph().nodes)  # create_agent's loop
+    events: list[dict] = []
+    turn = run_turn(graph, "How many coins are in the blue box of boxes.txt?", "m", events.append)
+    assert script.bound == ["open_document", "ask_document", "list_documents"]  # bound per model call
+    assert turn.ok and turn.tool_calls == ("open_document", "ask_document")
+    tool_result = [m for m in turn.messages if isinstance(m, ToolMessage)][-1]
+    assert tool_result.status == "success" and turn.answer == tool_result.content
+    assert script.choices == [None, None]  # no document open yet: the model chooses freely
+    assert turn.usage["input_token_details"]["cache_creation"] > 0
+    kinds = [e["event"] for e in events if "event" in e]  # (HomerLLM may add its own)
+    assert kinds[:2] == ["tool_call", "document_opened"] and "progress" in kinds and kinds[-1] == "answer"
+    # the model's second call saw the tool result and a system prompt listing the open document
+    assert isinstance(script.seen[1][-1], ToolMessage)
+    system = [m for m in script.seen[1] if isinstance(m, SystemMessage)][0]
+    assert doc_id in system.content and f"Active document: {doc_id}" in system.content
 
-    assert run_turn(graph, "Please open the boxes file.", "c").content.startswith(f"Opened: {doc_id}")
-    answer = run_turn(graph, "Which box is red?", "c")
-    assert answer.content.startswith("The document says:")
-    # the system prompt of the second turn lists the open document
-    system = [m for m in script.seen[2] if isinstance(m, SystemMessage)][0]
-    assert doc_id in system.content and "Active: " + doc_id in system.content
-    # history from the first turn reached the model (checkpointer)
-    assert any(isinstance(m, HumanMessage) and m.content == "Please open the boxes file." for m in script.seen[2])
-    assert json.loads(run_turn(graph, "What is open?", "c").content)[0]["id"] == doc_id
-    failed = run_turn(graph, "Ask about a missing one.", "c")
-    assert failed.content.startswith("failed:") and "unknown document id" in failed.content
-    assert cache.stats()["misses"] == 1 and not script.steps
+    events.clear()
+    again = run_turn(graph, "Which line mentions 49 coins?", "m", events.append)
+    assert again.ok and again.tool_calls == ("ask_document",)
+    assert not [e for e in events if e.get("event") == "progress"], "a cache hit must not recompress"
+    assert again.usage["input_token_details"]["cache_read"] > 0
+    assert (cache.stats()["hits"], cache.stats()["misses"]) == (1, 1)
+    assert script.choices[2] == "any"  # a document is open: the turn's first call must use a tool
+    # history reached the model (checkpointer) and the state holds references, never the text
+    assert any(isinstance(m, HumanMessage) and "blue box" in m.content for m in script.seen[2])
+    state = state_of(graph, "m")
+    ref = state["documents"][doc_id]
+    assert ref["path"] == str(doc_file.resolve()) and len(ref["sha256"]) == 64 and ref["characters"] == len(DOC)
+    assert state["active_document"] == doc_id
+    assert DOC not in json.dumps([str(m.content) for m in state["messages"]]) and DOC not in json.dumps(ref)
+    assert not script.steps
 
 
-def test_bad_mode():
+def test_the_model_driven_graph_runs_async_as_servers_run_it(engine, doc_file, access):
+    import asyncio
+
+    script = ScriptedChatModel(steps=[call("open_document", {"path": str(doc_file)}, 1),
+                                      call("ask_document", {"question": "Which box is red?"}, 2)])
+    graph = build_agent(homer_llm(engine, tiny_cache()), mode="model", agent_llm=script, access=access)
+    config = {"configurable": {"thread_id": "async"}}
+    state = asyncio.run(graph.ainvoke({"messages": [HumanMessage("Open the boxes and say which is red")]}, config))
+    tools = [m for m in state["messages"] if isinstance(m, ToolMessage)]
+    assert [t.name for t in tools] == ["open_document", "ask_document"] and tools[-1].status == "success"
+    assert state["messages"][-1].content == tools[-1].content and script.choices == [None, None]
+    assert doc_file.name in state["documents"][document_id(DOC)]["path"]
+
+
+def test_the_model_may_paraphrase_and_answer_without_tools_when_asked(engine, doc_file, access):
+    script = ScriptedChatModel(steps=[
+        AIMessage(content="Hello! Which document?"),
+        call("open_document", {"path": str(doc_file)}, 1),
+        call("ask_document", {"question": "Which box is red?"}, 2),
+        lambda msgs: AIMessage(content=f"The document says: {last_tool(msgs).content}"),
+    ])
+    graph = build_agent(homer_llm(engine, tiny_cache()), mode="model", agent_llm=script, access=access,
+                        require_tool=False, answer_directly=False)
+    hello = run_turn(graph, "Hi", "p")
+    assert hello.ok and hello.answer == "Hello! Which document?" and hello.tool_calls == ()
+    turn = run_turn(graph, "Open the boxes and tell me which box is red", "p")
+    assert turn.ok and turn.tool_calls == ("open_document", "ask_document")
+    assert turn.answer == f"The document says: {turn.messages[-2].content}"
+    assert script.choices == [None, None, None, None] and not script.steps
+
+
+def test_tool_errors_reach_the_model_as_errors_and_fail_the_turn(engine, doc_file, access):
+    script = ScriptedChatModel(steps=[
+        call("open_document", {"path": "/etc/passwd"}, 1),
+        lambda msgs: AIMessage(content=f"I could not open it ({last_tool(msgs).status})."),
+        call("ask_document", {"document_id": "doc-000000000000", "question": "x"}, 2),
+        lambda msgs: AIMessage(content="No such document."),
+        call("open_document", {"path": str(doc_file)}, 3),
+        AIMessage(content="Opened."),
+    ])
+    graph = build_agent(homer_llm(engine, tiny_cache()), mode="model", agent_llm=script, access=access)
+    events: list[dict] = []
+    refused = run_turn(graph, "Open /etc/passwd", "e", events.append)
+    error = last_tool(script.seen[1])
+    assert error.status == "error" and "outside the allowed folders" in error.content
+    assert refused.answer == "I could not open it (error)." and not refused.ok
+    assert refused.error.startswith("open_document: ") and "outside the allowed folders" in refused.error
+    assert {"event": "tool_error", "tool": "open_document", "error": error.content} in events
+
+    unknown = run_turn(graph, "Ask about doc-000000000000", "e")
+    assert not unknown.ok and "unknown document id 'doc-000000000000'" in unknown.error
+    # a later successful tool call makes the turn succeed again
+    assert run_turn(graph, "Open the boxes", "e").ok
+
+
+def test_malformed_tool_call_fails_the_turn(engine, access):
+    bad = AIMessage(content="", invalid_tool_calls=[{"name": "ask_document", "args": "{oops", "id": "x",
+                                                     "error": "invalid JSON", "type": "invalid_tool_call"}])
+    graph = build_agent(homer_llm(engine, tiny_cache()), mode="model",
+                        agent_llm=ScriptedChatModel(steps=[bad]), access=access)
+    turn = run_turn(graph, "What is open?", "x")
+    assert not turn.ok and "malformed tool call" in turn.error
+
+
+def test_step_limit_fails_the_turn(engine, doc_file, access):
+    loop = [call("list_documents", {}, i) for i in range(30)]
+    graph = build_agent(homer_llm(engine, tiny_cache()), mode="model", agent_llm=ScriptedChatModel(steps=loop),
+                        access=access)
+    turn = run_turn(graph, "List forever", "loop", step_limit=6)
+    assert not turn.ok and "did not finish within 6 steps" in turn.error
+
+
+# ---------------------------------------------------------------------------------------- auto mode
+def test_auto_mode_follows_the_chat_template(access):
+    plain = langchain_homer.HomerLLM(engine=make_engine(), max_tokens=3)
+    tools = langchain_homer.HomerLLM(engine=make_engine(TOOLS_TEMPLATE), max_tokens=3)
+    assert not supports_tool_calling(plain) and supports_tool_calling(tools)
+    assert resolve_mode("auto", plain) == "router" and resolve_mode("auto", tools) == "model"
+    assert "router" in build_agent(plain, access=access).get_graph().nodes
+    assert "model" in build_agent(tools, access=access).get_graph().nodes
+    # a non-Homer chat model: tool calling when it implements bind_tools
+    assert supports_tool_calling(ScriptedChatModel(steps=[]))
     with pytest.raises(ValueError, match="mode"):
-        build_agent(ScriptedChatModel(steps=[]), mode="auto")
+        build_agent(plain, mode="llm")
+    with pytest.raises(ValueError, match="not both"):
+        build_agent(plain, DocumentRegistry(access), access=access)
 
 
-# ---------------------------------------------------------------------------------------- CLI
-def test_cli_prints_answers_and_cache_stats_last(engine, doc_file, monkeypatch, capsys):
-    made: dict[str, Any] = {}
-    real = langchain_homer.HomerLLM
+def test_a_model_with_a_tools_template_drives_the_real_homer_llm(doc_file, access):
+    """The model graph end to end on HomerLLM itself (tiny random weights: it writes no tool call,
+    so the turn ends on its plain reply; what is checked is that the tools reached its prompt)."""
+    # the window holds the agent's system prompt and tools (one token per character here)
+    llm = langchain_homer.HomerLLM(engine=make_engine(TOOLS_TEMPLATE, window=4096), max_tokens=3,
+                                   document_cache=tiny_cache())
+    graph = build_agent(llm, access=access)
+    seen: list[str] = []
+    original = llm.get_engine().prepare_chat
 
-    def fake_homer_llm(**kwargs):
-        made.update(kwargs)
-        for name in ("model", "device", "dtype"):
-            assert kwargs.pop(name) is None
-        return real(engine=engine, **kwargs)
+    def spy(messages, document=None, **kwargs):
+        seen.append(json.dumps(kwargs.get("tools") or []))
+        return original(messages, document, **kwargs)
 
-    monkeypatch.setattr(langchain_homer, "HomerLLM", fake_homer_llm)
-    monkeypatch.setattr("homer_llm.reuse.GENERIC_SUFFIX", "\n\nKeep the facts.")
-    code = document_agent.main(["--document", str(doc_file), "--question", "Which box is red?",
-                                "--question", "How many coins in line 3?", "--max-tokens", "3", "--quiet"])
-    assert code == 0
-    out = capsys.readouterr().out.strip().splitlines()
-    stats = json.loads(out[-1])
-    assert {"hits", "misses", "evictions", "bytes"} <= set(stats)
-    assert (stats["hits"], stats["misses"]) == (1, 1) and len(stats["answer_seconds"]) == 2
-    assert any(line.startswith("A1: ") for line in out) and any(line.startswith("A2: ") for line in out)
-    assert made["max_tokens"] == 3 and isinstance(made["document_cache"], DocumentCache)
+    llm.get_engine().prepare_chat = spy
+    try:
+        turn = run_turn(graph, f"Open {doc_file}", "real")
+    finally:
+        del llm.get_engine().prepare_chat
+    assert turn.messages[-1].type == "ai" and seen and "open_document" in seen[0]
 
 
-def test_registry_ids_are_content_ids(tmp_path):
-    reg = DocumentRegistry()
-    a = tmp_path / "a.txt"
-    b = tmp_path / "b.txt"
-    a.write_text("same text")
-    b.write_text("same text")
-    assert reg.open(a).id == reg.open(b).id == document_id("same text") and len(reg) == 1
-    with pytest.raises(KeyError, match="unknown document id"):
-        reg.get("doc-1")
+# ---------------------------------------------------------------------------------------- router
+def test_router_fallback_reuses_the_document(engine, doc_file, access):
+    cache = tiny_cache()
+    graph = build_agent(homer_llm(engine, cache), access=access)  # auto: the tiny template renders no tools
+    events: list[dict] = []
+    opened = run_turn(graph, f"/open {doc_file}", "t1", events.append)
+    doc_id = document_id(DOC)
+    assert opened.ok and opened.answer.startswith(f"Opened {doc_id}")
+
+    first = run_turn(graph, "How many coins are in the blue box?", "t1", events.append)
+    progress = [e for e in events if e.get("event") == "progress"]
+    assert progress and progress[-1]["done"] == progress[-1]["total"] and progress[-1]["document_id"] == doc_id
+    details = first.usage["input_token_details"]
+    assert first.ok and details["cache_read"] == 0 and details["cache_creation"] > 0
+    assert first.final.response_metadata["homer"]["document_tokens"] == details["cache_creation"]
+
+    events.clear()
+    second = run_turn(graph, "Which line mentions 49 coins?", "t1", events.append)
+    assert not [e for e in events if e.get("event") == "progress"], "a cache hit must not recompress"
+    assert second.usage["input_token_details"]["cache_read"] == details["cache_creation"]
+    s = cache.stats()
+    assert (s["hits"], s["misses"], s["evictions"]) == (1, 1, 0) and s["bytes"] > 0
+
+    listing = json.loads(run_turn(graph, "/list", "t1").answer)
+    assert listing == [{"id": doc_id, "name": "boxes.txt", "characters": len(DOC)}]
+    humans = [m.content for m in state_of(graph, "t1")["messages"] if isinstance(m, HumanMessage)]
+    assert humans == [f"/open {doc_file}", "How many coins are in the blue box?", "Which line mentions 49 coins?",
+                      "/list"]
+    other = run_turn(graph, "Which box?", "t2")  # another thread has no document open
+    assert other.ok and "No document is open" in other.answer
 
 
-def test_cli_exits_2_on_a_missing_document_and_still_prints_stats_last(tmp_path, capsys):
-    code = document_agent.main(["--document", str(tmp_path / "missing.txt"), "--question", "Q?", "--quiet"])
-    assert code == 2
-    out = capsys.readouterr().out.strip().splitlines()
-    assert "no such file" in out[0] and json.loads(out[-1])["misses"] == 0
+def test_router_tool_error_ends_the_turn_without_an_answer(engine, tmp_path, access):
+    graph = build_agent(homer_llm(engine, tiny_cache()), mode="router", access=access)
+    missing = run_turn(graph, f"/open {tmp_path / 'nope.txt'}", "t")
+    assert not missing.ok and missing.answer is None and "no such file" in missing.error
+    assert isinstance(missing.messages[-1], ToolMessage) and missing.messages[-1].status == "error"
+    refused = run_turn(graph, "/open /etc/passwd", "t")
+    assert not refused.ok and refused.answer is None and "outside the allowed folders" in refused.error
+
+
+# ---------------------------------------------------------------------------------------- stream modes
+def _stream(graph, text: str, thread: str) -> dict[str, list]:
+    out: dict[str, list] = {"updates": [], "messages": [], "custom": []}
+    config = {"configurable": {"thread_id": thread}}
+    for mode, data in graph.stream({"messages": [HumanMessage(text)]}, config,
+                                   stream_mode=["updates", "messages", "custom"]):
+        out[mode].append(data)
+    return out
+
+
+@pytest.mark.parametrize("mode", ["router", "model"])
+def test_progress_shows_on_every_stream_mode(engine, doc_file, access, mode):
+    doc_id = document_id(DOC)
+    script = ScriptedChatModel(steps=[
+        call("open_document", {"path": str(doc_file)}, 1), AIMessage(content="Opened."),
+        call("ask_document", {"question": "Which box is red?"}, 2),
+    ])
+    graph = build_agent(homer_llm(engine, tiny_cache()), mode=mode, agent_llm=script, access=access)
+    run_turn(graph, f"/open {doc_file}" if mode == "router" else "Open the boxes", "s")
+    got = _stream(graph, "Which box is red?", "s")
+
+    # custom: compression progress and the answer event from inside the tool
+    custom = [e["event"] for e in got["custom"] if "event" in e]
+    assert "progress" in custom and custom[-1] == "answer"
+    # updates: the agent's tool call, then the tools node's result with its timing and cache use
+    agent_node = "router" if mode == "router" else "model"
+    steps = [u for u in got["updates"] if next(iter(u)) in (agent_node, "tools")]  # (also: middleware steps)
+    assert [next(iter(u)) for u in steps][:2] == [agent_node, "tools"]
+    chosen = steps[0][agent_node]["messages"][-1]
+    assert chosen.tool_calls[0]["name"] == "ask_document"
+    result = steps[1]["tools"]["messages"][-1]
+    assert result.status == "success" and result.artifact["document_id"] == doc_id
+    assert result.artifact["seconds"] > 0 and result.artifact["usage_metadata"]["input_token_details"]
+    # messages: the answering model's tokens as they come, from inside the tools node
+    chunks = [(m, meta) for m, meta in got["messages"] if isinstance(m, AIMessageChunk)]
+    assert chunks and all(meta["langgraph_node"] in ("tools", agent_node) for _, meta in chunks)
+    assert any(meta["langgraph_node"] == "tools" for _, meta in chunks)
+    assert any(isinstance(m, ToolMessage) and m.name == "ask_document" for m, _ in got["messages"])

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import pytest
-
-from agents.passkey import FILLER, build_document, door_code_needle, passkey_needle
-from agents.reuse_benchmark import summarize
+from homer_agent.passkey import FILLER, build_document, door_code_needle, passkey_needle
+from homer_agent.reuse_benchmark import summarize
 
 
 def words(text: str) -> int:

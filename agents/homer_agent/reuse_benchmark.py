@@ -1,6 +1,6 @@
 """Measure the document-reuse modes against a fresh compression per question (HOMER.md 13).
 
-    python -m agents.reuse_benchmark --lengths 8000,16000 --samples 2 --out reuse.jsonl
+    python -m homer_agent.reuse_benchmark --lengths 8000,16000 --samples 2 --out reuse.jsonl
 
 Each sample is a passkey document with two needles (a pass key and a door code at mirrored
 depths) and two questions about it, asked in turn. Modes (``homer_llm.reuse``):
@@ -87,7 +87,7 @@ def summarize(records: list[dict]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m agents.reuse_benchmark", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m homer_agent.reuse_benchmark", description=__doc__.split("\n\n")[0])
     p.add_argument("--lengths", default="8000", help="comma-separated document lengths in tokens")
     p.add_argument("--samples", type=int, default=2)
     p.add_argument("--modes", default=",".join(REUSE_MODES))

@@ -1,6 +1,7 @@
 """Passkey documents (Mohtashami & Jaggi, 2023) for the agent demo, the reuse benchmark and the cookbook.
 
-    python -m agents.passkey --tokens 32000 --out /tmp/passkey.txt [--key 71432] [--depth 0.5]
+    python -m homer_agent.passkey --tokens 32000 --out /tmp/passkey.txt [--key 71432] [--depth 0.5]
+        [--door-code 5093] [--tokenizer MODEL_FOLDER]
 
 Repeated filler with needles ("The pass key is 71432. Remember it. 71432 is the pass key.") at
 chosen depths. Lengths are measured with the given tokenizer (the default model's when run as a
@@ -55,19 +56,25 @@ def random_key(rng: random.Random) -> int:
 
 
 def _main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m agents.passkey", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m homer_agent.passkey", description=__doc__.split("\n\n")[0])
     p.add_argument("--tokens", type=int, default=32000)
     p.add_argument("--out", required=True)
     p.add_argument("--key", type=int, default=None)
     p.add_argument("--depth", type=float, default=0.5)
     p.add_argument("--door-code", type=int, default=None, help="also hide a door code (at depth 1 - depth)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--tokenizer", default=None, metavar="FOLDER",
+                   help="model folder whose tokenizer measures the length (default: the embedded default model's)")
     args = p.parse_args(argv)
+    if args.tokens < 1:
+        p.error(f"--tokens must be positive, got {args.tokens}")
+    if not 0.0 <= args.depth <= 1.0:
+        p.error(f"--depth must be in [0, 1], got {args.depth}")
     from transformers import AutoTokenizer
 
     from homer_llm.default_model import default_model_path
 
-    tok = AutoTokenizer.from_pretrained(str(default_model_path()))
+    tok = AutoTokenizer.from_pretrained(args.tokenizer or str(default_model_path()))
 
     def count(text: str) -> int:
         return len(tok(text, add_special_tokens=False)["input_ids"])
