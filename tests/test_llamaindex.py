@@ -11,12 +11,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from llama_index.core import Settings
-from llama_index.core.llms import LLM, ChatMessage, CustomLLM
+from llama_index.core.llms import LLM, ChatMessage
+from llama_index.core.llms.function_calling import FunctionCallingLLM
 from llama_index.core.prompts.default_prompts import DEFAULT_TEXT_QA_PROMPT
 from llama_index.llms.homer import DEFAULT_CONTEXT_WINDOW, HomerLLM, split_document, tree_capacity
 from test_llamaindex_support import LLMEventCounter, one_torch_thread, recording, tiny_engine
 
-from homer_llm import DOCUMENT_PLACEHOLDER, GenerationConfig, HomerConfig, HomerModel, split_text
+from homer_llm import DOCUMENT_PLACEHOLDER, GenerationConfig, HomerModel, split_text
 
 QUESTION = "What is the pass key?"
 
@@ -57,7 +58,7 @@ def test_import_path_is_a_namespace_next_to_llama_index_core():
 
     assert Path(pkg.__file__).parts[-5:-1] == ("integrations", "llama_index", "llms", "homer")
     assert "integrations" not in Path(llama_index.core.__file__).parts  # the installed core, untouched
-    assert issubclass(HomerLLM, CustomLLM) and issubclass(HomerLLM, LLM)
+    assert issubclass(HomerLLM, FunctionCallingLLM) and issubclass(HomerLLM, LLM)
 
 
 def test_default_metadata_does_not_load_the_model(monkeypatch):
@@ -115,7 +116,7 @@ def test_lazy_shared_engine_loads_once_per_settings(monkeypatch, engine):
     assert HomerLLM(model="m", device="cpu", dtype="bfloat16").engine is engine
     assert calls[-1][0] == "m" and calls[-1][1]["device"] == "cpu" and calls[-1][1]["dtype"] == "bfloat16"
     # explicit defaults are the same settings: no second load
-    assert HomerLLM(dtype="auto", attn_implementation="sdpa", homer=HomerConfig()).engine is engine
+    assert HomerLLM(dtype="auto", attn_implementation="sdpa", merge_attention="auto").engine is engine
     assert len(calls) == 2
 
 

@@ -1,7 +1,8 @@
 """LlamaIndex integration of homer-llm: ``from llama_index.llms.homer import HomerLLM``.
 
-``HomerLLM`` is a LlamaIndex LLM over a local Hugging Face model driven by HOMER, advertising a
-context window far past the model's native one; ``HomerQueryEngine``, ``whole_document_index``
+``HomerLLM`` is a LlamaIndex ``FunctionCallingLLM`` over a local Hugging Face model driven by
+HOMER, advertising a context window far past the model's native one (tools, ``FunctionAgent``,
+``ReActAgent`` and structured output included); ``HomerQueryEngine``, ``whole_document_index``
 and ``WholeDocumentParser`` make LlamaIndex send whole documents in one call.
 """
 
