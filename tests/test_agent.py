@@ -10,7 +10,6 @@ import json
 from typing import Any
 
 import pytest
-import torch
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import (
     AIMessage,
@@ -48,12 +47,7 @@ TOOLS_TEMPLATE = (  # a ChatML template that renders tools (like Qwen2.5's herme
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make_engine(template: str | None = None, window: int = 256) -> HomerModel:

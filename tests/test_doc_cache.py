@@ -17,13 +17,7 @@ DOC = "".join(f"Line {i}: the {['red', 'blue', 'green'][i % 3]} box holds {i * 7
 GENERIC = "\n\nKeep the facts."  # the default generic suffix is long in a char-level tokenizer
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models run fastest single-threaded (thread hand-off dominates on busy shared cores)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def fake_ctx(n_tokens: int, *, layers: int = 2, dtype=torch.float32, seed: int = 0) -> CompressedContext:

@@ -9,7 +9,6 @@ import json
 import time
 
 import pytest
-import torch
 from tiny import tiny_model
 
 from homer_llm import HomerModel
@@ -20,14 +19,7 @@ from homer_llm.evaluation.report import cells, markdown_table
 from homer_llm.evaluation.runner import Deadline, TimeBudgetExceeded
 from homer_llm.evaluation.tasks import QA_TASKS
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models run faster on one thread, and the CI machine is shared."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture

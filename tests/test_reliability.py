@@ -21,12 +21,7 @@ from homer_llm.schedule import make_plan
 DOC = " ".join(f"Line {i}: the river runs past mill {i * 3}." for i in range(20))  # ~700 chars = tokens
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def fine_tuned(seed: int, vocab: int):
