@@ -6,11 +6,11 @@ one user turn); the varied task must really vary and be checked on the value alo
 
 from __future__ import annotations
 
-import argparse
 import json
 from collections import Counter
 
 import pytest
+from test_eval_harness import _args
 from tiny import tiny_model
 
 from homer_llm import HomerModel
@@ -69,16 +69,6 @@ def test_check_contains_is_whole_token_and_case_insensitive():
     assert not check_contains("12345", "123456")
     assert not check_contains("1a2b-3c4d-5e6f", "1a2b-3c4d-5e6f0")
     assert not check_contains("cobalt", "cobalts")
-
-
-def _args(**overrides) -> argparse.Namespace:
-    parser = argparse.ArgumentParser()
-    eval_cli.add_arguments(parser)
-    argv = []
-    for key, value in overrides.items():
-        flag = "--" + key.replace("_", "-")
-        argv += [flag] if value is True else [flag, str(value)]
-    return parser.parse_args(argv)
 
 
 def test_eval_records_its_layout_and_refuses_to_resume_across_layouts(tmp_path, tokenizer, capsys):
