@@ -73,8 +73,6 @@ def hybrid_context(hm, parts: PromptParts, *, leaves: int = 1, margin: int | Non
 
     A prompt that fits one chunk takes the plain path (``hm.compress``), as everywhere else.
     """
-    from .model import HomerModel
-
     if leaves < 1:
         raise ValueError(f"leaves must be >= 1, got {leaves}")
     margin = hm.homer.focus_margin if margin is None else margin
@@ -85,10 +83,9 @@ def hybrid_context(hm, parts: PromptParts, *, leaves: int = 1, margin: int | Non
         raise ValueError(f"window must be in (0, {hm.window}], got {window}")
     S = len(parts.suffix)
     chunk = hybrid_chunk_len(window, hm.chunk_len, margin, answer_room)
-    cache_len = None if hm.homer.cache_len is None else min(hm.homer.cache_len, chunk)
-    tree = hm if chunk == hm.chunk_len and not hm.homer.focus_leaves else HomerModel(
-        hm.model, hm.tokenizer, name=hm.name,
-        homer=replace(hm.homer, chunk_len=chunk, cache_len=cache_len, focus_leaves=0))
+    # the tree's own suffix is dropped below, so it is not read afresh either (reread_suffix off)
+    tree = hm.with_config(replace(hm.homer, chunk_len=chunk, cache_len=min(hm.homer.cache_len or chunk, chunk),
+                                  focus_leaves=0, reread_suffix=False))
     plan = tree.plan(parts)
     compressed = tree.compress(parts)
     if plan.num_leaves == 1:

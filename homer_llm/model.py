@@ -321,6 +321,34 @@ def _live_kv_peak(plan: Plan) -> int:
     return peak
 
 
+_TOKENIZERS: dict[str, Any] = {}
+_TOKENIZERS_LOCK = threading.Lock()
+
+
+def local_tokenizer(model: str | Path | None) -> Any:
+    """The tokenizer of ``model`` (a local folder or a locally cached hub id; None: the embedded
+    default model), loaded once per process with no weights and no hub access.
+
+    Raises:
+        ValueError: the tokenizer cannot be loaded from ``model``.
+    """
+    from transformers import AutoTokenizer
+
+    if model is None:
+        from .default_model import default_model_path
+
+        path = str(default_model_path())
+    else:
+        path = str(model)
+    with _TOKENIZERS_LOCK:
+        if path not in _TOKENIZERS:
+            try:
+                _TOKENIZERS[path] = AutoTokenizer.from_pretrained(path, local_files_only=True)
+            except (OSError, ValueError) as err:
+                raise ValueError(f"cannot load the tokenizer of {path!r}: {err}") from err
+        return _TOKENIZERS[path]
+
+
 def _gib(n: float) -> str:
     return f"{n / 1024**3:.2f} GiB"
 
@@ -416,6 +444,7 @@ class HomerModel:
         self.homer = replace(homer, chunk_len=chunk, cache_len=homer.cache_len or chunk)
         self.lock = threading.RLock()
         self._bias: torch.Tensor | None = None
+        self._variants: dict[HomerConfig, HomerModel] = {}
         eos = model.generation_config.eos_token_id if model.generation_config is not None else None
         eos = eos if eos is not None else tokenizer.eos_token_id
         self.eos_ids: set[int] = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
@@ -634,6 +663,23 @@ class HomerModel:
             num_layers=self.parts.num_layers,
             warmup_layers=self.homer.warmup_layers,
         )
+
+    def with_config(self, homer: HomerConfig) -> HomerModel:
+        """This engine with other HOMER settings: the same weights, tokenizer, name, limits and source
+        files (so the same :attr:`fingerprint`, computed once); built once per ``homer`` and kept.
+
+        A ``homer`` with ``rope_scaling`` wraps the weights in a RoPE-scaled view (see ``__init__``).
+        """
+        if not isinstance(homer, HomerConfig):
+            raise TypeError(f"homer must be a HomerConfig, got {type(homer).__name__}")
+        with self.lock:
+            if homer not in self._variants:
+                variant = HomerModel(self.model, self.tokenizer, name=self.name, homer=homer, limits=self.limits,
+                                     source_fingerprint=self._source_fingerprint)
+                if homer.rope_scaling is None and self.homer.rope_scaling is None:
+                    variant._fingerprint = self._fingerprint  # the same weights and files: no second pass
+                self._variants[homer] = variant
+            return self._variants[homer]
 
     def bias_table(self) -> torch.Tensor | None:
         """The calibration table for this model (built once, then loaded), or None if unused."""

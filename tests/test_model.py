@@ -224,3 +224,15 @@ def test_rope_scaling_refuses_device_map_models(tokenizer):
     model.hf_device_map = {"": "cpu"}
     with pytest.raises(ValueError, match="device_map"):
         HomerModel(model, tokenizer, name="t", homer=HomerConfig(rope_scaling="yarn"))
+
+
+def test_with_config_shares_weights_limits_and_fingerprint_and_is_built_once(tokenizer):
+    from homer_llm import SizeLimits
+
+    hm = HomerModel(tiny_model(vocab=len(tokenizer)), tokenizer, name="tiny", limits=SizeLimits.off())
+    other = hm.with_config(HomerConfig(chunk_len=64, merge_attention="causal"))
+    assert other.model is hm.model and other.limits is hm.limits and other.chunk_len == 64
+    assert other.fingerprint == hm.fingerprint
+    assert hm.with_config(HomerConfig(chunk_len=64, merge_attention="causal")) is other
+    with pytest.raises(TypeError, match="dict"):
+        hm.with_config({"chunk_len": 64})

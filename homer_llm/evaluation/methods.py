@@ -264,8 +264,7 @@ class EvalModel:
         key = (pruning, rope, calibration_samples, prune_unit, reread, focus_leaves, merge_attention, focus_locator)
         if key not in self._homers:
             if rope is None:
-                self._homers[key] = HomerModel(base.model, base.tokenizer, name=base.name,
-                                               homer=replace(base.homer, pruning=pruning, prune_unit=prune_unit,
+                self._homers[key] = base.with_config(replace(base.homer, pruning=pruning, prune_unit=prune_unit,
                                                              reread_suffix=reread, focus_leaves=focus_leaves,
                                                              merge_attention=merge_attention,
                                                              focus_locator=focus_locator))
@@ -278,7 +277,7 @@ class EvalModel:
                                      rope_factor=factor, focus_leaves=focus_leaves,
                                      focus_margin=base.homer.focus_margin, merge_attention=merge_attention,
                                      focus_locator=focus_locator)
-                self._homers[key] = HomerModel(base.model, base.tokenizer, name=base.name, homer=config)
+                self._homers[key] = base.with_config(config)
         return self._homers[key]
 
     def generation_config(self, sample: QASample) -> GenerationConfig:

@@ -48,9 +48,11 @@ from pydantic import ConfigDict, Field, SecretStr, field_validator, model_valida
 
 from homer_llm import DOCUMENT_PLACEHOLDER, GenerationConfig, HomerConfig, HomerModel, PromptParts
 from homer_llm.generation import extend_context
+from homer_llm.model import local_tokenizer
+from homer_llm.tool_calls import add_system, tool_instructions
 
 from .documents import find_document_span, join_documents
-from .messages import add_system, merge_same_roles, to_chat_dicts, tool_instructions
+from .messages import merge_same_roles, to_chat_dicts
 from .scoring import choose
 from .structured import SchemaTarget, structured_parser, with_raw
 from .tools import (
@@ -118,30 +120,6 @@ class _Request:
     tree_height: int = 0
     result: Any = None
     started: float = field(default_factory=time.perf_counter)
-
-
-# ------------------------------------------------------------------------------ tokenizer cache
-_TOKENIZERS: dict[str, Any] = {}
-_TOKENIZERS_LOCK = threading.Lock()
-
-
-def _tokenizer_for(model: str | None) -> Any:
-    """The model's own tokenizer from its local folder (no weights are loaded, no hub access)."""
-    from transformers import AutoTokenizer
-
-    if model is None:
-        from homer_llm.default_model import default_model_path
-
-        path = str(default_model_path())
-    else:
-        path = str(model)
-    with _TOKENIZERS_LOCK:
-        if path not in _TOKENIZERS:
-            try:
-                _TOKENIZERS[path] = AutoTokenizer.from_pretrained(path)
-            except OSError as err:
-                raise ValueError(f"cannot load the tokenizer of {path!r}: {err}") from err
-        return _TOKENIZERS[path]
 
 
 class HomerLLM(BaseChatModel):
@@ -445,7 +423,7 @@ class HomerLLM(BaseChatModel):
     def _tokenizer(self) -> Any:
         if self.engine is not None:
             return self.engine.tokenizer
-        return _tokenizer_for(self.model)
+        return local_tokenizer(self.model)
 
     def get_token_ids(self, text: str) -> list[int]:
         """Token ids of ``text`` from the model's own tokenizer (no special tokens added)."""

@@ -24,11 +24,8 @@ from langchain_core.messages import (
 
 from .tools import (
     ToolFormat,
-    ToolSpec,
-    choice_instruction,
     render_calls,
     render_tool_result,
-    tools_system_prompt,
 )
 
 _TEXT_TYPES = {"text", "text-plain"}
@@ -136,27 +133,3 @@ def merge_same_roles(messages: Sequence[dict[str, Any]]) -> list[dict[str, Any]]
         else:
             merged.append(dict(m))
     return merged
-
-
-def tool_instructions(fmt: ToolFormat, spec: ToolSpec | None) -> str | None:
-    """System text for bound tools: their description (templates without tools) and forced choice."""
-    if spec is None or not spec.active:
-        return None
-    extra = [] if fmt.native else [tools_system_prompt(spec.tools)]
-    instruction = choice_instruction(spec)
-    if instruction:
-        extra.append(instruction)
-    return "\n\n".join(extra) or None
-
-
-def add_system(dicts: Sequence[dict[str, Any]], text: str | None) -> list[dict[str, Any]]:
-    """Append ``text`` to the leading system message (or insert one); a copy of ``dicts``."""
-    out = [dict(m) for m in dicts]
-    if not text:
-        return out
-    if out and out[0]["role"] == "system":
-        head = out[0]["content"]
-        out[0]["content"] = f"{head}\n\n{text}" if head.strip() else text
-    else:
-        out.insert(0, {"role": "system", "content": text})
-    return out

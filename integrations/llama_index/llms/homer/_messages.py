@@ -123,16 +123,3 @@ def _tool_result(message: ChatMessage, text: str, fmt: ToolFormat, names_by_id: 
             entry["tool_call_id"] = str(call_id)
         return entry
     return {"role": "user", "content": render_tool_result(name, text)}
-
-
-def add_system(dicts: Sequence[dict[str, Any]], text: str | None) -> list[dict[str, Any]]:
-    """Append ``text`` to the leading system message (or insert one); a copy of ``dicts``."""
-    out = [dict(m) for m in dicts]
-    if not text:
-        return out
-    if out and out[0]["role"] == "system":
-        head = out[0]["content"]
-        out[0]["content"] = f"{head}\n\n{text}" if head.strip() else text
-    else:
-        out.insert(0, {"role": "system", "content": text})
-    return out

@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import threading
 from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Literal
@@ -53,10 +52,11 @@ from llama_index.core.prompts import BasePromptTemplate, PromptTemplate
 from llama_index.core.types import Model, PydanticProgramMode
 
 from homer_llm import DOCUMENT_PLACEHOLDER, GenerationConfig, HomerConfig, HomerModel, PromptParts, split_text
+from homer_llm.model import local_tokenizer
 from homer_llm.tool_calls import (
     ToolFormat,
     ToolSpec,
-    choice_instruction,
+    add_system,
     detect_tool_format,
     first_argument,
     forced_prefill,
@@ -67,10 +67,10 @@ from homer_llm.tool_calls import (
     normalize_tool_choice,
     object_opening,
     parse_tool_calls,
-    tools_system_prompt,
+    tool_instructions,
 )
 
-from ._messages import add_system, message_tool_calls, to_chat_dicts
+from ._messages import message_tool_calls, to_chat_dicts
 from ._structured import parse_structured, trim_json, unescape_json_lines
 from ._threads import iterate_in_thread
 from .document import DocumentSplit, split_document
@@ -101,34 +101,6 @@ def tree_capacity(engine: HomerModel) -> int:
     chunk = engine.chunk_len
     per_leaf = chunk - chunk // 4
     return per_leaf * 2 ** (engine.parts.num_layers - 1)
-
-
-# ------------------------------------------------------------------------------ tokenizer cache
-_TOKENIZERS: dict[str, Any] = {}
-_TOKENIZERS_LOCK = threading.Lock()
-
-
-def _tokenizer_for(model: str | None) -> Any:
-    """The model's own tokenizer from its local folder (no weights are loaded, no hub access).
-
-    Raises:
-        ValueError: the tokenizer cannot be loaded from ``model``.
-    """
-    from transformers import AutoTokenizer
-
-    if model is None:
-        from homer_llm.default_model import default_model_path
-
-        path = str(default_model_path())
-    else:
-        path = str(model)
-    with _TOKENIZERS_LOCK:
-        if path not in _TOKENIZERS:
-            try:
-                _TOKENIZERS[path] = AutoTokenizer.from_pretrained(path, local_files_only=True)
-            except (OSError, ValueError) as err:
-                raise ValueError(f"cannot load the tokenizer of {path!r}: {err}") from err
-        return _TOKENIZERS[path]
 
 
 @dataclass(frozen=True)
@@ -331,7 +303,7 @@ class HomerLLM(FunctionCallingLLM):
         """The engine's tokenizer if it is loaded, else the model's tokenizer alone (no weights)."""
         if self._engine is not None:
             return self._engine.tokenizer
-        return _tokenizer_for(self.model)
+        return local_tokenizer(self.model)
 
     def tool_format(self) -> ToolFormat:
         """How the model's chat template handles tools (``homer_llm.tool_calls.detect_tool_format``)."""
@@ -445,7 +417,7 @@ class HomerLLM(FunctionCallingLLM):
         plan = None
         if tools is not None and tools.active:
             plan = _Tools(tools, fmt, forced_prefill(fmt, tools) if tools.forced else "")
-        system = _tool_instructions(fmt, tools)
+        system = tool_instructions(fmt, tools)
         answer_prefill = ""
         if json_schema is not None and plan is None:
             system = "\n\n".join(t for t in (system, json_instruction(json_schema or None)) if t)
@@ -819,17 +791,6 @@ def _tool_spec(tools: Sequence[Any] | None, tool_choice: Any, tool_required: boo
     if tool_required and choice in (None, "auto"):
         choice = "any"
     return ToolSpec(formatted, choice)
-
-
-def _tool_instructions(fmt: ToolFormat, spec: ToolSpec | None) -> str | None:
-    """System text for the bound tools: their description (templates without tools) and a forced choice."""
-    if spec is None or not spec.active:
-        return None
-    extra = [] if fmt.native else [tools_system_prompt(spec.tools)]
-    instruction = choice_instruction(spec)
-    if instruction:
-        extra.append(instruction)
-    return "\n\n".join(extra) or None
 
 
 def _response_schema(response_format: Any) -> dict[str, Any] | None:
