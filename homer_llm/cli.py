@@ -137,6 +137,9 @@ def add_ask_arguments(parser: argparse.ArgumentParser) -> None:
     homer.add_argument("--focus-locator", default="leaf", choices=["tree", "leaf"],
                        help="with --focus-leaves: rank leaves inside each leaf's own pass, without running the "
                             "merges (leaf, default) or by the question's attention after the whole tree (tree)")
+    homer.add_argument("--focus-keep-document", action="store_true",
+                       help="with --focus-leaves: read the chosen leaves in full after HOMER's compressed cache of "
+                            "the whole document (the hybrid read) instead of alone")
     homer.add_argument("--merge-attention", default="auto", choices=["auto", "causal", "own-leaf"],
                        help="in merged nodes every token reads all before it (causal, as published) or only its "
                             "own leaf's, the question still reading everything (own-leaf); auto (default): own-leaf "
@@ -277,11 +280,13 @@ def _ask(args: argparse.Namespace, document: str) -> int:
     device = resolve_device(args.device)
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats(device)
+    if args.focus_keep_document and args.focus_leaves < 1:
+        raise ValueError(f"--focus-keep-document needs --focus-leaves K with K >= 1, got --focus-leaves {args.focus_leaves}")
     homer = HomerConfig(chunk_len=args.chunk_len, pruning=args.pruning, prune_unit=args.prune_unit,
                         reread_suffix=not args.merged_suffix, rope_scaling=args.rope_scaling,
                         rope_factor=args.rope_factor, focus_leaves=args.focus_leaves,
                         focus_margin=args.focus_margin, focus_locator=args.focus_locator,
-                        merge_attention=args.merge_attention)
+                        focus_keep_document=args.focus_keep_document, merge_attention=args.merge_attention)
     started = time.perf_counter()
     limits = SizeLimits.off() if args.no_size_limit else SizeLimits(max_input_tokens=args.max_input_tokens,
                                                                     max_seconds=args.max_compress_seconds)
@@ -347,6 +352,7 @@ def _ask(args: argparse.Namespace, document: str) -> int:
         "focus_leaves": None if args.plain else hm.homer.focus_leaves,
         "focus_margin": None if args.plain or not hm.homer.focus_leaves else hm.homer.focus_margin,
         "focus_locator": None if args.plain or not hm.homer.focus_leaves else hm.homer.focus_locator,
+        "focus_keep_document": None if args.plain or not hm.homer.focus_leaves else hm.homer.focus_keep_document,
         "merge_attention": None if args.plain else hm.homer.merge_attention,
         "device": str(hm.device),
         "dtype": str(next(hm.model.parameters()).dtype).removeprefix("torch."),

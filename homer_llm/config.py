@@ -56,9 +56,9 @@ class HomerConfig:
             its own leaf's surviving tokens, as it did inside its leaf; the suffix (the question)
             still reads everything, so pruning and the answer see the whole document. It needs
             an attention backend that takes an arbitrary mask (sdpa, eager). "auto" (default):
-            "own-leaf" on such a backend without focus, else "causal" (under flash-attn, and
-            with focus: the tree locator ranks leaves on causal merges, the leaf locator runs no
-            merges). ``HomerModel.homer`` holds the resolved value.
+            "own-leaf" on such a backend without focus or with the hybrid read, else "causal"
+            (under flash-attn, and with focus alone: the tree locator ranks leaves on causal
+            merges, the leaf locator runs no merges). ``HomerModel.homer`` holds the resolved value.
 
     The question:
         reread_suffix: only when the tree has more than one leaf. True (default): drop the root's
@@ -96,6 +96,14 @@ class HomerConfig:
             of the leaf's layers; the merges are not run, so locating costs the leaves only.
             "tree": by the attention the question, read afresh after the whole pruned tree, gives
             each leaf's surviving tokens (it favours the first leaves of each subtree).
+        focus_keep_document: only with focus. False (default): the answer reads the chosen leaves
+            alone, as above. True, the hybrid read (``homer_llm.hybrid``): the answer reads HOMER's
+            compressed cache of the whole document, then the chosen leaves' text in full after it,
+            then the question, all inside the window; so a detail is read at full resolution and
+            the rest of the document is still there for a question about the whole. The tree's
+            chunk shrinks (``hybrid.hybrid_chunk_len``: 3712 tokens on an 8k window) so one leaf
+            and its margins fit after the cache; it costs the tree, the locator's leaf passes and
+            one plain pass of the leaf.
     """
 
     # Tree shape.
@@ -116,6 +124,7 @@ class HomerConfig:
     focus_leaves: int = 0
     focus_margin: int = 256  # only with focus_leaves > 0
     focus_locator: FocusLocator = "leaf"  # only with focus_leaves > 0
+    focus_keep_document: bool = False  # only with focus_leaves > 0; True: the hybrid read
     # Merged nodes.
     merge_attention: MergeAttention = "auto"  # "causal": the paper's merges
 
@@ -181,6 +190,8 @@ class HomerConfig:
             raise ValueError(f"HomerConfig.focus_margin must be >= 0, got {self.focus_margin}")
         if self.focus_locator not in FOCUS_LOCATORS:
             raise ValueError(f"HomerConfig.focus_locator must be one of {FOCUS_LOCATORS}, got {self.focus_locator!r}")
+        if not isinstance(self.focus_keep_document, bool):
+            raise TypeError(f"HomerConfig.focus_keep_document must be a bool, got {self.focus_keep_document!r}")
         if self.merge_attention not in MERGE_ATTENTIONS:
             raise ValueError(f"HomerConfig.merge_attention must be one of {MERGE_ATTENTIONS}, "
                              f"got {self.merge_attention!r}")

@@ -151,12 +151,12 @@ def model_identity(engine: Any) -> dict[str, Any]:
 
 
 def _homer_key(homer: Any) -> dict[str, Any]:
-    """The HOMER config in a cache key. ``merge_attention`` and ``focus_locator`` enter it only when
-    they differ from causal merges and the tree locator, the behaviour of keys that lack both
-    fields, so such stored entries stay hits; the defaults (own-leaf merges, the leaf locator) are
-    in the key."""
+    """The HOMER config in a cache key. ``merge_attention``, ``focus_locator`` and
+    ``focus_keep_document`` enter it only when they differ from causal merges, the tree locator and
+    focus alone, the behaviour of keys that lack these fields, so such stored entries stay hits;
+    the defaults (own-leaf merges, the leaf locator) are in the key."""
     out = asdict(homer)
-    for name, default in (("merge_attention", "causal"), ("focus_locator", "tree")):
+    for name, default in (("merge_attention", "causal"), ("focus_locator", "tree"), ("focus_keep_document", False)):
         if out.get(name) == default:
             del out[name]
     return out
@@ -530,10 +530,12 @@ class DocumentCache:
         if not parts.context:
             return engine.compress(parts, progress=progress), False
         focus = bool(engine.homer.focus_leaves)
-        leaf_focus = focus and engine.homer.focus_locator == "leaf" and self.mode == "leaf"
+        hybrid = focus and engine.homer.focus_keep_document
+        leaf_focus = focus and engine.homer.focus_locator == "leaf" and self.mode == "leaf" and not hybrid
         if self.mode != "exact" and focus and not leaf_focus:
-            # the tree locator ranks leaves after a tree pruned for this question: nothing
-            # question-free to share (the leaf locator reads cached leaves: "leaf" mode below)
+            # the tree locator ranks leaves after a tree pruned for this question, and the hybrid
+            # read keeps such a tree: nothing question-free to share (the leaf locator alone reads
+            # cached leaves: "leaf" mode below)
             logger.info("HomerConfig.focus_leaves is set: %s mode falls back to exact compression", self.mode)
             return self._exact(engine, parts, progress)
         if self.mode == "exact":

@@ -20,7 +20,9 @@ continues at P + c, so everything stays inside the model's window when c + gathe
 fit. ``hybrid_chunk_len`` picks the largest chunk (a multiple of 64, the same for every prompt) for
 which one leaf plus its margins does.
 
-Free functions over a ``HomerModel``; ``evaluation.methods`` exposes the read path as ``homer-hybrid``.
+Free functions over a ``HomerModel``. ``HomerConfig(focus_leaves=k, focus_keep_document=True)`` makes it
+the engine's read path (``HomerModel.compress`` calls :func:`hybrid_context`); ``evaluation.methods``
+exposes it as ``homer-hybrid``.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from dataclasses import replace
 
 import torch
 
-from .engine import CompressedContext, append_tokens, drop_last
+from .engine import CompressedContext, Progress, append_tokens, drop_last
 from .focus import choose_leaves, focus_spans, leaf_attention, leaf_relevance
 from .prompt import PromptParts
 
@@ -60,7 +62,8 @@ def hybrid_chunk_len(window: int, chunk_len: int, margin: int, answer_room: int 
 
 @torch.inference_mode()
 def hybrid_context(hm, parts: PromptParts, *, leaves: int = 1, margin: int | None = None,
-                   answer_room: int = ANSWER_ROOM, window: int | None = None) -> CompressedContext:
+                   answer_room: int = ANSWER_ROOM, window: int | None = None,
+                   progress: Progress | None = None) -> CompressedContext:
     """The hybrid cache for ``parts`` on ``hm`` (a ``homer_llm.HomerModel``).
 
     Args:
@@ -70,6 +73,8 @@ def hybrid_context(hm, parts: PromptParts, *, leaves: int = 1, margin: int | Non
         answer_room: positions kept free for the answer.
         window: the positions the read may use (None: the model's window; less emulates a
             shorter-window model).
+        progress: called as ``progress(done, total)`` over the tree's layer passes, then once more
+            when the locator and the plain read of the leaves are done.
 
     A prompt that fits one chunk takes the plain path (``hm.compress``), as everywhere else.
     """
@@ -85,10 +90,13 @@ def hybrid_context(hm, parts: PromptParts, *, leaves: int = 1, margin: int | Non
     chunk = hybrid_chunk_len(window, hm.chunk_len, margin, answer_room)
     # the tree's own suffix is dropped below, so it is not read afresh either (reread_suffix off)
     tree = hm.with_config(replace(hm.homer, chunk_len=chunk, cache_len=min(hm.homer.cache_len or chunk, chunk),
-                                  focus_leaves=0, reread_suffix=False))
+                                  focus_leaves=0, focus_keep_document=False, reread_suffix=False))
     plan = tree.plan(parts)
-    compressed = tree.compress(parts)
+    total = plan.layer_passes + 1
+    compressed = tree.compress(parts, progress=None if progress is None else lambda d, t: progress(d, t + 1))
     if plan.num_leaves == 1:
+        if progress is not None:
+            progress(total, total)
         return compressed
     started = time.perf_counter()
     ids = torch.tensor(parts.ids, dtype=torch.long)
@@ -109,6 +117,8 @@ def hybrid_context(hm, parts: PromptParts, *, leaves: int = 1, margin: int | Non
                     chosen, plan.num_leaves, spans, len(gathered), compressed.cache_tokens - S)
         new_ids = torch.tensor(gathered + list(parts.suffix), dtype=torch.long)
         kv, logits = append_tokens(tree.parts, drop_last(compressed.kv, S), new_ids, start)
+    if progress is not None:
+        progress(total, total)
     stats = replace(compressed.stats, cache_tokens=int(kv[0][0].shape[2]),
                     seconds=compressed.stats.seconds + time.perf_counter() - started)
     return CompressedContext(kv, start + len(new_ids), logits, stats)

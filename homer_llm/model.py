@@ -28,6 +28,7 @@ from .config import GenerationConfig, HomerConfig
 from .engine import CompressedContext, Progress, compress
 from .focus import choose_leaves, focus_spans, focused_parts, leaf_attention, leaf_relevance
 from .generation import Generation, TextStream, generate
+from .hybrid import hybrid_chunk_len, hybrid_context
 from .prompt import PromptParts, split_chat, split_text
 from .schedule import Plan, make_plan
 from .spans import word_spans
@@ -386,7 +387,7 @@ def resolve_merge_attention(homer: HomerConfig, attn_implementation: str) -> str
     if not maskable:
         logger.info("merge_attention='auto': %s takes no arbitrary mask, merges stay causal", attn_implementation)
         return "causal"
-    return "causal" if homer.focus_leaves else "own-leaf"
+    return "causal" if homer.focus_leaves and not homer.focus_keep_document else "own-leaf"
 
 
 class HomerModel:
@@ -441,6 +442,12 @@ class HomerModel:
             # the final cache is the root of the merge tree, one node of at most chunk_len tokens
             raise ValueError(f"cache_len {homer.cache_len} exceeds chunk_len {chunk}: the final cache "
                              "holds at most one chunk; raise chunk_len or lower cache_len")
+        if homer.focus_leaves and homer.focus_keep_document:
+            # the hybrid read: one leaf and its margins must fit after the compressed cache
+            chunk = hybrid_chunk_len(self.parts.window, chunk, homer.focus_margin)
+            if homer.cache_len is not None and homer.cache_len > chunk:
+                raise ValueError(f"cache_len {homer.cache_len} exceeds the hybrid read's chunk_len {chunk} "
+                                 f"(hybrid.hybrid_chunk_len of a {self.parts.window}-token window); lower cache_len")
         self.homer = replace(homer, chunk_len=chunk, cache_len=homer.cache_len or chunk)
         self.lock = threading.RLock()
         self._bias: torch.Tensor | None = None
@@ -782,6 +789,8 @@ class HomerModel:
             ValueError: token ids outside the vocabulary, a prompt that cannot be planned, or one
                 over :attr:`limits` (see :meth:`estimate`).
         """
+        if self.homer.focus_leaves and self.homer.focus_keep_document:
+            return hybrid_context(self, parts, leaves=self.homer.focus_leaves, progress=progress)
         plan = self.plan(parts)
         self.check_ids(parts)
         self.check_cost(plan)

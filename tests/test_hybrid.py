@@ -81,3 +81,73 @@ def test_bad_arguments_name_the_value(hm):
         hybrid_context(hm, _parts(1400), leaves=0, answer_room=32)
     with pytest.raises(ValueError, match="margin must be >= 0, got -1"):
         hybrid_context(hm, _parts(1400), margin=-1, answer_room=32)
+
+
+# ---------------------------------------------------------------------- as the engine's read path
+@pytest.fixture
+def hybrid_hm(tokenizer):
+    torch.manual_seed(0)
+    model = tiny_model("llama", vocab=len(tokenizer), window=1024, layers=4)
+    return HomerModel(model, tokenizer, name="tiny",
+                      homer=HomerConfig(focus_leaves=1, focus_keep_document=True, focus_margin=8))
+
+
+def test_config_makes_the_hybrid_the_engines_read_path(hybrid_hm):
+    hm = hybrid_hm
+    assert hm.chunk_len == hybrid_chunk_len(1024, 512, 8) < 512  # one leaf and its margins fit after the cache
+    assert hm.homer.merge_attention == "own-leaf"  # "auto": the hybrid keeps the tree, with own-leaf merges
+    parts = _parts(2400)
+    done = []
+    out = hm.compress(parts, progress=lambda d, t: done.append((d, t)))
+    assert done and done[-1][0] == done[-1][1]
+    plain = hm.with_config(HomerConfig(focus_margin=8))  # the free function on an engine without focus
+    ref = hybrid_context(plain, parts, leaves=1, margin=8)
+    assert out.cache_tokens == ref.cache_tokens and out.next_position == ref.next_position
+    torch.testing.assert_close(out.last_logits, ref.last_logits)
+    assert out.stats.num_leaves > 1
+    # a question the whole document answers still reads every leaf's surviving tokens: more than a leaf
+    assert out.cache_tokens > hm.chunk_len
+
+
+def test_keep_document_is_checked_and_keyed(tokenizer, hybrid_hm):
+    from homer_llm.doc_cache import _homer_key
+
+    with pytest.raises(TypeError, match="focus_keep_document must be a bool, got 'yes'"):
+        HomerConfig(focus_leaves=1, focus_keep_document="yes")
+    assert "focus_keep_document" not in _homer_key(HomerConfig(focus_leaves=1))  # older keys stay hits
+    assert _homer_key(hybrid_hm.homer)["focus_keep_document"] is True
+    with pytest.raises(ValueError, match="hybrid read's chunk_len"):
+        HomerModel(hybrid_hm.model, tokenizer, name="tiny",
+                   homer=HomerConfig(focus_leaves=1, focus_keep_document=True, cache_len=500))
+
+
+def test_document_cache_falls_back_to_exact_compression(hybrid_hm, tmp_path):
+    from homer_llm.doc_cache import DocumentCache
+
+    parts = _parts(2400)
+    for mode in ("leaf", "agnostic"):
+        cache = DocumentCache(mode=mode)
+        first, hit = cache.get_or_compress(hybrid_hm, parts)
+        again, hit2 = cache.get_or_compress(hybrid_hm, parts)
+        assert not hit and hit2
+        torch.testing.assert_close(first.last_logits, hybrid_hm.compress(parts).last_logits)
+
+
+def test_both_adapters_pass_keep_document():
+    langchain_homer = pytest.importorskip("langchain_homer", reason="needs the langchain extra installed")
+    llama = pytest.importorskip("llama_index.llms.homer", reason="needs the llamaindex extra installed")
+    lc = langchain_homer.HomerLLM(focus_leaves=1, focus_keep_document=True)
+    li = llama.HomerLLM(focus_leaves=1, focus_keep_document=True)
+    assert lc._homer_config() == li.homer_config() == HomerConfig(focus_leaves=1, focus_keep_document=True)
+    assert lc._identifying_params["focus_keep_document"] is True
+
+
+def test_cli_refuses_keep_document_without_focus(capsys, tmp_path):
+    from homer_llm.cli import main
+
+    doc = tmp_path / "doc.txt"
+    doc.write_text("Some text.")
+    assert main(["ask", "--document", str(doc), "q", "--focus-keep-document"]) == 2
+    err = capsys.readouterr().err
+    assert "--focus-keep-document needs --focus-leaves K with K >= 1, got --focus-leaves 0" in err
+    assert "Traceback" not in err

@@ -159,7 +159,7 @@ class HomerLLM(BaseChatModel):
 
     Key init args — HOMER:
         chunk_len, cache_len, warmup_layers, pruning, prune_unit, reread_suffix, rope_scaling,
-        rope_factor, focus_leaves, focus_margin, focus_locator, merge_attention: see each field
+        rope_factor, focus_leaves, focus_margin, focus_locator, focus_keep_document, merge_attention: see each field
         (they mirror ``homer_llm.HomerConfig``); ``document_cache`` reuses compressed documents.
 
     Instantiate:
@@ -282,6 +282,10 @@ class HomerLLM(BaseChatModel):
     focus_locator: Literal["tree", "leaf"] = "leaf"
     """Only with focus: "leaf" (default) ranks chunks inside each chunk's own pass, no merges run;
     "tree" ranks by the question's attention after the whole tree."""
+    focus_keep_document: bool = False
+    """Only with focus: True reads the chosen chunks in full after HOMER's compressed cache of the
+    whole document (the hybrid read), so a question about the whole still sees all of it; False
+    (default): the chosen chunks alone."""
     merge_attention: Literal["auto", "causal", "own-leaf"] = "auto"
     """In merged nodes: "causal" (as published), "own-leaf" (a document token reads only its own
     chunk, the question reads all), "auto" (default: own-leaf without focus on sdpa/eager, else causal)."""
@@ -358,7 +362,7 @@ class HomerLLM(BaseChatModel):
                            reread_suffix=self.reread_suffix, rope_scaling=self.rope_scaling,
                            rope_factor=self.rope_factor, focus_leaves=self.focus_leaves,
                            focus_margin=self.focus_margin, focus_locator=self.focus_locator,
-                           merge_attention=self.merge_attention)
+                           focus_keep_document=self.focus_keep_document, merge_attention=self.merge_attention)
 
     # ------------------------------------------------------------------ identity
     @property
@@ -381,7 +385,7 @@ class HomerLLM(BaseChatModel):
             "prune_unit": self.prune_unit, "reread_suffix": self.reread_suffix, "rope_scaling": self.rope_scaling,
             "rope_factor": self.rope_factor, "focus_leaves": self.focus_leaves,
             "focus_margin": self.focus_margin, "focus_locator": self.focus_locator,
-            "merge_attention": self.merge_attention, "max_tokens": self.max_tokens,
+            "focus_keep_document": self.focus_keep_document, "merge_attention": self.merge_attention, "max_tokens": self.max_tokens,
             "temperature": self.temperature,
             "top_p": self.top_p,
             "top_k": self.top_k, "seed": self.seed, "stop": self.stop,

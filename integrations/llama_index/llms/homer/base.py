@@ -152,7 +152,7 @@ class HomerLLM(FunctionCallingLLM):
 
     The HOMER settings (``chunk_len``, ``cache_len``, ``warmup_layers``, ``pruning``,
     ``prune_unit``, ``reread_suffix``, ``rope_scaling``, ``rope_factor``, ``focus_leaves``,
-    ``focus_margin``, ``focus_locator``, ``merge_attention``), ``model``, ``device``, ``dtype``,
+    ``focus_margin``, ``focus_locator``, ``focus_keep_document``, ``merge_attention``), ``model``, ``device``, ``dtype``,
     ``attn_implementation``, ``edge_tokens`` and ``document_cache`` have the names and meanings
     of the LangChain adapter's (``langchain_homer.HomerLLM``); equal settings share one engine.
 
@@ -206,6 +206,10 @@ class HomerLLM(FunctionCallingLLM):
     focus_locator: Literal["tree", "leaf"] = Field(
         default="leaf", description="With focus: rank leaves inside each leaf's own pass ('leaf') or by the "
         "question's attention after the whole tree ('tree').",
+    )
+    focus_keep_document: bool = Field(
+        default=False, description="With focus: True reads the chosen leaves in full after HOMER's compressed "
+        "cache of the whole document (the hybrid read); False: the chosen leaves alone.",
     )
     merge_attention: Literal["auto", "causal", "own-leaf"] = Field(
         default="auto", description="Attention in merged nodes: 'causal' (as published), 'own-leaf' (a document "
@@ -281,7 +285,8 @@ class HomerLLM(FunctionCallingLLM):
                            pruning=self.pruning, prune_unit=self.prune_unit, reread_suffix=self.reread_suffix,
                            rope_scaling=self.rope_scaling, rope_factor=self.rope_factor,
                            focus_leaves=self.focus_leaves, focus_margin=self.focus_margin,
-                           focus_locator=self.focus_locator, merge_attention=self.merge_attention)
+                           focus_locator=self.focus_locator, focus_keep_document=self.focus_keep_document,
+                           merge_attention=self.merge_attention)
 
     # ------------------------------------------------------------------ engine and metadata
     @property
