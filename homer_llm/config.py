@@ -210,6 +210,7 @@ class GenerationConfig:
         top_k: keep only the k most likely tokens (0 disables it).
         seed: seed of the sampling generator (None: nondeterministic).
         stop: strings that end generation; the matched stop string is not returned.
+        suppress_tokens: token ids never generated (their logits are set to -inf at every step).
     """
 
     max_new_tokens: int = 256
@@ -218,12 +219,16 @@ class GenerationConfig:
     top_k: int = 0
     seed: int | None = None
     stop: tuple[str, ...] = field(default_factory=tuple)
+    suppress_tokens: tuple[int, ...] = field(default_factory=tuple)
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):
             object.__setattr__(self, "stop", (self.stop,))
         else:
             object.__setattr__(self, "stop", tuple(self.stop))
+        object.__setattr__(self, "suppress_tokens", tuple(self.suppress_tokens))
+        if any(isinstance(t, bool) or not isinstance(t, int) or t < 0 for t in self.suppress_tokens):
+            raise ValueError(f"suppress_tokens must be token ids (ints >= 0), got {self.suppress_tokens!r}")
         if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be a positive int, got {self.max_new_tokens!r}")
         if self.temperature < 0:

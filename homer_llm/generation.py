@@ -132,7 +132,10 @@ class TextStream:
         holdback = max((len(s) for s in config.stop), default=1) - 1
         reason = "length"
         text = ""
+        banned = torch.tensor(config.suppress_tokens, dtype=torch.long) if config.suppress_tokens else None
         for step in range(config.max_new_tokens):
+            if banned is not None:
+                logits = logits.index_fill(0, banned.to(logits.device), float("-inf"))
             token = sample_next(logits, config, generator)
             tokens.append(token)
             if token in eos_ids:

@@ -50,10 +50,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 __all__ = [
+    "CALL_OPENINGS",
     "FAMILIES",
     "ParsedOutput",
     "ToolFormat",
     "ToolSpec",
+    "call_opening_tokens",
     "choice_instruction",
     "close_json",
     "decode_json",
@@ -396,6 +398,25 @@ def forced_prefill(fmt: ToolFormat, spec: ToolSpec, name: str | None = None) -> 
         return f"[TOOL_CALLS]{name}[ARGS]{args}"
     args_key = "parameters" if fmt.family == "llama3" else "arguments"
     return f'{_CALL_HEADS[fmt.family]} {json.dumps(name, ensure_ascii=False)}, "{args_key}": {args}'
+
+
+CALL_OPENINGS = ("<tool_call>", "[TOOL_CALLS]", "<|python_tag|>", "```")
+"""Texts that open a tool call in some family (a code fence may hold a JSON call)."""
+
+
+def call_opening_tokens(tokenizer: Any) -> tuple[int, ...]:
+    """The ids of those of :data:`CALL_OPENINGS` that ``tokenizer`` writes as one token.
+
+    Suppressing them during decoding keeps a reply in prose (``GenerationConfig.suppress_tokens``);
+    an opening spelt over several tokens is left alone, since banning its first piece would ban
+    ordinary text too.
+    """
+    out: list[int] = []
+    for marker in CALL_OPENINGS:
+        ids = tokenizer(marker, add_special_tokens=False)["input_ids"]
+        if len(ids) == 1 and ids[0] not in out:
+            out.append(int(ids[0]))
+    return tuple(out)
 
 
 def forced_stop(fmt: ToolFormat) -> tuple[str, ...]:

@@ -33,7 +33,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextvars import ContextVar, Token
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManager, CallbackManagerForLLMRun
@@ -49,7 +49,7 @@ from pydantic import ConfigDict, Field, SecretStr, field_validator, model_valida
 from homer_llm import DOCUMENT_PLACEHOLDER, GenerationConfig, HomerConfig, HomerModel, PromptParts
 from homer_llm.generation import extend_context
 from homer_llm.model import local_tokenizer
-from homer_llm.tool_calls import add_system, tool_instructions
+from homer_llm.tool_calls import add_system, call_opening_tokens, tool_instructions
 
 from .documents import find_document_span, join_documents
 from .messages import merge_same_roles, to_chat_dicts
@@ -111,6 +111,7 @@ class _Request:
     answer_first: bool = False
     answer_prefill: str = ""
     previous_calls: frozenset[str] = frozenset()
+    repeat_suppressed: bool = False
     extra_output_tokens: int = 0
     document_tokens: int = 0
     cache_read: int = 0
@@ -309,6 +310,13 @@ class HomerLLM(BaseChatModel):
     trailing paragraphs kept out of it (None: ``min(256, chunk_len // 8)``)."""
     streaming: bool = False
     """True: ``invoke`` streams internally, so callbacks get each token (``on_llm_new_token``)."""
+    repeated_calls: Literal["answer", "allow"] = "answer"
+    """With tools bound and the choice left to the model: "answer" (default) decodes a reply that
+    only repeats tool calls already made since the user's last message once more with the
+    tool-call openings suppressed, so the model answers from the results it has (small models
+    often call the same tool again, and an agent loop then runs to its recursion limit); "allow"
+    returns such calls as they are. Only where the tokenizer writes a call opening as one token
+    (``<tool_call>``, ``[TOOL_CALLS]``, ``<|python_tag|>``, a code fence)."""
     timeout: float | None = None
     """Accepted for compatibility with hosted chat models; unused."""
     max_retries: int | None = None
@@ -385,7 +393,8 @@ class HomerLLM(BaseChatModel):
             "prune_unit": self.prune_unit, "reread_suffix": self.reread_suffix, "rope_scaling": self.rope_scaling,
             "rope_factor": self.rope_factor, "focus_leaves": self.focus_leaves,
             "focus_margin": self.focus_margin, "focus_locator": self.focus_locator,
-            "focus_keep_document": self.focus_keep_document, "merge_attention": self.merge_attention, "max_tokens": self.max_tokens,
+            "focus_keep_document": self.focus_keep_document, "merge_attention": self.merge_attention,
+            "repeated_calls": self.repeated_calls, "max_tokens": self.max_tokens,
             "temperature": self.temperature,
             "top_p": self.top_p,
             "top_k": self.top_k, "seed": self.seed, "stop": self.stop,
@@ -676,6 +685,9 @@ class HomerLLM(BaseChatModel):
         context = self._compress(req, progress)
         if req.choose_name:
             context = self._write_tool_name(req, context)
+        if self._guards_repeats(req):
+            yield from self._decode_unrepeated(req, context, cancel)
+            return
         if req.answer_first:
             text = "".join(self._decode(req, context, cancel))
             if cancel is not None and cancel.is_set():
@@ -701,6 +713,46 @@ class HomerLLM(BaseChatModel):
             close = getattr(inner, "close", None)
             if close is not None:
                 close()
+
+    def _guards_repeats(self, req: _Request) -> bool:
+        """Whether this call's reply is checked for repeated tool calls (``repeated_calls``)."""
+        return (self.repeated_calls == "answer" and req.spec is not None and req.spec.active
+                and not req.spec.forced and not req.answer_first and not req.prefill and bool(req.previous_calls))
+
+    def _decode_unrepeated(self, req: _Request, context: Any, cancel: threading.Event | None) -> Iterator[str]:
+        """Deltas of a reply that does not only repeat earlier calls (``repeated_calls="answer"``).
+
+        Prose is streamed as it comes. A reply that opens with a call is held until it ends; when
+        every call in it was already made since the user's last message, it is dropped and the
+        reply decoded again from the same context with the call openings suppressed.
+        """
+        assert req.spec is not None
+        inner = self._decode(req, context, cancel)
+        text = ""
+        for delta in inner:
+            text += delta
+            if not text.strip():
+                continue
+            index, _ = marker_start(text, at_start_json=True)
+            if index is None or text[:index].strip():  # prose first: never decoded again
+                yield text
+                yield from inner
+                return
+        if cancel is not None and cancel.is_set():
+            return
+        calls = parse_tool_calls(text, req.spec.names).tool_calls
+        banned = call_opening_tokens(req.engine.tokenizer)
+        if not calls or not banned or any(_call_key(c["name"], c["args"]) not in req.previous_calls for c in calls):
+            yield text
+            return
+        logger.info("the reply only repeats tool calls already made (%s): decoded again without tool calls",
+                    ", ".join(c["name"] for c in calls))
+        if req.result is not None:
+            req.extra_output_tokens += len(req.result.token_ids)
+            req.result = None
+        req.repeat_suppressed = True
+        req.config = replace(req.config, suppress_tokens=tuple(dict.fromkeys(req.config.suppress_tokens + banned)))
+        yield from self._decode(req, context, cancel)
 
     @staticmethod
     def _free_choice_stands(req: _Request, text: str) -> bool:
@@ -789,6 +841,7 @@ class HomerLLM(BaseChatModel):
                 "tree_height": req.tree_height,
                 "compress_seconds": round(req.compress_seconds, 4),
                 "generate_seconds": round(result.seconds, 4) if result is not None else 0.0,
+                **({"repeated_call_suppressed": True} if req.repeat_suppressed else {}),
             },
         }
 
