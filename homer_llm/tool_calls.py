@@ -57,6 +57,8 @@ __all__ = [
     "ToolSpec",
     "call_opening_tokens",
     "choice_instruction",
+    "coerce_arguments",
+    "coerce_calls",
     "close_json",
     "decode_json",
     "detect_tool_format",
@@ -417,6 +419,51 @@ def call_opening_tokens(tokenizer: Any) -> tuple[int, ...]:
         if len(ids) == 1 and ids[0] not in out:
             out.append(int(ids[0]))
     return tuple(out)
+
+
+_INT_RE = re.compile(r"[+-]?\d+")
+_NUMBER_RE = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
+
+
+def _coerced(value: Any, schema: Any) -> Any:
+    if not isinstance(value, str) or not isinstance(schema, dict):
+        return value
+    kinds = schema.get("type")
+    kinds = kinds if isinstance(kinds, list) else [kinds]
+    if "string" in kinds:
+        return value
+    text = value.strip()
+    if "integer" in kinds and _INT_RE.fullmatch(text):
+        return int(text)
+    if "number" in kinds and _NUMBER_RE.fullmatch(text):
+        number = float(text)
+        return int(number) if number.is_integer() and _INT_RE.fullmatch(text) else number
+    if "boolean" in kinds and text.lower() in ("true", "false"):
+        return text.lower() == "true"
+    return value
+
+
+def coerce_arguments(args: dict[str, Any], parameters: dict[str, Any] | None) -> dict[str, Any]:
+    """``args`` with quoted numbers and booleans read as the types ``parameters`` declares.
+
+    Small models often write ``{"a": "3"}`` for an integer parameter. A tool that validates its
+    input (LangChain's, through pydantic) converts that itself; one that does not (a LlamaIndex
+    ``FunctionTool`` calls the function as it is) would multiply strings. Only top-level
+    properties declared ``integer``, ``number`` or ``boolean`` (and not also ``string``) whose value
+    is a string spelling exactly such a value change; everything else is returned as it was.
+    """
+    props = (parameters or {}).get("properties")
+    if not isinstance(props, dict) or not isinstance(args, dict):
+        return args
+    return {k: _coerced(v, props.get(k)) for k, v in args.items()}
+
+
+def coerce_calls(spec: ToolSpec, calls: Sequence[dict[str, Any]]) -> None:
+    """Apply :func:`coerce_arguments` in place to parsed ``calls`` of ``spec``'s tools."""
+    by_name = {t["function"]["name"]: t["function"].get("parameters") for t in spec.tools}
+    for call in calls:
+        if call.get("name") in by_name and isinstance(call.get("args"), dict):
+            call["args"] = coerce_arguments(call["args"], by_name[call["name"]])
 
 
 def forced_stop(fmt: ToolFormat) -> tuple[str, ...]:

@@ -218,3 +218,39 @@ def test_answers_are_not_echoes():
     assert not is_schema_echo({"address": {"type": "home"}}, nested)  # an object field holding a "type" key
     with_type = {"type": "object", "properties": {"type": {"type": "string"}, "properties": {"type": "array"}}}
     assert not is_schema_echo({"type": "flat", "properties": ["garden"]}, with_type)
+
+
+def test_quoted_numbers_and_booleans_take_the_declared_type():
+    from homer_llm.tool_calls import ToolSpec, coerce_arguments, coerce_calls
+
+    params = {"type": "object", "properties": {"a": {"type": "integer"}, "x": {"type": "number"},
+                                               "on": {"type": "boolean"}, "name": {"type": "string"},
+                                               "either": {"type": ["string", "integer"]}}}
+    got = coerce_arguments({"a": " 3", "x": "2.5", "on": "True", "name": "7", "either": "7", "extra": "1"}, params)
+    assert got == {"a": 3, "x": 2.5, "on": True, "name": "7", "either": "7", "extra": "1"}
+    assert coerce_arguments({"a": "3.5", "x": "1e3", "on": "yes"}, params) == {"a": "3.5", "x": 1000.0, "on": "yes"}
+    assert coerce_arguments({"x": "12"}, params) == {"x": 12} and coerce_arguments({"a": 3}, None) == {"a": 3}
+    spec = ToolSpec(({"type": "function", "function": {"name": "multiply", "parameters": params}},))
+    calls = [{"name": "multiply", "args": {"a": "4"}}, {"name": "other", "args": {"a": "4"}}]
+    coerce_calls(spec, calls)
+    assert calls == [{"name": "multiply", "args": {"a": 4}}, {"name": "other", "args": {"a": "4"}}]
+
+
+def test_both_adapters_hand_tools_the_declared_types():
+    pytest.importorskip("llama_index.core", reason="needs the llamaindex extra installed")
+    from llama_index.core.tools import FunctionTool
+    from llama_index.llms.homer.base import _tool_message, _Tools
+
+    from homer_llm.tool_calls import ToolFormat, ToolSpec
+
+    def multiply(a: int, b: int) -> int:
+        """Multiply two integers."""
+        return a * b
+
+    tool = FunctionTool.from_defaults(multiply)
+    spec = ToolSpec(({"type": "function", "function": {"name": "multiply",
+                                                      "parameters": tool.metadata.get_parameters_dict()}},))
+    message = _tool_message(_Tools(spec, ToolFormat("hermes", True, True, False)),
+                            '<tool_call>\n{"name": "multiply", "arguments": {"a": "3", "b": "41"}}\n</tool_call>')
+    (block,) = [b for b in message.blocks if getattr(b, "tool_kwargs", None)]
+    assert block.tool_kwargs == {"a": 3, "b": 41} and tool.call(**block.tool_kwargs).raw_output == 123

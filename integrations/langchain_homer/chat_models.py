@@ -49,7 +49,7 @@ from pydantic import ConfigDict, Field, SecretStr, field_validator, model_valida
 from homer_llm import DOCUMENT_PLACEHOLDER, GenerationConfig, HomerConfig, HomerModel, PromptParts
 from homer_llm.generation import extend_context
 from homer_llm.model import local_tokenizer
-from homer_llm.tool_calls import add_system, call_opening_tokens, tool_instructions
+from homer_llm.tool_calls import add_system, call_opening_tokens, coerce_calls, tool_instructions
 
 from .documents import find_document_span, join_documents
 from .messages import merge_same_roles, to_chat_dicts
@@ -812,6 +812,7 @@ class HomerLLM(BaseChatModel):
         if req.spec is None or not req.spec.active:
             return text, None
         parsed = parse_tool_calls(full, req.spec.names)
+        coerce_calls(req.spec, parsed.tool_calls)
         if req.spec.forced and not parsed.tool_calls and not parsed.invalid_tool_calls:
             parsed.invalid_tool_calls.append({
                 "name": req.spec.forced_name, "args": full, "id": None, "type": "invalid_tool_call",

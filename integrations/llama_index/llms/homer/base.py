@@ -57,6 +57,7 @@ from homer_llm.tool_calls import (
     ToolFormat,
     ToolSpec,
     add_system,
+    coerce_calls,
     detect_tool_format,
     first_argument,
     forced_prefill,
@@ -818,6 +819,7 @@ def _response_schema(response_format: Any) -> dict[str, Any] | None:
 def _tool_message(tools: _Tools, text: str) -> ChatMessage:
     """The assistant message for a reply ``text`` (prefill included): its content and tool calls."""
     parsed = parse_tool_calls(text, tools.spec.names)
+    coerce_calls(tools.spec, parsed.tool_calls)
     blocks: list[Any] = [TextBlock(text=parsed.content)] if parsed.content else []
     blocks += [ToolCallBlock(tool_call_id=c["id"], tool_name=c["name"], tool_kwargs=c["args"])
                for c in parsed.tool_calls]
