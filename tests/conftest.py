@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 
 import pytest
-import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -15,10 +14,19 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 def one_thread():
     """One torch thread for the module: tiny models run fastest single-threaded (thread hand-off
     dominates on busy shared cores). Use with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+    from tiny import torch_threads
+
+    with torch_threads(1):
+        yield
+
+
+@pytest.fixture
+def two_threads():
+    """Two torch threads for one test: the real models use both cores."""
+    from tiny import torch_threads
+
+    with torch_threads(2):
+        yield
 
 
 @pytest.fixture(autouse=True)

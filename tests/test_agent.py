@@ -35,7 +35,7 @@ from homer_agent import (  # noqa: E402
     supports_tool_calling,
 )
 
-from homer_llm import HomerConfig, HomerModel  # noqa: E402
+from homer_llm import HomerModel  # noqa: E402
 from homer_llm.doc_cache import DocumentCache  # noqa: E402
 
 DOC = "".join(f"Line {i}: the {['red', 'blue', 'green'][i % 3]} box holds {i * 7} coins.\n" for i in range(10))
@@ -51,13 +51,9 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make_engine(template: str | None = None, window: int = 256) -> HomerModel:
-    from tiny import tiny_model, tiny_tokenizer
+    from tiny import tiny_engine
 
-    tok = tiny_tokenizer()
-    if template is not None:
-        tok.chat_template = template
-    return HomerModel(tiny_model("llama", vocab=len(tok), layers=4, window=window), tok, name="tiny-agent",
-                      homer=HomerConfig(pruning="uncalibrated"))
+    return tiny_engine(layers=4, window=window, template=template, name="tiny-agent")
 
 
 @pytest.fixture(scope="module")

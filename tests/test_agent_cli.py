@@ -30,17 +30,11 @@ def doc_file(tmp_path):
 
 
 @pytest.fixture
-def tiny_llm(monkeypatch):
+def tiny_llm(monkeypatch, one_thread):
     """HomerLLM(...) in the CLI builds a tiny random llama instead of loading a model folder."""
-    import torch
-    from tiny import tiny_model, tiny_tokenizer
+    from tiny import tiny_engine
 
-    from homer_llm import HomerConfig, HomerModel
-
-    torch.set_num_threads(1)
-    tok = tiny_tokenizer()
-    engine = HomerModel(tiny_model("llama", vocab=len(tok), layers=4), tok, name="tiny-cli",
-                        homer=HomerConfig(pruning="uncalibrated"))
+    engine = tiny_engine(layers=4, name="tiny-cli")
     made: dict[str, Any] = {}
     real = langchain_homer.HomerLLM
 

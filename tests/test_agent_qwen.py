@@ -19,13 +19,10 @@ from homer_llm.doc_cache import DocumentCache  # noqa: E402
 
 
 @pytest.mark.slow
-def test_qwen_chooses_the_tools_and_reads_the_document(tmp_path):
+def test_qwen_chooses_the_tools_and_reads_the_document(tmp_path, two_threads):
     path = qwen_path("1.5b")
     if path is None:
         pytest.skip(QWEN_SKIP)
-    import torch
-
-    torch.set_num_threads(2)
     cache = DocumentCache()
     llm = langchain_homer.HomerLLM(model=str(path), dtype="float32", chunk_len=1024, max_tokens=48,
                                    document_cache=cache)

@@ -27,14 +27,13 @@ PHASE = textwrap.dedent('''
     import json, sys
     sys.path.insert(0, sys.argv[2])
     import torch
-    torch.set_num_threads(1)
+    torch.set_num_threads(1)  # a process of its own: nothing to restore, no fixture reaches it
     from langchain_core.language_models import BaseChatModel
     from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
     from langchain_core.outputs import ChatGeneration, ChatResult
-    from tiny import tiny_model, tiny_tokenizer
+    from tiny import tiny_engine
 
     from homer_agent import DocumentAccess, build_agent, default_cache_dir, run_turn, sqlite_checkpointer
-    from homer_llm import HomerConfig, HomerModel
     from homer_llm.doc_cache import DocumentCache
     from langchain_homer import HomerLLM
 
@@ -61,9 +60,7 @@ PHASE = textwrap.dedent('''
             return ChatResult(generations=[ChatGeneration(message=reply)])
 
     args = json.loads(sys.argv[1])
-    tok = tiny_tokenizer()
-    engine = HomerModel(tiny_model("llama", vocab=len(tok), layers=4), tok, name="tiny-resume",
-                        homer=HomerConfig(pruning="uncalibrated"))
+    engine = tiny_engine(layers=4, name="tiny-resume")
     cache = DocumentCache(mode="agnostic", generic_suffix="\\n\\nKeep the facts.",
                           disk_dir=default_cache_dir(args["db"]))
     llm = HomerLLM(engine=engine, max_tokens=3, document_cache=cache)

@@ -25,14 +25,6 @@ from homer_llm.bench.runner import Bench, BenchSettings, is_oom
 TINY = get_shape("tiny")
 
 
-@pytest.fixture
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _bench(**kwargs) -> Bench:
     defaults = dict(shape=TINY, device="cpu", lengths=(256, 512), repeats=1, warmup=0, decode_tokens=2)
     defaults.update(kwargs)

@@ -197,6 +197,7 @@ def test_forged_self_consistent_entry_is_rejected_removed_and_not_kept(tiny_home
 
 # ---------------------------------------------------------------------------------------- 3. several processes
 def _quiet() -> None:
+    """Set up a forked worker process (the module's ``one_thread`` fixture covers only the parent)."""
     logging.getLogger("homer_llm").setLevel(logging.CRITICAL)
     torch.set_num_threads(1)
 

@@ -20,6 +20,8 @@ from test_langchain_support import ScriptedEngine, ScriptedStream, shared_tiny_e
 
 from homer_llm import GenerationConfig, HomerModel
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 # ----------------------------------------------------------------------------- standard suite
 class TestHomerLLMStandardUnit(ChatModelUnitTests):

@@ -13,7 +13,7 @@ import time
 from collections.abc import Iterator, Sequence
 from types import SimpleNamespace
 
-from tiny import tiny_model, tiny_tokenizer
+from tiny import tiny_engine, tiny_model, tiny_tokenizer
 
 from homer_llm import Generation, GenerationConfig, HomerConfig, HomerModel
 
@@ -35,9 +35,7 @@ HERMES_TEMPLATE = (
 @functools.cache
 def shared_tiny_engine() -> HomerModel:
     """One tiny llama engine (window 256, chunk 128) for the whole session (uncalibrated: fast)."""
-    tok = tiny_tokenizer()
-    return HomerModel(tiny_model("llama", vocab=len(tok), layers=4), tok, name="tiny-llama",
-                      homer=HomerConfig(pruning="uncalibrated"))
+    return tiny_engine(layers=4)
 
 
 class ScriptedStream:

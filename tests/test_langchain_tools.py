@@ -23,6 +23,8 @@ from test_langchain_support import ScriptedEngine, hermes_tokenizer, shared_tiny
 from tiny import tiny_tokenizer
 from typing_extensions import TypedDict
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 @tool
 def get_weather(location: str) -> str:

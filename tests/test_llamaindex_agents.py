@@ -23,7 +23,6 @@ from test_llamaindex_support import (
     HERMES_TEMPLATE,
     LLAMA3_TEMPLATE,
     LLMEventCounter,
-    one_torch_thread,
     scripted_engine,
 )
 
@@ -32,10 +31,7 @@ from homer_llm import HomerModel
 CALL = '<tool_call>\n{"name": "multiply", "arguments": {"a": 6, "b": 7}}\n</tool_call>'
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    with one_torch_thread():
-        yield
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def multiply(a: int, b: int) -> int:
@@ -414,17 +410,6 @@ QWEN_TASK = ("First use read_report to find how many crates the Lisbon warehouse
              "Then use multiply to multiply that number by 3. Tell me the result.")
 QWEN_DOCUMENT_TOKENS = 2500  # the 1.5B model prefills ~14 tokens/s on the 2-core test machine
 QWEN_SYSTEM = "You are a careful assistant. Use the tools; never guess a number."
-
-
-@pytest.fixture
-def two_threads():
-    """The real model uses both cores (the tiny ones gain nothing from a second thread)."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(before)
 
 
 class CallLog(LLMEventCounter):

@@ -3,41 +3,27 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from contextlib import contextmanager
 from typing import Any
 
 from llama_index.core.callbacks import CallbackManager, CBEventType
 from llama_index.core.callbacks.base_handler import BaseCallbackHandler
 from llama_index.core.instrumentation import get_dispatcher
 from llama_index.core.instrumentation.event_handlers import BaseEventHandler
+from tiny import tiny_engine as _tiny_engine
+from tiny import torch_threads
 
 FILLER = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again."
 
 
-@contextmanager
 def one_torch_thread():
-    """Tiny models gain nothing from intra-op threads, and on a loaded 2-core machine the spinning
-    OpenMP workers make each decode step ~20x slower (measured: 236 ms vs 11 ms)."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
+    """``torch_threads(1)`` from tiny, under the name test_llamaindex and test_llamaindex_query import."""
+    return torch_threads(1)
 
 
 def tiny_engine(window: int = 2048):
     """A HomerModel over a tiny llama; window 2048 (chunk 1024) so LlamaIndex's QA templates fit
     a chunk next to some document. Uncalibrated pruning: no calibration table to build."""
-    from tiny import tiny_model, tiny_tokenizer
-
-    from homer_llm import HomerConfig, HomerModel
-
-    tok = tiny_tokenizer()
-    model = tiny_model("llama", vocab=len(tok), window=window)
-    return HomerModel(model, tok, name="tiny-llama", homer=HomerConfig(pruning="uncalibrated"))
+    return _tiny_engine(window=window)
 
 
 class LLMEventCounter(BaseCallbackHandler):
@@ -168,9 +154,7 @@ def scripted_engine(replies: list[str], template: str | None = None, window: int
     The tiny random model can not write a tool call; the scripted replies stand for a model that
     does, so the tests exercise everything around the model: prompt, tools, parsing, agents.
     """
-    from tiny import tiny_model, tiny_tokenizer
-
-    from homer_llm import HomerConfig, HomerModel
+    from homer_llm import HomerModel
     from homer_llm.generation import Generation
 
     class ScriptedEngine(HomerModel):
@@ -204,11 +188,7 @@ def scripted_engine(replies: list[str], template: str | None = None, window: int
                 source = self.compress(source)
             return ScriptedStream(self._next(config))
 
-    tok = tiny_tokenizer()
-    if template is not None:
-        tok.chat_template = template
-    model = tiny_model("llama", vocab=len(tok), window=window)
-    return ScriptedEngine(model, tok, name="tiny-scripted", homer=HomerConfig(pruning="uncalibrated"))
+    return _tiny_engine(window=window, template=template, name="tiny-scripted", engine_class=ScriptedEngine)
 
 
 # ---------------------------------------------------------------------- a long report with one fact in it
