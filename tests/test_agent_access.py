@@ -137,13 +137,9 @@ def test_the_agent_reports_refusals_as_tool_errors(root, tmp_path):
     """The router and the tool node turn each refusal into an error ToolMessage."""
     langchain_homer = pytest.importorskip("langchain_homer")
     from homer_agent import build_agent, run_turn
-    from tiny import tiny_model, tiny_tokenizer
+    from tiny import tiny_engine
 
-    from homer_llm import HomerConfig, HomerModel
-
-    tok = tiny_tokenizer()
-    engine = HomerModel(tiny_model("llama", vocab=len(tok), layers=2), tok, name="tiny-access",
-                        homer=HomerConfig(pruning="uncalibrated"))
+    engine = tiny_engine(layers=2, name="tiny-access")
     (tmp_path / "secret.txt").write_text("the vault code is 1234")
     (root / "link.txt").symlink_to(tmp_path / "secret.txt")
     (root / "big.txt").write_text("x" * 2000)

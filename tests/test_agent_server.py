@@ -39,13 +39,9 @@ def test_langgraph_cli_accepts_the_config():
 
 def test_make_graph_builds_the_agent_once_per_settings(monkeypatch, tmp_path):
     from homer_agent import server
-    from tiny import tiny_model, tiny_tokenizer
+    from tiny import tiny_engine
 
-    from homer_llm import HomerConfig, HomerModel
-
-    tok = tiny_tokenizer()
-    engine = HomerModel(tiny_model("llama", vocab=len(tok), layers=2), tok, name="tiny-server",
-                        homer=HomerConfig(pruning="uncalibrated"))
+    engine = tiny_engine(layers=2, name="tiny-server")
     built: list[dict] = []
     real = langchain_homer.HomerLLM
 

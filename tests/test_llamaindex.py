@@ -15,17 +15,14 @@ from llama_index.core.llms import LLM, ChatMessage
 from llama_index.core.llms.function_calling import FunctionCallingLLM
 from llama_index.core.prompts.default_prompts import DEFAULT_TEXT_QA_PROMPT
 from llama_index.llms.homer import DEFAULT_CONTEXT_WINDOW, HomerLLM, split_document, tree_capacity
-from test_llamaindex_support import LLMEventCounter, one_torch_thread, recording, tiny_engine
+from test_llamaindex_support import LLMEventCounter, recording, tiny_engine
 
 from homer_llm import DOCUMENT_PLACEHOLDER, GenerationConfig, HomerModel, split_text
 
 QUESTION = "What is the pass key?"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    with one_torch_thread():
-        yield
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

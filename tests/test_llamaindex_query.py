@@ -24,16 +24,13 @@ from llama_index.llms.homer import (
     WholeDocumentParser,
     whole_document_index,
 )
-from test_llamaindex_support import LLMEventCounter, one_torch_thread, passkey_document, tiny_engine
+from test_llamaindex_support import LLMEventCounter, passkey_document, tiny_engine
 
 PASSKEY = "71932"
 QUESTION = "What is the pass key?"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    with one_torch_thread():
-        yield
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -10,14 +10,8 @@ from llama_index.core.callbacks.base_handler import BaseCallbackHandler
 from llama_index.core.instrumentation import get_dispatcher
 from llama_index.core.instrumentation.event_handlers import BaseEventHandler
 from tiny import tiny_engine as _tiny_engine
-from tiny import torch_threads
 
 FILLER = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again."
-
-
-def one_torch_thread():
-    """``torch_threads(1)`` from tiny, under the name test_llamaindex and test_llamaindex_query import."""
-    return torch_threads(1)
 
 
 def tiny_engine(window: int = 2048):
