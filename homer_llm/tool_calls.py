@@ -407,7 +407,9 @@ CALL_OPENINGS = ("<tool_call>", "[TOOL_CALLS]", "<|python_tag|>", "```")
 
 
 def call_opening_tokens(tokenizer: Any) -> tuple[int, ...]:
-    """The ids of those of :data:`CALL_OPENINGS` that ``tokenizer`` writes as one token.
+    """Token ids that would open a tool call: those of :data:`CALL_OPENINGS` that ``tokenizer``
+    writes as one token, then every token whose text starts with ``{`` (after leading spaces
+    or newlines), where a bare JSON call begins; () when the tokenizer has no one-token opening.
 
     Suppressing them during decoding keeps a reply in prose (``GenerationConfig.suppress_tokens``);
     an opening spelt over several tokens is left alone, since banning its first piece would ban
@@ -418,7 +420,12 @@ def call_opening_tokens(tokenizer: Any) -> tuple[int, ...]:
         ids = tokenizer(marker, add_special_tokens=False)["input_ids"]
         if len(ids) == 1 and ids[0] not in out:
             out.append(int(ids[0]))
-    return tuple(out)
+    if not out:
+        return ()
+    # byte-level BPE writes a leading space as "Ġ" and a newline as "Ċ", sentencepiece a space as "▁"
+    braces = sorted(int(i) for t, i in tokenizer.get_vocab().items()
+                    if t.lstrip(" \t\nĠĊ▁").startswith("{") and int(i) not in out)
+    return (*out, *braces)
 
 
 _INT_RE = re.compile(r"[+-]?\d+")

@@ -42,7 +42,11 @@ def test_the_opening_tokens_are_those_written_as_one_token():
     tok = hermes_tokenizer()
     assert call_opening_tokens(tok) == ()  # "<tool_call>" is several pieces there: nothing is banned
     tok.add_special_tokens({"additional_special_tokens": ["<tool_call>"]})
-    assert call_opening_tokens(tok) == (tok.convert_tokens_to_ids("<tool_call>"),)
+    banned = call_opening_tokens(tok)
+    assert banned[0] == tok.convert_tokens_to_ids("<tool_call>")
+    braces = {tok.convert_ids_to_tokens(i) for i in banned[1:]}
+    assert braces and all(t.lstrip(" Ġ▁").startswith("{") for t in braces)
+    assert tok.convert_tokens_to_ids("{") in banned[1:] or "{" not in tok.get_vocab()
 
 
 def test_a_repeated_call_is_answered_in_prose():
