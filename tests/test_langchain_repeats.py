@@ -56,6 +56,13 @@ def test_a_repeated_call_is_answered_in_prose():
     banned = engine.tokenizer.convert_tokens_to_ids("<tool_call>")
     assert engine.configs[0].suppress_tokens == () and banned in engine.configs[1].suppress_tokens
     assert msg.response_metadata["homer"]["repeated_call_suppressed"] is True
+    # asked again: the tools hidden, the instruction added, the history kept
+    from langchain_homer.chat_models import PROSE_INSTRUCTION
+
+    first_prompt, second = engine.prompt_text(0), engine.prompt_text(1)
+    assert "<tools>" in first_prompt and "<tools>" not in second
+    assert PROSE_INSTRUCTION in second and "It is sunny in Paris." in second
+    assert msg.usage_metadata["input_tokens"] == len(engine.prompts[0]) + len(engine.prompts[1])
     # both decodes are counted
     first = len(engine.tokenizer(CALL_PARIS, add_special_tokens=False)["input_ids"])
     assert msg.usage_metadata["output_tokens"] > first

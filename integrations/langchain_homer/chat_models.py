@@ -79,6 +79,9 @@ DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
 PROGRESS_EVENT = "homer_progress"
 _DTYPES = ("auto", "float32", "fp32", "bfloat16", "bf16", "float16", "fp16")
 _IGNORED_CALL_KWARGS = ("stream", "parallel_tool_calls")
+PROSE_INSTRUCTION = ("Answer the user's last request in plain words from the tool results above. "
+                     "Do not call a tool.")
+"""The system instruction of the repeat guard's second reply (``HomerLLM.repeated_calls``)."""
 
 
 _STREAM_RUN: ContextVar[tuple[uuid.UUID, dict] | None] = ContextVar("homer_stream_run", default=None)
@@ -112,6 +115,7 @@ class _Request:
     answer_prefill: str = ""
     previous_calls: frozenset[str] = frozenset()
     repeat_suppressed: bool = False
+    in_prose: Callable[[], _Request] | None = None
     extra_output_tokens: int = 0
     document_tokens: int = 0
     cache_read: int = 0
@@ -311,12 +315,13 @@ class HomerLLM(BaseChatModel):
     streaming: bool = False
     """True: ``invoke`` streams internally, so callbacks get each token (``on_llm_new_token``)."""
     repeated_calls: Literal["answer", "allow"] = "answer"
-    """With tools bound and the choice left to the model: "answer" (default) decodes a reply that
-    only repeats tool calls already made since the user's last message once more with the
-    tool-call openings suppressed, so the model answers from the results it has (small models
-    often call the same tool again, and an agent loop then runs to its recursion limit); "allow"
-    returns such calls as they are. Only where the tokenizer writes a call opening as one token
-    (``<tool_call>``, ``[TOOL_CALLS]``, ``<|python_tag|>``, a code fence)."""
+    """With tools bound and the choice left to the model: "answer" (default) drops a reply that
+    only repeats tool calls already made since the user's last message and asks again with the
+    tools hidden, an instruction to answer from the tool results and the tool-call openings
+    suppressed, so the model answers from the results it has (small models often call the same
+    tool again, and an agent loop then runs to its recursion limit); "allow" returns such calls
+    as they are. Only where the tokenizer writes a call opening as one token (``<tool_call>``,
+    ``[TOOL_CALLS]``, ``<|python_tag|>``, a code fence)."""
     timeout: float | None = None
     """Accepted for compatibility with hosted chat models; unused."""
     max_retries: int | None = None
@@ -539,9 +544,11 @@ class HomerLLM(BaseChatModel):
     def _prepare(self, messages: list[BaseMessage], stop: list[str] | None, kwargs: dict[str, Any]) -> _Request:
         if not messages:
             raise ValueError("HomerLLM needs at least one message, got none")
+        original = dict(kwargs)
         kwargs = dict(kwargs)
         for key in _IGNORED_CALL_KWARGS:
             kwargs.pop(key, None)
+        in_prose = kwargs.pop("_in_prose", False)
         engine = self.get_engine(kwargs.pop("model", None))
         tools = kwargs.pop("tools", None)
         choice = kwargs.pop("tool_choice", None)
@@ -566,7 +573,7 @@ class HomerLLM(BaseChatModel):
             spec = ToolSpec(formatted, normalize_tool_choice(choice, names),
                             tuple(n for n in answer_tools if n in names))
         dicts = to_chat_dicts(messages, fmt)
-        instructions = [tool_instructions(fmt, spec)]
+        instructions = [tool_instructions(fmt, spec), PROSE_INSTRUCTION if in_prose else None]
         prefill = answer_prefill = ""
         json_mode = False
         answer_first = spec is not None and spec.answer_name is not None
@@ -611,9 +618,14 @@ class HomerLLM(BaseChatModel):
             top_k=int(gen["top_k"]), seed=gen["seed"], stop=tuple(dict.fromkeys(stops)),
         )
         choose_name = spec is not None and spec.forced and spec.forced_name is None and not answer_first
+
+        def in_prose_request() -> _Request:  # the same call with the tools hidden, for the repeat guard
+            return self._prepare(messages, stop, {**original, "tool_choice": "none", "_in_prose": True})
+
         return _Request(engine, parts, config, spec, fmt, prefill=prefill, choose_name=choose_name,
                         json_mode=json_mode, document_tokens=document_tokens, answer_first=answer_first,
-                        previous_calls=_calls_since_last_user(messages), answer_prefill=answer_prefill)
+                        previous_calls=_calls_since_last_user(messages), answer_prefill=answer_prefill,
+                        in_prose=in_prose_request)
 
     def _build_parts(
         self, engine: HomerModel, dicts: list[dict[str, Any]], system_text: str | None, documents: Any,
@@ -724,7 +736,8 @@ class HomerLLM(BaseChatModel):
 
         Prose is streamed as it comes. A reply that opens with a call is held until it ends; when
         every call in it was already made since the user's last message, it is dropped and the
-        reply decoded again from the same context with the call openings suppressed.
+        model asked again: the same messages with the tools hidden and :data:`PROSE_INSTRUCTION`
+        in the system message, the call openings suppressed (``tool_calls.call_opening_tokens``).
         """
         assert req.spec is not None
         inner = self._decode(req, context, cancel)
@@ -745,14 +758,20 @@ class HomerLLM(BaseChatModel):
         if not calls or not banned or any(_call_key(c["name"], c["args"]) not in req.previous_calls for c in calls):
             yield text
             return
-        logger.info("the reply only repeats tool calls already made (%s): decoded again without tool calls",
+        logger.info("the reply only repeats tool calls already made (%s): asked again with the tools hidden",
                     ", ".join(c["name"] for c in calls))
         if req.result is not None:
             req.extra_output_tokens += len(req.result.token_ids)
             req.result = None
         req.repeat_suppressed = True
-        req.config = replace(req.config, suppress_tokens=tuple(dict.fromkeys(req.config.suppress_tokens + banned)))
-        yield from self._decode(req, context, cancel)
+        assert req.in_prose is not None
+        again = req.in_prose()
+        again.config = replace(again.config, suppress_tokens=tuple(dict.fromkeys(again.config.suppress_tokens + banned)))
+        context = self._compress(again, None)
+        req.extension_tokens += len(again.parts)
+        req.compress_seconds += again.compress_seconds
+        yield from self._decode(again, context, cancel)
+        req.result = again.result
 
     @staticmethod
     def _free_choice_stands(req: _Request, text: str) -> bool:
