@@ -135,6 +135,14 @@ def test_cli_json_output_report_only_and_bad_flags(model_dir, tmp_path, capsys):
     rebuilt = json.loads(capsys.readouterr().out)
     assert rebuilt["records"] == payload["records"] and rebuilt["meta"]["settings"]["depths"] == [0.0, 1.0]
     assert (out / "results.json").exists() and (out / "accuracy.png").exists()
+    # a folder of a task outside the default list reports that task alone
+    other = tmp_path / "other"
+    assert eval_cli.run(_args(model=model_dir, methods="truncate", tasks="needle", lengths="1x", samples=1,
+                              quiet=True, out=other, threads=1)) == 0
+    capsys.readouterr()
+    assert eval_cli.run(_args(model=model_dir, out=other, report_only=True, quiet=True)) == 0
+    headings = [line for line in (other / "results.md").read_text().splitlines() if line.startswith("### ")]
+    assert headings == ["### needle: accuracy"]
     assert eval_cli.run(_args(model=model_dir, methods="nope", quiet=True)) == 2
     assert eval_cli.run(_args(model=model_dir, lengths="2q", quiet=True)) == 2
     assert eval_cli.run(_args(model=model_dir, report_only=True, quiet=True)) == 2

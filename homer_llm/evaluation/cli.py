@@ -276,8 +276,11 @@ def run(args: argparse.Namespace) -> int:
         info = {"report_only": True, "records": len(records)}
         if (out / "settings.json").exists():
             run_settings = json.loads((out / "settings.json").read_text())
-        methods = tuple(m for m in methods if any(r.method == m for r in records)) or methods
-        tasks = tuple(t for t in tasks if any(r.task == t for r in records)) or tasks
+        # the asked ones that have records, else every one the records hold (a folder of other tasks)
+        methods = (tuple(m for m in methods if any(r.method == m for r in records))
+                   or tuple(dict.fromkeys(r.method for r in records)) or methods)
+        tasks = (tuple(t for t in tasks if any(r.task == t for r in records))
+                 or tuple(dict.fromkeys(r.task for r in records)) or tasks)
         lengths = tuple(sorted({r.length for r in records})) or lengths
     else:
         if out is not None:
