@@ -1,4 +1,4 @@
-"""A reply that only repeats tool calls already made is decoded again with call openings suppressed."""
+"""After tool results, a reply that only repeats calls already made, or an empty one, is asked again in prose."""
 
 from __future__ import annotations
 
@@ -55,7 +55,7 @@ def test_a_repeated_call_is_answered_in_prose():
     assert msg.content == "It is sunny in Paris." and msg.tool_calls == []
     banned = engine.tokenizer.convert_tokens_to_ids("<tool_call>")
     assert engine.configs[0].suppress_tokens == () and banned in engine.configs[1].suppress_tokens
-    assert msg.response_metadata["homer"]["repeated_call_suppressed"] is True
+    assert msg.response_metadata["homer"]["asked_again"] == "repeated calls"
     # asked again: the tools hidden, the instruction added, the history kept
     from langchain_homer.chat_models import PROSE_INSTRUCTION
 
@@ -79,6 +79,9 @@ def test_a_new_call_prose_and_allow_pass_through():
     engine = _engine([CALL_OSLO])
     msg = HomerLLM(engine=engine).bind_tools([get_weather]).invoke(_history())
     assert [c["args"] for c in msg.tool_calls] == [{"location": "Oslo"}] and len(engine.configs) == 1
+    engine = _engine(["", "It is sunny in Paris."])  # an empty reply after the results: asked again
+    msg = HomerLLM(engine=engine).bind_tools([get_weather]).invoke(_history())
+    assert msg.content == "It is sunny in Paris." and msg.response_metadata["homer"]["asked_again"] == "empty reply"
     engine = _engine(["Sunny, as the tool said."])
     msg = HomerLLM(engine=engine).bind_tools([get_weather]).invoke(_history())
     assert msg.content == "Sunny, as the tool said." and len(engine.configs) == 1

@@ -114,7 +114,7 @@ class _Request:
     answer_first: bool = False
     answer_prefill: str = ""
     previous_calls: frozenset[str] = frozenset()
-    repeat_suppressed: bool = False
+    asked_again: str | None = None
     in_prose: Callable[[], _Request] | None = None
     extra_output_tokens: int = 0
     document_tokens: int = 0
@@ -315,13 +315,13 @@ class HomerLLM(BaseChatModel):
     streaming: bool = False
     """True: ``invoke`` streams internally, so callbacks get each token (``on_llm_new_token``)."""
     repeated_calls: Literal["answer", "allow"] = "answer"
-    """With tools bound and the choice left to the model: "answer" (default) drops a reply that
-    only repeats tool calls already made since the user's last message and asks again with the
-    tools hidden, an instruction to answer from the tool results and the tool-call openings
-    suppressed, so the model answers from the results it has (small models often call the same
-    tool again, and an agent loop then runs to its recursion limit); "allow" returns such calls
-    as they are. Only where the tokenizer writes a call opening as one token (``<tool_call>``,
-    ``[TOOL_CALLS]``, ``<|python_tag|>``, a code fence)."""
+    """With tools bound and the choice left to the model, after tool results: "answer" (default)
+    drops a reply that only repeats tool calls already made since the user's last message, or
+    that is empty, and asks once more with the tools hidden, an instruction to answer from the
+    tool results and the tokens that open a call suppressed, so the model answers from the
+    results it has (small models often call the same tool again, or end their turn without a
+    word, and an agent loop then runs to its recursion limit or ends with no answer); "allow"
+    returns such replies as they are."""
     timeout: float | None = None
     """Accepted for compatibility with hosted chat models; unused."""
     max_retries: int | None = None
@@ -727,17 +727,19 @@ class HomerLLM(BaseChatModel):
                 close()
 
     def _guards_repeats(self, req: _Request) -> bool:
-        """Whether this call's reply is checked for repeated tool calls (``repeated_calls``)."""
+        """Whether this call's reply is checked for repeated calls and emptiness (``repeated_calls``)."""
         return (self.repeated_calls == "answer" and req.spec is not None and req.spec.active
                 and not req.spec.forced and not req.answer_first and not req.prefill and bool(req.previous_calls))
 
     def _decode_unrepeated(self, req: _Request, context: Any, cancel: threading.Event | None) -> Iterator[str]:
-        """Deltas of a reply that does not only repeat earlier calls (``repeated_calls="answer"``).
+        """Deltas of a reply after tool results that neither only repeats earlier calls nor is empty
+        (``repeated_calls="answer"``).
 
         Prose is streamed as it comes. A reply that opens with a call is held until it ends; when
-        every call in it was already made since the user's last message, it is dropped and the
-        model asked again: the same messages with the tools hidden and :data:`PROSE_INSTRUCTION`
-        in the system message, the call openings suppressed (``tool_calls.call_opening_tokens``).
+        every call in it was already made since the user's last message, or the reply is empty,
+        it is dropped and the model asked again: the same messages with the tools hidden and
+        :data:`PROSE_INSTRUCTION` in the system message, the tokens that open a call suppressed
+        (``tool_calls.call_opening_tokens``).
         """
         assert req.spec is not None
         inner = self._decode(req, context, cancel)
@@ -754,18 +756,22 @@ class HomerLLM(BaseChatModel):
         if cancel is not None and cancel.is_set():
             return
         calls = parse_tool_calls(text, req.spec.names).tool_calls
-        banned = call_opening_tokens(req.engine.tokenizer)
-        if not calls or not banned or any(_call_key(c["name"], c["args"]) not in req.previous_calls for c in calls):
+        if not text.strip():
+            why = "empty reply"
+        elif calls and all(_call_key(c["name"], c["args"]) in req.previous_calls for c in calls):
+            why = "repeated calls"
+        else:
             yield text
             return
-        logger.info("the reply only repeats tool calls already made (%s): asked again with the tools hidden",
-                    ", ".join(c["name"] for c in calls))
+        logger.info("%s after tool results (%s): asked again with the tools hidden", why,
+                    ", ".join(c["name"] for c in calls) or "no call")
         if req.result is not None:
             req.extra_output_tokens += len(req.result.token_ids)
             req.result = None
-        req.repeat_suppressed = True
+        req.asked_again = why
         assert req.in_prose is not None
         again = req.in_prose()
+        banned = call_opening_tokens(req.engine.tokenizer)
         again.config = replace(again.config, suppress_tokens=tuple(dict.fromkeys(again.config.suppress_tokens + banned)))
         context = self._compress(again, None)
         req.extension_tokens += len(again.parts)
@@ -861,7 +867,7 @@ class HomerLLM(BaseChatModel):
                 "tree_height": req.tree_height,
                 "compress_seconds": round(req.compress_seconds, 4),
                 "generate_seconds": round(result.seconds, 4) if result is not None else 0.0,
-                **({"repeated_call_suppressed": True} if req.repeat_suppressed else {}),
+                **({"asked_again": req.asked_again} if req.asked_again else {}),
             },
         }
 
