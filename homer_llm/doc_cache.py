@@ -531,11 +531,11 @@ class DocumentCache:
             return engine.compress(parts, progress=progress), False
         focus = bool(engine.homer.focus_leaves)
         hybrid = focus and engine.homer.focus_keep_document
-        leaf_focus = focus and engine.homer.focus_locator == "leaf" and self.mode == "leaf" and not hybrid
+        leaf_focus = focus and self.mode == "leaf" and (hybrid or engine.homer.focus_locator == "leaf")
         if self.mode != "exact" and focus and not leaf_focus:
             # the tree locator ranks leaves after a tree pruned for this question, and the hybrid
-            # read keeps such a tree: nothing question-free to share (the leaf locator alone reads
-            # cached leaves: "leaf" mode below)
+            # read keeps such a tree: nothing question-free to share in "agnostic" mode (focus
+            # with the leaf locator and the hybrid read run on cached leaves: "leaf" mode below)
             logger.info("HomerConfig.focus_leaves is set: %s mode falls back to exact compression", self.mode)
             return self._exact(engine, parts, progress)
         if self.mode == "exact":
@@ -566,6 +566,8 @@ class DocumentCache:
         with self._use(key, engine, build, "leaves") as (leaves, hit):
             assert isinstance(leaves, reuse.LeafStates)
             if leaf_focus and leaves.num_leaves > 1:
+                if hybrid:
+                    return reuse.hybrid_from_leaves(engine, parts, leaves), hit
                 return reuse.focus_from_leaves(engine, parts, leaves), hit
             return reuse.compress_from_leaves(engine, parts, leaves, progress=progress if hit else None), hit
 

@@ -86,7 +86,6 @@ def hybrid_context(hm, parts: PromptParts, *, leaves: int = 1, margin: int | Non
     window = hm.window if window is None else window
     if not 0 < window <= hm.window:
         raise ValueError(f"window must be in (0, {hm.window}], got {window}")
-    S = len(parts.suffix)
     chunk = hybrid_chunk_len(window, hm.chunk_len, margin, answer_room)
     # the tree's own suffix is dropped below, so it is not read afresh either (reread_suffix off)
     tree = hm.with_config(replace(hm.homer, chunk_len=chunk, cache_len=min(hm.homer.cache_len or chunk, chunk),
@@ -106,19 +105,29 @@ def hybrid_context(hm, parts: PromptParts, *, leaves: int = 1, margin: int | Non
             relevance = leaf_relevance(tree.parts, plan, ids)
         else:
             relevance = leaf_attention(tree.parts, plan, compressed, suffix, tree.bias_table())
-        start = plan.next_position - S  # P + c: right after the tree's context ids
-        budget = window - start - S - answer_room
-        chosen = choose_leaves(plan, relevance, leaves, budget)
-        spans = focus_spans(plan, chosen, margin, budget)
-        gathered = [t for lo, hi in spans for t in parts.context[lo:hi]]
-        if len(gathered) > budget:  # a single leaf wider than the budget: keep its start
-            gathered = gathered[:budget]
-        logger.info("hybrid: leaves %s of %d, spans %s, %d tokens read after a %d-token compressed cache",
-                    chosen, plan.num_leaves, spans, len(gathered), compressed.cache_tokens - S)
-        new_ids = torch.tensor(gathered + list(parts.suffix), dtype=torch.long)
-        kv, logits = append_tokens(tree.parts, drop_last(compressed.kv, S), new_ids, start)
+        out = read_leaves_after(tree.parts, parts, plan, compressed, relevance, leaves=leaves, margin=margin,
+                                answer_room=answer_room, window=window)
     if progress is not None:
         progress(total, total)
-    stats = replace(compressed.stats, cache_tokens=int(kv[0][0].shape[2]),
-                    seconds=compressed.stats.seconds + time.perf_counter() - started)
+    return replace(out, stats=replace(out.stats, seconds=out.stats.seconds + time.perf_counter() - started))
+
+
+def read_leaves_after(model_parts, parts: PromptParts, plan, compressed: CompressedContext, relevance: torch.Tensor,
+                      *, leaves: int, margin: int, answer_room: int, window: int) -> CompressedContext:
+    """The hybrid's last step: the ``leaves`` best leaves by ``relevance`` ([N]) read in full after
+    ``compressed`` (the tree's cache of ``parts`` under ``plan``, its suffix dropped), then the
+    suffix again; positions continue at P + c. ``model_parts``: ``HomerModel.parts``."""
+    S = len(parts.suffix)
+    start = plan.next_position - S  # P + c: right after the tree's context ids
+    budget = window - start - S - answer_room
+    chosen = choose_leaves(plan, relevance, leaves, budget)
+    spans = focus_spans(plan, chosen, margin, budget)
+    gathered = [t for lo, hi in spans for t in parts.context[lo:hi]]
+    if len(gathered) > budget:  # a single leaf wider than the budget: keep its start
+        gathered = gathered[:budget]
+    logger.info("hybrid: leaves %s of %d, spans %s, %d tokens read after a %d-token compressed cache",
+                chosen, plan.num_leaves, spans, len(gathered), compressed.cache_tokens - S)
+    new_ids = torch.tensor(gathered + list(parts.suffix), dtype=torch.long)
+    kv, logits = append_tokens(model_parts, drop_last(compressed.kv, S), new_ids, start)
+    stats = replace(compressed.stats, cache_tokens=int(kv[0][0].shape[2]))
     return CompressedContext(kv, start + len(new_ids), logits, stats)

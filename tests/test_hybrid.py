@@ -121,16 +121,28 @@ def test_keep_document_is_checked_and_keyed(tokenizer, hybrid_hm):
                    homer=HomerConfig(focus_leaves=1, focus_keep_document=True, cache_len=500))
 
 
-def test_document_cache_falls_back_to_exact_compression(hybrid_hm, tmp_path):
+def test_document_cache_reuses_leaves_and_falls_back_in_agnostic_mode(hybrid_hm):
     from homer_llm.doc_cache import DocumentCache
 
     parts = _parts(2400)
-    for mode in ("leaf", "agnostic"):
-        cache = DocumentCache(mode=mode)
-        first, hit = cache.get_or_compress(hybrid_hm, parts)
-        again, hit2 = cache.get_or_compress(hybrid_hm, parts)
-        assert not hit and hit2
-        torch.testing.assert_close(first.last_logits, hybrid_hm.compress(parts).last_logits)
+    S = len(parts.suffix)
+    fresh = hybrid_hm.compress(parts)
+    # "leaf" mode: the hybrid read from cached leaves; with the suffix budget equal to S the plan
+    # is the fresh one, so the cache and the logits are the fresh hybrid's
+    cache = DocumentCache(mode="leaf", suffix_budget=S)
+    first, hit = cache.get_or_compress(hybrid_hm, parts)
+    assert not hit and first.cache_tokens == fresh.cache_tokens and first.next_position == fresh.next_position
+    torch.testing.assert_close(first.last_logits, fresh.last_logits, rtol=1e-4, atol=1e-4)
+    other = PromptParts(parts.prefix, parts.context, (11, 12, 13, 14))
+    again, hit = cache.get_or_compress(hybrid_hm, other)
+    assert hit  # another question on the same document: the leaves are reused
+    torch.testing.assert_close(again.last_logits, hybrid_hm.compress(other).last_logits, rtol=1e-4, atol=1e-4)
+    # "agnostic" mode has nothing question-free to share: exact compression, cached per prompt
+    cache = DocumentCache(mode="agnostic")
+    first, hit = cache.get_or_compress(hybrid_hm, parts)
+    second, hit2 = cache.get_or_compress(hybrid_hm, parts)
+    assert not hit and hit2
+    torch.testing.assert_close(first.last_logits, fresh.last_logits)
 
 
 def test_both_adapters_pass_keep_document():
