@@ -349,7 +349,9 @@ class DocumentCache:
         disk_dir: folder of the disk tier (None: off).
         disk_max_bytes: disk tier budget (None: unbounded); oldest-accessed files go first.
         mode: reuse mode used by ``get_or_compress``: "agnostic", "leaf" or "exact" (see
-            ``homer_llm.reuse``).
+            ``homer_llm.reuse``). An engine whose read the question chooses (the hybrid read,
+            focus with the leaf locator) is served from cached leaves in "agnostic" mode too; focus
+            with the tree locator is cached exactly in every mode.
         generic_suffix: the question-independent suffix of "agnostic" mode (None:
             ``reuse.GENERIC_SUFFIX``).
         suffix_budget: suffix tokens reserved per leaf in "leaf" mode.
@@ -531,16 +533,21 @@ class DocumentCache:
             return engine.compress(parts, progress=progress), False
         focus = bool(engine.homer.focus_leaves)
         hybrid = focus and engine.homer.focus_keep_document
-        leaf_focus = focus and self.mode == "leaf" and (hybrid or engine.homer.focus_locator == "leaf")
-        if self.mode != "exact" and focus and not leaf_focus:
-            # the tree locator ranks leaves after a tree pruned for this question, and the hybrid
-            # read keeps such a tree: nothing question-free to share in "agnostic" mode (focus
-            # with the leaf locator and the hybrid read run on cached leaves: "leaf" mode below)
-            logger.info("HomerConfig.focus_leaves is set: %s mode falls back to exact compression", self.mode)
+        on_leaves = focus and (hybrid or engine.homer.focus_locator == "leaf")
+        mode = self.mode
+        if mode == "agnostic" and on_leaves:
+            # a read chosen by the question has nothing question-free to share; its leaves are
+            # (the query-aware reuse of "leaf" mode), so that is what is cached
+            mode = "leaf"
+        leaf_focus = on_leaves and mode == "leaf"
+        if mode != "exact" and focus and not leaf_focus:
+            # the tree locator ranks leaves after a tree pruned for this question: nothing to share
+            logger.info("HomerConfig.focus_leaves with the tree locator: %s mode falls back to exact "
+                        "compression", mode)
             return self._exact(engine, parts, progress)
-        if self.mode == "exact":
+        if mode == "exact":
             return self._exact(engine, parts, progress)
-        if self.mode == "agnostic":
+        if mode == "agnostic":
             base_parts = reuse.agnostic_parts(engine, parts, self.generic_suffix)
             try:
                 engine.plan(base_parts)

@@ -410,11 +410,11 @@ def test_leaf_mode_falls_back_to_exact_for_a_long_suffix(tiny_homer):
     assert cache.get_or_compress(tiny_homer, parts)[1]  # cached as an exact entry
 
 
-@pytest.mark.parametrize(("mode", "locator"), [("agnostic", "tree"), ("leaf", "tree"), ("agnostic", "leaf")])
+@pytest.mark.parametrize(("mode", "locator"), [("agnostic", "tree"), ("leaf", "tree")])
 def test_focus_engines_are_cached_exactly(tokenizer, mode, locator):
-    """Focus reads the leaves the question points to; where nothing question-free can be shared
-    (the tree locator; the agnostic mode) the sharing modes fall back to exact entries (per
-    question) instead of a wrong read."""
+    """Focus reads the leaves the question points to; with the tree locator nothing question-free
+    can be shared, so the sharing modes fall back to exact entries (per question) instead of a
+    wrong read."""
     from tiny import tiny_model
 
     hm = HomerModel(tiny_model(vocab=len(tokenizer)), tokenizer, name="t",
@@ -425,6 +425,21 @@ def test_focus_engines_are_cached_exactly(tokenizer, mode, locator):
     ctx, hit = cache.get_or_compress(hm, q1)
     assert not hit and same(ctx, hm.compress(q1))
     assert cache.get_or_compress(hm, q1)[1] and not cache.get_or_compress(hm, q2)[1]
+
+
+def test_agnostic_mode_serves_the_leaf_locator_from_cached_leaves(tokenizer):
+    """A question-agnostic compression cannot serve focus; its leaves can: agnostic mode caches them."""
+    from tiny import tiny_model
+
+    hm = HomerModel(tiny_model(vocab=len(tokenizer)), tokenizer, name="t",
+                    homer=HomerConfig(focus_leaves=1, focus_locator="leaf"))
+    cache = DocumentCache(mode="agnostic", generic_suffix=GENERIC, suffix_budget=48)
+    leaf_cache = DocumentCache(mode="leaf", suffix_budget=48)
+    for i, question in enumerate(("Box 3 coins?", "Blue box?")):
+        parts = hm.prepare_question(DOC, question)
+        ctx, hit = cache.get_or_compress(hm, parts)
+        assert hit == (i == 1)
+        assert same(ctx, leaf_cache.get_or_compress(hm, parts)[0])
 
 
 def test_leaf_mode_serves_the_leaf_locator_from_cached_leaves(tokenizer):

@@ -18,7 +18,7 @@ from langchain_tests.unit_tests import ChatModelUnitTests
 from pydantic import ValidationError
 from test_langchain_support import ScriptedEngine, ScriptedStream, shared_tiny_engine
 
-from homer_llm import GenerationConfig, HomerModel
+from homer_llm import GenerationConfig, HomerConfig, HomerModel
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -48,9 +48,10 @@ def test_construction_is_lazy_and_default_model_is_shared(monkeypatch):
     llm = HomerLLM()
     assert calls == []  # nothing loads at construction
     assert llm.invoke("hello").content == "hi there"
-    # the embedded default, with default settings: the key every adapter shares
+    # the embedded default with the adapters' default read, the hybrid: the key every adapter shares
     assert len(calls) == 1 and calls[0][0] is None
-    assert HomerModel.shared_key(None, **calls[0][1]) == HomerModel.shared_key(None)
+    hybrid = HomerConfig(focus_leaves=1, focus_keep_document=True)
+    assert HomerModel.shared_key(None, **calls[0][1]) == HomerModel.shared_key(None, homer=hybrid)
     HomerLLM(device="cpu", dtype="bfloat16", chunk_len=64, prune_unit="word").invoke("x")
     model, kwargs = calls[-1]
     assert model is None and kwargs["device"] == "cpu" and kwargs["dtype"] == "bfloat16"

@@ -17,7 +17,7 @@ from llama_index.core.prompts.default_prompts import DEFAULT_TEXT_QA_PROMPT
 from llama_index.llms.homer import DEFAULT_CONTEXT_WINDOW, HomerLLM, split_document, tree_capacity
 from test_llamaindex_support import LLMEventCounter, recording, tiny_engine
 
-from homer_llm import DOCUMENT_PLACEHOLDER, GenerationConfig, HomerModel, split_text
+from homer_llm import DOCUMENT_PLACEHOLDER, GenerationConfig, HomerConfig, HomerModel, split_text
 
 QUESTION = "What is the pass key?"
 
@@ -107,9 +107,10 @@ def test_lazy_shared_engine_loads_once_per_settings(monkeypatch, engine):
     a, b = HomerLLM(), HomerLLM()
     assert a._engine is None
     assert a.engine is b.engine is engine
-    # loaded once, through HomerModel.shared, with the default settings
+    # loaded once, through HomerModel.shared, with the default settings (the hybrid read)
     assert len(calls) == 1 and calls[0][0] is None
-    assert HomerModel.shared_key(None, **calls[0][1]) == HomerModel.shared_key(None)
+    hybrid = HomerConfig(focus_leaves=1, focus_keep_document=True)
+    assert HomerModel.shared_key(None, **calls[0][1]) == HomerModel.shared_key(None, homer=hybrid)
     assert HomerLLM(model="m", device="cpu", dtype="bfloat16").engine is engine
     assert calls[-1][0] == "m" and calls[-1][1]["device"] == "cpu" and calls[-1][1]["dtype"] == "bfloat16"
     # explicit defaults are the same settings: no second load

@@ -279,18 +279,20 @@ class HomerLLM(BaseChatModel):
     chunks (the paper's HOMER + YaRN); None: off."""
     rope_factor: float = 2.0
     """Only with ``rope_scaling``: the scaling factor (> 1)."""
-    focus_leaves: int = Field(default=0, ge=0)
-    """k > 0: HOMER's tree locates the k chunks the question attends to most and the model answers
-    from a plain read of their whole text; 0 (default): the compressed cache answers."""
+    focus_leaves: int = Field(default=1, ge=0)
+    """k > 0: the k chunks the question attends to most are read in full, after the compressed
+    document (``focus_keep_document``, the default: the hybrid read) or alone; 0: the compressed
+    cache alone answers. Default 1 with ``focus_keep_document=True``: plain questions after a
+    document are answered far more often than from the compressed cache (docs/read-paths.md)."""
     focus_margin: int = Field(default=256, ge=0)
     """Only with focus: tokens of neighbouring text also read on each side of a chosen chunk."""
     focus_locator: Literal["tree", "leaf"] = "leaf"
     """Only with focus: "leaf" (default) ranks chunks inside each chunk's own pass, no merges run;
     "tree" ranks by the question's attention after the whole tree."""
-    focus_keep_document: bool = False
-    """Only with focus: True reads the chosen chunks in full after HOMER's compressed cache of the
-    whole document (the hybrid read), so a question about the whole still sees all of it; False
-    (default): the chosen chunks alone."""
+    focus_keep_document: bool = True
+    """Only with focus: True (default) reads the chosen chunks in full after HOMER's compressed
+    cache of the whole document (the hybrid read), so a question about the whole still sees all
+    of it; False: the chosen chunks alone."""
     merge_attention: Literal["auto", "causal", "own-leaf"] = "auto"
     """In merged nodes: "causal" (as published), "own-leaf" (a document token reads only its own
     chunk, the question reads all), "auto" (default: own-leaf without focus on sdpa/eager, else causal)."""

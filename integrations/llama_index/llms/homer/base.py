@@ -197,8 +197,9 @@ class HomerLLM(FunctionCallingLLM):
     )
     rope_factor: float = Field(default=2.0, description="The RoPE scaling factor (> 1) when rope_scaling is set.")
     focus_leaves: int = Field(
-        default=0, ge=0, description="k > 0: the tree locates the k leaves the question attends to most and the "
-        "model answers from a plain read of their text; 0: the compressed cache answers.",
+        default=1, ge=0, description="k > 0: the k leaves the question attends to most are read in full, after "
+        "the compressed document (focus_keep_document, the default: the hybrid read) or alone; 0: the compressed "
+        "cache alone answers.",
     )
     focus_margin: int = Field(
         default=256, ge=0, description="With focus: tokens of neighbouring text also read on each side of a "
@@ -209,8 +210,8 @@ class HomerLLM(FunctionCallingLLM):
         "question's attention after the whole tree ('tree').",
     )
     focus_keep_document: bool = Field(
-        default=False, description="With focus: True reads the chosen leaves in full after HOMER's compressed "
-        "cache of the whole document (the hybrid read); False: the chosen leaves alone.",
+        default=True, description="With focus: True (default) reads the chosen leaves in full after HOMER's "
+        "compressed cache of the whole document (the hybrid read); False: the chosen leaves alone.",
     )
     merge_attention: Literal["auto", "causal", "own-leaf"] = Field(
         default="auto", description="Attention in merged nodes: 'causal' (as published), 'own-leaf' (a document "
