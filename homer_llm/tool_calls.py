@@ -52,9 +52,12 @@ from typing import Any
 __all__ = [
     "CALL_OPENINGS",
     "FAMILIES",
+    "PROSE_INSTRUCTION",
     "ParsedOutput",
     "ToolFormat",
     "ToolSpec",
+    "ask_again_reason",
+    "call_key",
     "call_opening_tokens",
     "choice_instruction",
     "coerce_arguments",
@@ -400,6 +403,38 @@ def forced_prefill(fmt: ToolFormat, spec: ToolSpec, name: str | None = None) -> 
         return f"[TOOL_CALLS]{name}[ARGS]{args}"
     args_key = "parameters" if fmt.family == "llama3" else "arguments"
     return f'{_CALL_HEADS[fmt.family]} {json.dumps(name, ensure_ascii=False)}, "{args_key}": {args}'
+
+
+PROSE_INSTRUCTION = ("Answer the user's last request in plain words from the tool results above. "
+                     "Do not call a tool.")
+"""The system instruction of the adapters' second reply after a repeated call or an empty reply
+(``repeated_calls="answer"``: :func:`ask_again_reason`)."""
+
+
+def call_key(name: str, args: Any) -> str:
+    """One tool call (name and arguments) as a string, to compare calls across turns."""
+    return json.dumps([name, args], sort_keys=True, ensure_ascii=False, default=str)
+
+
+def ask_again_reason(text: str, calls: Sequence[dict[str, Any]], previous: frozenset[str] | set[str]) -> str | None:
+    """Why a reply after tool results should be asked again in prose, or None.
+
+    ``text``: the reply; ``calls``: its parsed valid calls; ``previous``: :func:`call_key` of the
+    calls made since the user's last message (empty: no tool results yet, never asked again).
+    "empty reply" when it says nothing; "repeated calls" when it opens with calls (nothing but
+    space before the first) and every one of them was made already; prose, and any new call,
+    stand.
+    """
+    if not previous:
+        return None
+    if not text.strip():
+        return "empty reply"
+    index, _ = marker_start(text, at_start_json=True)
+    if index is None or text[:index].strip() or not calls:
+        return None
+    if all(call_key(c["name"], c.get("args")) in previous for c in calls):
+        return "repeated calls"
+    return None
 
 
 CALL_OPENINGS = ("<tool_call>", "[TOOL_CALLS]", "<|python_tag|>", "```")

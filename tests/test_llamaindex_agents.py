@@ -264,6 +264,39 @@ def test_react_agent_runs_a_tool_then_answers():
     assert "Observation: 42" in llm.engine.prompts[-1]
 
 
+# ---------------------------------------------------------------------- after tool results
+def _after_a_result() -> list[ChatMessage]:
+    call = ChatMessage(role=MessageRole.ASSISTANT, blocks=[ToolCallBlock(tool_call_id="c1", tool_name="multiply",
+                                                                         tool_kwargs={"a": 6, "b": 7})])
+    result = ChatMessage(role=MessageRole.TOOL, content="42", additional_kwargs={"tool_call_id": "c1"})
+    return [ChatMessage(role=MessageRole.USER, content="What is 6 times 7?"), call, result]
+
+
+@pytest.mark.parametrize("first", [CALL, ""])
+def test_a_repeated_call_or_an_empty_reply_is_asked_again_in_prose(first):
+    llm = llm_over([first, "6 times 7 is 42."])
+    response = llm.chat_with_tools(TOOLS, chat_history=_after_a_result())
+    assert response.message.content == "6 times 7 is 42." and not llm.get_tool_calls_from_response(
+        response, error_on_no_tool_call=False)
+    assert response.raw["homer"]["asked_again"] == ("repeated calls" if first else "empty reply")
+    first_prompt, second = llm.engine.prompts
+    assert "<tools>" in first_prompt and "<tools>" not in second
+    assert "Do not call a tool." in second and "42" in second
+    streamed = llm_over([first, "6 times 7 is 42."]).stream_chat_with_tools(TOOLS, chat_history=_after_a_result())
+    assert "".join(r.delta or "" for r in streamed) == "6 times 7 is 42."
+
+
+def test_new_calls_and_allow_stand():
+    other = CALL.replace('"a": 6', '"a": 5')
+    llm = llm_over([other])
+    response = llm.chat_with_tools(TOOLS, chat_history=_after_a_result())
+    assert [t.tool_kwargs for t in llm.get_tool_calls_from_response(response)] == [{"a": 5, "b": 7}]
+    llm = llm_over([CALL], repeated_calls="allow")
+    response = llm.chat_with_tools(TOOLS, chat_history=_after_a_result())
+    assert [t.tool_kwargs for t in llm.get_tool_calls_from_response(response)] == [{"a": 6, "b": 7}]
+    assert len(llm.engine.prompts) == 1
+
+
 # ---------------------------------------------------------------------- structured output
 def test_structured_predict_on_a_function_calling_model_is_a_forced_tool_call():
     llm = llm_over(['Cat Song", "year": 1999}}\n'])
@@ -345,7 +378,8 @@ def test_deliberate_double_braces_are_left_alone():
 # ---------------------------------------------------------------------- settings shared with LangChain
 HOMER_SETTINGS = ("model", "device", "dtype", "attn_implementation", "chunk_len", "cache_len", "warmup_layers",
                   "pruning", "prune_unit", "reread_suffix", "rope_scaling", "rope_factor", "focus_leaves",
-                  "focus_margin", "focus_locator", "merge_attention", "edge_tokens", "document_cache")
+                  "focus_margin", "focus_locator", "focus_keep_document", "merge_attention", "edge_tokens",
+                  "document_cache", "repeated_calls")
 
 
 def test_homer_settings_mirror_the_langchain_adapter():

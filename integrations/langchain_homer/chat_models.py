@@ -49,7 +49,15 @@ from pydantic import ConfigDict, Field, SecretStr, field_validator, model_valida
 from homer_llm import DOCUMENT_PLACEHOLDER, GenerationConfig, HomerConfig, HomerModel, PromptParts
 from homer_llm.generation import extend_context
 from homer_llm.model import local_tokenizer
-from homer_llm.tool_calls import add_system, call_opening_tokens, coerce_calls, tool_instructions
+from homer_llm.tool_calls import (
+    PROSE_INSTRUCTION,
+    add_system,
+    ask_again_reason,
+    call_key,
+    call_opening_tokens,
+    coerce_calls,
+    tool_instructions,
+)
 
 from .documents import find_document_span, join_documents
 from .messages import merge_same_roles, to_chat_dicts
@@ -79,9 +87,6 @@ DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
 PROGRESS_EVENT = "homer_progress"
 _DTYPES = ("auto", "float32", "fp32", "bfloat16", "bf16", "float16", "fp16")
 _IGNORED_CALL_KWARGS = ("stream", "parallel_tool_calls")
-PROSE_INSTRUCTION = ("Answer the user's last request in plain words from the tool results above. "
-                     "Do not call a tool.")
-"""The system instruction of the repeat guard's second reply (``HomerLLM.repeated_calls``)."""
 
 
 _STREAM_RUN: ContextVar[tuple[uuid.UUID, dict] | None] = ContextVar("homer_stream_run", default=None)
@@ -758,11 +763,8 @@ class HomerLLM(BaseChatModel):
         if cancel is not None and cancel.is_set():
             return
         calls = parse_tool_calls(text, req.spec.names).tool_calls
-        if not text.strip():
-            why = "empty reply"
-        elif calls and all(_call_key(c["name"], c["args"]) in req.previous_calls for c in calls):
-            why = "repeated calls"
-        else:
+        why = ask_again_reason(text, calls, req.previous_calls)
+        if why is None:
             yield text
             return
         logger.info("%s after tool results (%s): asked again with the tools hidden", why,
@@ -794,7 +796,7 @@ class HomerLLM(BaseChatModel):
         calls = parse_tool_calls(text, req.spec.names).tool_calls
         if req.spec.answer_name is not None and any(c["name"] == req.spec.answer_name for c in calls):
             return True
-        return any(_call_key(c["name"], c["args"]) not in req.previous_calls for c in calls)
+        return any(call_key(c["name"], c["args"]) not in req.previous_calls for c in calls)
 
     @staticmethod
     def _write_answer_call(req: _Request, context: Any) -> Any:
@@ -1223,10 +1225,6 @@ def _response_schema(response_format: Any) -> dict[str, Any] | None:
     return schema or None
 
 
-def _call_key(name: str, args: Any) -> str:
-    return json.dumps([name, args], sort_keys=True, ensure_ascii=False, default=str)
-
-
 def _calls_since_last_user(messages: Sequence[BaseMessage]) -> frozenset[str]:
     """The tool calls (name and arguments) the assistant already made since the last user message."""
     seen: set[str] = set()
@@ -1234,7 +1232,7 @@ def _calls_since_last_user(messages: Sequence[BaseMessage]) -> frozenset[str]:
         if isinstance(message, HumanMessage):
             break
         if isinstance(message, AIMessage):
-            seen.update(_call_key(c["name"], c.get("args")) for c in message.tool_calls)
+            seen.update(call_key(c["name"], c.get("args")) for c in message.tool_calls)
     return frozenset(seen)
 
 

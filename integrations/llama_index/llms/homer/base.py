@@ -54,9 +54,13 @@ from llama_index.core.types import Model, PydanticProgramMode
 from homer_llm import DOCUMENT_PLACEHOLDER, GenerationConfig, HomerConfig, HomerModel, PromptParts, split_text
 from homer_llm.model import local_tokenizer
 from homer_llm.tool_calls import (
+    PROSE_INSTRUCTION,
     ToolFormat,
     ToolSpec,
     add_system,
+    ask_again_reason,
+    call_key,
+    call_opening_tokens,
     coerce_calls,
     detect_tool_format,
     first_argument,
@@ -216,6 +220,12 @@ class HomerLLM(FunctionCallingLLM):
     merge_attention: Literal["auto", "causal", "own-leaf"] = Field(
         default="auto", description="Attention in merged nodes: 'causal' (as published), 'own-leaf' (a document "
         "token reads only its own leaf), 'auto' (own-leaf without focus on sdpa/eager, else causal).",
+    )
+    repeated_calls: Literal["answer", "allow"] = Field(
+        default="answer", description="With tools bound and the choice left to the model, after tool results: "
+        "'answer' asks once more, with the tools hidden and an instruction to answer from the results, when the "
+        "reply only repeats calls already made since the user's last message or is empty; 'allow' returns such "
+        "replies as they are. The same as the LangChain adapter's field.",
     )
     edge_tokens: int | None = Field(
         default=None, ge=0, description="Token budget of the instruction before and the question after an "
@@ -414,6 +424,7 @@ class HomerLLM(FunctionCallingLLM):
         """Messages (and the tool arguments popped from ``kwargs``) -> prompt parts."""
         if not messages:
             raise ValueError("messages is empty: nothing to answer")
+        in_prose = kwargs.pop("_in_prose", False)
         tools = _tool_spec(kwargs.pop("tools", None), kwargs.pop("tool_choice", None),
                            bool(kwargs.pop("tool_required", False)))
         json_schema = _response_schema(kwargs.pop("response_format", None))
@@ -425,6 +436,8 @@ class HomerLLM(FunctionCallingLLM):
         if tools is not None and tools.active:
             plan = _Tools(tools, fmt, forced_prefill(fmt, tools) if tools.forced else "")
         system = tool_instructions(fmt, tools)
+        if in_prose:
+            system = "\n\n".join(t for t in (system, PROSE_INSTRUCTION) if t)
         answer_prefill = ""
         if json_schema is not None and plan is None:
             system = "\n\n".join(t for t in (system, json_instruction(json_schema or None)) if t)
@@ -558,10 +571,12 @@ class HomerLLM(FunctionCallingLLM):
         return ChatResponse(message=message, raw=raw, additional_kwargs=raw["homer"])
 
     def _chat_now(self, messages: Sequence[ChatMessage], kwargs: dict[str, Any]) -> ChatResponse:
+        original = dict(kwargs)
         prepared = self._prepare_chat(messages, kwargs)
         config = self._generation_config(kwargs, prepared)
         text, raw = self._run(prepared, config)
-        return self._chat_response(prepared, text, raw)
+        response = self._chat_response(prepared, text, raw)
+        return self._ask_again(messages, original, prepared, response) or response
 
     def _chat_stream_ready(self, messages: Sequence[ChatMessage],
                            kwargs: dict[str, Any]) -> tuple[_Prepared, GenerationConfig]:
@@ -569,6 +584,51 @@ class HomerLLM(FunctionCallingLLM):
         config = self._generation_config(kwargs, prepared)
         self._validate(prepared)
         return prepared, config
+
+    def _guarded_stream(self, messages: Sequence[ChatMessage], original: dict[str, Any], prepared: _Prepared,
+                        config: GenerationConfig) -> Iterator[ChatResponse]:
+        """:meth:`_chat_stream`, its last response replaced by :meth:`_ask_again`'s where that applies
+        (a reply that opens with a call is held back whole, so nothing of it was shown)."""
+        for response in self._chat_stream(prepared, config):
+            if response.raw is not None and prepared.tools is not None:
+                again = self._ask_again(messages, original, prepared, response)
+                if again is not None:
+                    yield ChatResponse(message=again.message, delta=again.message.content or "", raw=again.raw,
+                                       additional_kwargs=again.additional_kwargs)
+                    continue
+            yield response
+
+    def _ask_again(self, messages: Sequence[ChatMessage], original: dict[str, Any], prepared: _Prepared,
+                   response: ChatResponse) -> ChatResponse | None:
+        """The reply asked again in prose (``repeated_calls``), or None when ``response`` stands.
+
+        Only with tools bound and the choice left to the model, after tool results: a reply that
+        only repeats calls made since the user's last message, or an empty one
+        (``tool_calls.ask_again_reason``), is replaced by the answer to the same messages with the
+        tools hidden, ``tool_calls.PROSE_INSTRUCTION`` added to the system message and the tokens
+        that open a call suppressed. Both replies' tokens count in the usage.
+        """
+        tools = prepared.tools
+        if self.repeated_calls != "answer" or tools is None or tools.spec.forced or tools.prefill:
+            return None
+        text = (response.raw or {}).get("text", "")
+        calls = [{"name": c["name"], "args": c["args"]} for c in message_tool_calls(response.message)]
+        why = ask_again_reason(text, calls, _calls_since_last_user(messages))
+        if why is None:
+            return None
+        logger.info("%s after tool results: asked again with the tools hidden", why)
+        kwargs = {**original, "tool_choice": "none", "tool_required": False, "_in_prose": True}
+        again = self._prepare_chat(messages, kwargs)
+        config = self._generation_config(kwargs, again)
+        banned = call_opening_tokens(self.engine.tokenizer)
+        config = replace(config, suppress_tokens=tuple(dict.fromkeys(config.suppress_tokens + banned)))
+        text2, raw = self._run(again, config)
+        first = response.raw or {}
+        raw["homer"]["asked_again"] = why
+        usage = raw.get("usage")
+        if isinstance(usage, dict) and isinstance(first.get("usage"), dict):
+            raw["usage"] = {k: usage.get(k, 0) + first["usage"].get(k, 0) for k in usage}
+        return self._chat_response(again, text2, raw)
 
     # ------------------------------------------------------------------ LlamaIndex API (sync)
     @llm_completion_callback()
@@ -593,7 +653,7 @@ class HomerLLM(FunctionCallingLLM):
     @llm_chat_callback()
     def stream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseGen:
         prepared, config = self._chat_stream_ready(messages, dict(kwargs))
-        return self._chat_stream(prepared, config)
+        return self._guarded_stream(messages, dict(kwargs), prepared, config)
 
     # ------------------------------------------------------------------ LlamaIndex API (async)
     # Prompt preparation (tokenization) and the engine both run in worker threads: the event loop
@@ -627,7 +687,7 @@ class HomerLLM(FunctionCallingLLM):
     @llm_chat_callback()
     async def astream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseAsyncGen:
         prepared, config = await asyncio.to_thread(self._chat_stream_ready, messages, dict(kwargs))
-        return iterate_in_thread(lambda: self._chat_stream(prepared, config))
+        return iterate_in_thread(lambda: self._guarded_stream(messages, dict(kwargs), prepared, config))
 
     # ------------------------------------------------------------------ structured output
     # Function-calling models: LlamaIndex's FunctionCallingProgram (a forced tool call). Other
@@ -781,6 +841,17 @@ def _openai_tool(tool: Any) -> dict[str, Any]:
     if metadata is None or not callable(getattr(metadata, "to_openai_tool", None)):
         raise TypeError(f"tools must be LlamaIndex tools or OpenAI tool dicts, got {type(tool).__name__}")
     return metadata.to_openai_tool(skip_length_check=True)
+
+
+def _calls_since_last_user(messages: Sequence[ChatMessage]) -> frozenset[str]:
+    """``tool_calls.call_key`` of the assistant's tool calls since the last user message."""
+    seen: set[str] = set()
+    for message in reversed(messages):
+        if message.role == MessageRole.USER:
+            break
+        if message.role == MessageRole.ASSISTANT:
+            seen.update(call_key(c["name"], c.get("args")) for c in message_tool_calls(message))
+    return frozenset(seen)
 
 
 def _tool_spec(tools: Sequence[Any] | None, tool_choice: Any, tool_required: bool) -> ToolSpec | None:
