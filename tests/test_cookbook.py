@@ -86,4 +86,5 @@ def test_agent_notebook_runs_model_driven_on_qwen_1_5b(monkeypatch):
         pytest.skip(QWEN_SKIP)
     text = _run_agent_notebook(monkeypatch, HOMER_COOKBOOK_AGENT_MODEL=str(path), HOMER_COOKBOOK_TOKENS="4096",
                                HOMER_COOKBOOK_CHUNK_LEN="2048")
+    print(text)  # the answers, for the record (pytest -s)
     assert "mode: model" in text and "-> open_document(" in text and "-> ask_document(" in text
