@@ -533,18 +533,16 @@ class DocumentCache:
             return engine.compress(parts, progress=progress), False
         focus = bool(engine.homer.focus_leaves)
         hybrid = focus and engine.homer.focus_keep_document
-        on_leaves = focus and (hybrid or engine.homer.focus_locator == "leaf")
         mode = self.mode
-        if mode == "agnostic" and on_leaves:
-            # a read chosen by the question has nothing question-free to share; its leaves are
-            # (the query-aware reuse of "leaf" mode), so that is what is cached
+        if focus and mode != "exact":
+            if not hybrid and engine.homer.focus_locator == "tree":
+                # the tree locator ranks leaves after a tree pruned for this question: nothing to share
+                logger.info("HomerConfig.focus_leaves with the tree locator: %s mode falls back to exact "
+                            "compression", mode)
+                return self._exact(engine, parts, progress)
+            # a read the question chooses has nothing question-free to share; its leaves are (the
+            # query-aware reuse of "leaf" mode), so that is what is cached in "agnostic" mode too
             mode = "leaf"
-        leaf_focus = on_leaves and mode == "leaf"
-        if mode != "exact" and focus and not leaf_focus:
-            # the tree locator ranks leaves after a tree pruned for this question: nothing to share
-            logger.info("HomerConfig.focus_leaves with the tree locator: %s mode falls back to exact "
-                        "compression", mode)
-            return self._exact(engine, parts, progress)
         if mode == "exact":
             return self._exact(engine, parts, progress)
         if mode == "agnostic":
@@ -572,7 +570,7 @@ class DocumentCache:
 
         with self._use(key, engine, build, "leaves") as (leaves, hit):
             assert isinstance(leaves, reuse.LeafStates)
-            if leaf_focus and leaves.num_leaves > 1:
+            if focus and leaves.num_leaves > 1:
                 if hybrid:
                     return reuse.hybrid_from_leaves(engine, parts, leaves), hit
                 return reuse.focus_from_leaves(engine, parts, leaves), hit

@@ -36,6 +36,7 @@ import torch
 from .engine import CompressedContext, Progress, append_tokens, drop_last
 from .focus import choose_leaves, focus_spans, leaf_attention, leaf_relevance
 from .prompt import PromptParts
+from .schedule import Plan
 
 logger = logging.getLogger(__name__)
 
@@ -86,10 +87,7 @@ def hybrid_context(hm, parts: PromptParts, *, leaves: int = 1, margin: int | Non
     window = hm.window if window is None else window
     if not 0 < window <= hm.window:
         raise ValueError(f"window must be in (0, {hm.window}], got {window}")
-    chunk = hybrid_chunk_len(window, hm.chunk_len, margin, answer_room)
-    # the tree's own suffix is dropped below, so it is not read afresh either (reread_suffix off)
-    tree = hm.with_config(replace(hm.homer, chunk_len=chunk, cache_len=min(hm.homer.cache_len or chunk, chunk),
-                                  focus_leaves=0, focus_keep_document=False, reread_suffix=False))
+    tree = tree_engine(hm, hybrid_chunk_len(window, hm.chunk_len, margin, answer_room))
     plan = tree.plan(parts)
     total = plan.layer_passes + 1
     compressed = tree.compress(parts, progress=None if progress is None else lambda d, t: progress(d, t + 1))
@@ -98,13 +96,11 @@ def hybrid_context(hm, parts: PromptParts, *, leaves: int = 1, margin: int | Non
             progress(total, total)
         return compressed
     started = time.perf_counter()
-    ids = torch.tensor(parts.ids, dtype=torch.long)
-    suffix = torch.tensor(parts.suffix, dtype=torch.long)
     with tree.lock:
         if hm.homer.focus_locator == "leaf":
-            relevance = leaf_relevance(tree.parts, plan, ids)
+            relevance = leaf_relevance(tree.parts, plan, torch.tensor(parts.ids, dtype=torch.long))
         else:
-            relevance = leaf_attention(tree.parts, plan, compressed, suffix, tree.bias_table())
+            relevance = tree_relevance(tree, parts, plan, compressed)
         out = read_leaves_after(tree.parts, parts, plan, compressed, relevance, leaves=leaves, margin=margin,
                                 answer_room=answer_room, window=window)
     if progress is not None:
@@ -112,7 +108,21 @@ def hybrid_context(hm, parts: PromptParts, *, leaves: int = 1, margin: int | Non
     return replace(out, stats=replace(out.stats, seconds=out.stats.seconds + time.perf_counter() - started))
 
 
-def read_leaves_after(model_parts, parts: PromptParts, plan, compressed: CompressedContext, relevance: torch.Tensor,
+def tree_engine(hm, chunk: int):
+    """The engine the hybrid's tree runs on: ``hm``'s settings with chunks of ``chunk`` tokens, no
+    focus, and no reread of the question (the tree's suffix is dropped before the leaves are read)."""
+    return hm.with_config(replace(hm.homer, chunk_len=chunk, cache_len=min(hm.homer.cache_len or chunk, chunk),
+                                  focus_leaves=0, focus_keep_document=False, reread_suffix=False))
+
+
+def tree_relevance(tree, parts: PromptParts, plan: Plan, compressed: CompressedContext) -> torch.Tensor:
+    """The tree locator's ranking ([N], ``focus.leaf_attention``): the question read afresh after
+    ``compressed``, the tree's cache of ``parts`` on ``tree`` (its :func:`tree_engine`)."""
+    return leaf_attention(tree.parts, plan, compressed, torch.tensor(parts.suffix, dtype=torch.long),
+                          tree.bias_table())
+
+
+def read_leaves_after(model_parts, parts: PromptParts, plan: Plan, compressed: CompressedContext, relevance: torch.Tensor,
                       *, leaves: int, margin: int, answer_room: int, window: int) -> CompressedContext:
     """The hybrid's last step: the ``leaves`` best leaves by ``relevance`` ([N]) read in full after
     ``compressed`` (the tree's cache of ``parts`` under ``plan``, its suffix dropped), then the

@@ -287,21 +287,21 @@ def focus_from_leaves(engine: Any, parts: PromptParts, leaves: LeafStates) -> Co
 @torch.inference_mode()
 def hybrid_from_leaves(engine: Any, parts: PromptParts, leaves: LeafStates) -> CompressedContext:
     """The hybrid read (``HomerConfig.focus_keep_document``) on cached leaves: the tree from the
-    leaves (:func:`compress_from_leaves`), the leaves ranked by the engine's locator (the leaf
-    locator from the leaves too), then ``hybrid.read_leaves_after``. ``engine``'s chunk already is
-    the hybrid's (``HomerModel`` shrinks it), so the leaves are the hybrid's own."""
-    from .focus import leaf_attention
-    from .hybrid import ANSWER_ROOM, read_leaves_after
+    leaves (:func:`compress_from_leaves` on ``hybrid.tree_engine``: no reread of a suffix that is
+    dropped), the leaves ranked by the engine's locator (the leaf locator from the leaves too),
+    then ``hybrid.read_leaves_after``. ``engine``'s chunk already is the hybrid's (``HomerModel``
+    shrinks it), so the leaves are the hybrid's own."""
+    from .hybrid import ANSWER_ROOM, read_leaves_after, tree_engine, tree_relevance
 
     start = time.perf_counter()
+    tree_hm = tree_engine(engine, engine.chunk_len)
     with engine.lock:
-        tree = compress_from_leaves(engine, parts, leaves)
+        tree = compress_from_leaves(tree_hm, parts, leaves)
         if engine.homer.focus_locator == "leaf":
             plan, relevance = relevance_from_leaves(engine, parts, leaves)
         else:
             plan = _plan_for_leaves(engine, parts, leaves)
-            relevance = leaf_attention(engine.parts, plan, tree, torch.tensor(parts.suffix, dtype=torch.long),
-                                       engine.bias_table())
+            relevance = tree_relevance(tree_hm, parts, plan, tree)
         out = read_leaves_after(engine.parts, parts, plan, tree, relevance, leaves=engine.homer.focus_leaves,
                                 margin=engine.homer.focus_margin, answer_room=ANSWER_ROOM, window=engine.window)
     return replace(out, stats=replace(out.stats, seconds=time.perf_counter() - start))
