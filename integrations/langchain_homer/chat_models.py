@@ -287,8 +287,9 @@ class HomerLLM(BaseChatModel):
     focus_leaves: int = Field(default=1, ge=0)
     """k > 0: the k chunks the question attends to most are read in full, after the compressed
     document (``focus_keep_document``, the default: the hybrid read) or alone; 0: the compressed
-    cache alone answers. Default 1 with ``focus_keep_document=True``: plain questions after a
-    document are answered far more often than from the compressed cache (docs/read-paths.md)."""
+    cache alone answers. Default 1 with ``focus_keep_document=True``: with a plain question after
+    the document it answered 7 of 18 samples on the embedded default model, the compressed cache 0
+    (docs/read-paths.md)."""
     focus_margin: int = Field(default=256, ge=0)
     """Only with focus: tokens of neighbouring text also read on each side of a chosen chunk."""
     focus_locator: Literal["tree", "leaf"] = "leaf"
