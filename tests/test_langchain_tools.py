@@ -19,6 +19,7 @@ from langchain_homer.tools import (
     parse_tool_calls,
 )
 from pydantic import BaseModel, Field
+from pydantic.v1 import BaseModel as BaseModelV1
 from test_langchain_support import ScriptedEngine, hermes_tokenizer, shared_tiny_engine
 from tiny import tiny_tokenizer
 from typing_extensions import TypedDict
@@ -507,6 +508,13 @@ class PersonDict(TypedDict):
     age: int
 
 
+class PersonV1(BaseModelV1):
+    """A person."""
+
+    name: str
+    age: int
+
+
 PERSON_SCHEMA = {"title": "Person", "description": "A person.", "type": "object", "required": ["name", "age"],
                  "properties": {"name": {"type": "string"}, "age": {"type": "integer"}}}
 _CONTINUATIONS = {"function_calling": 'Ada", "age": 36}}]</tool_call>', "json_schema": 'Ada", "age": 36}',
@@ -514,11 +522,12 @@ _CONTINUATIONS = {"function_calling": 'Ada", "age": 36}}]</tool_call>', "json_sc
 
 
 @pytest.mark.parametrize("method", ["function_calling", "json_schema", "json_mode"])
-@pytest.mark.parametrize("schema", [Person, PersonDict, PERSON_SCHEMA], ids=["pydantic", "typeddict", "dict"])
+@pytest.mark.parametrize("schema", [Person, PersonV1, PersonDict, PERSON_SCHEMA],
+                         ids=["pydantic", "pydantic-v1", "typeddict", "dict"])
 def test_structured_output_every_method_and_schema_kind(method, schema):
     engine = ScriptedEngine([_CONTINUATIONS[method]])
     structured = HomerLLM(engine=engine).with_structured_output(schema, method=method)
-    expected = Person(name="Ada", age=36) if schema is Person else {"name": "Ada", "age": 36}
+    expected = schema(name="Ada", age=36) if schema in (Person, PersonV1) else {"name": "Ada", "age": 36}
     assert structured.invoke("Ada is 36.") == expected
     assert engine.prompt_text().endswith('{"name": "')  # the object's opening was written for the model
     raw = HomerLLM(engine=engine).with_structured_output(schema, method=method, include_raw=True).invoke("Ada")
@@ -526,7 +535,8 @@ def test_structured_output_every_method_and_schema_kind(method, schema):
 
 
 @pytest.mark.parametrize("method", ["function_calling", "json_schema", "json_mode"])
-@pytest.mark.parametrize("schema", [Person, PersonDict, PERSON_SCHEMA], ids=["pydantic", "typeddict", "dict"])
+@pytest.mark.parametrize("schema", [Person, PersonV1, PersonDict, PERSON_SCHEMA],
+                         ids=["pydantic", "pydantic-v1", "typeddict", "dict"])
 def test_structured_output_that_does_not_follow_the_schema_is_a_parsing_error(method, schema):
     from langchain_core.exceptions import OutputParserException
 

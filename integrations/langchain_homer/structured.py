@@ -22,6 +22,7 @@ from langchain_core.runnables import Runnable, RunnableLambda
 from langchain_core.utils.function_calling import convert_to_json_schema, convert_to_openai_tool
 from langchain_core.utils.pydantic import is_basemodel_subclass
 from pydantic import TypeAdapter, ValidationError
+from pydantic.v1 import ValidationError as ValidationErrorV1
 from typing_extensions import is_typeddict
 
 from homer_llm.tool_calls import decode_json, is_schema_echo, schema_errors
@@ -82,9 +83,11 @@ class SchemaTarget:
                 "the model wrote a copy of the schema instead of an answer that follows it", llm_output=raw)
         errors = schema_errors(data, self.parameters)
         if self.kind == "pydantic":
+            # pydantic.v1 models (still accepted by LangChain) validate with parse_obj
+            v2 = hasattr(self.schema, "model_validate")
             try:
-                return self.schema.model_validate(data)
-            except ValidationError as err:
+                return self.schema.model_validate(data) if v2 else self.schema.parse_obj(data)
+            except (ValidationError, ValidationErrorV1) as err:
                 raise OutputParserException(f"the structured answer is invalid: {err}", llm_output=raw) from err
         if errors:
             raise OutputParserException("the structured answer does not follow the schema: " + "; ".join(errors[:5]),
