@@ -572,7 +572,7 @@ class DocumentCache:
             assert isinstance(leaves, reuse.LeafStates)
             if focus and leaves.num_leaves > 1:
                 if hybrid:
-                    return reuse.hybrid_from_leaves(engine, parts, leaves), hit
+                    return reuse.hybrid_from_leaves(engine, parts, leaves, progress=progress if hit else None), hit
                 return reuse.focus_from_leaves(engine, parts, leaves), hit
             return reuse.compress_from_leaves(engine, parts, leaves, progress=progress if hit else None), hit
 

@@ -285,18 +285,21 @@ def focus_from_leaves(engine: Any, parts: PromptParts, leaves: LeafStates) -> Co
 
 
 @torch.inference_mode()
-def hybrid_from_leaves(engine: Any, parts: PromptParts, leaves: LeafStates) -> CompressedContext:
+def hybrid_from_leaves(
+    engine: Any, parts: PromptParts, leaves: LeafStates, *, progress: Progress | None = None
+) -> CompressedContext:
     """The hybrid read (``HomerConfig.focus_keep_document``) on cached leaves: the tree from the
     leaves (:func:`compress_from_leaves` on ``hybrid.tree_engine``: no reread of a suffix that is
     dropped), the leaves ranked by the engine's locator (the leaf locator from the leaves too),
     then ``hybrid.read_leaves_after``. ``engine``'s chunk already is the hybrid's (``HomerModel``
-    shrinks it), so the leaves are the hybrid's own."""
+    shrinks it), so the leaves are the hybrid's own. ``progress(done, total)`` follows the tree's
+    layer passes, the bulk of the work."""
     from .hybrid import ANSWER_ROOM, read_leaves_after, tree_engine, tree_relevance
 
     start = time.perf_counter()
     tree_hm = tree_engine(engine, engine.chunk_len)
     with engine.lock:
-        tree = compress_from_leaves(tree_hm, parts, leaves)
+        tree = compress_from_leaves(tree_hm, parts, leaves, progress=progress)
         if engine.homer.focus_locator == "leaf":
             plan, relevance = relevance_from_leaves(engine, parts, leaves)
         else:

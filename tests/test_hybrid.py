@@ -145,6 +145,21 @@ def test_document_cache_reuses_the_leaves(hybrid_hm):
     assert not hit and hit2 and cache.stats()["entries"] == 1
 
 
+def test_a_question_on_cached_leaves_reports_progress(hybrid_hm):
+    from homer_llm.doc_cache import DocumentCache
+
+    parts = _parts(2400)
+    cache = DocumentCache(mode="leaf", suffix_budget=len(parts.suffix))
+    built: list[tuple[int, int]] = []
+    cache.get_or_compress(hybrid_hm, parts, progress=lambda d, t: built.append((d, t)))
+    asked: list[tuple[int, int]] = []
+    other = PromptParts(parts.prefix, parts.context, (11, 12, 13, 14))
+    _, hit = cache.get_or_compress(hybrid_hm, other, progress=lambda d, t: asked.append((d, t)))
+    # the miss reports building the leaves; the hit, the tree's merges over them, up to its total
+    assert hit and built and built[-1][0] == built[-1][1]
+    assert asked and asked[-1][0] == asked[-1][1] and [d for d, _ in asked] == sorted(d for d, _ in asked)
+
+
 def test_both_adapters_pass_keep_document():
     langchain_homer = pytest.importorskip("langchain_homer", reason="needs the langchain extra installed")
     llama = pytest.importorskip("llama_index.llms.homer", reason="needs the llamaindex extra installed")
