@@ -62,6 +62,13 @@ def test_cli_prints_answers_and_cache_stats_last(tiny_llm, doc_file, capsys):
     assert stats["turns"][1]["cache_creation"] > 0 and stats["turns"][2]["cache_read"] > 0
     assert any(line.startswith("A1: ") for line in out) and any(line.startswith("A2: ") for line in out)
     assert tiny_llm["max_tokens"] == 3 and isinstance(tiny_llm["document_cache"], DocumentCache)
+    assert "focus_leaves" not in tiny_llm  # the chat model's own default
+
+
+def test_focus_leaves_reaches_the_chat_model(tiny_llm, doc_file, capsys):
+    code = cli.main(["--document", str(doc_file), "--question", "Which box is red?", "--max-tokens", "2",
+                     "--quiet", "--focus-leaves", "3"])
+    assert code == 0 and tiny_llm["focus_leaves"] == 3
 
 
 @pytest.mark.skipif(not Path("/etc/passwd").exists(), reason="no /etc/passwd on this system")
@@ -117,6 +124,7 @@ def test_a_model_that_fails_to_load_exits_1_without_a_traceback(tmp_path, doc_fi
     (["--max-tokens", "0", "--question", "Q"], "expected a positive integer, got '0'"),
     (["--max-document-bytes", "lots", "--question", "Q"], "expected a positive integer, got 'lots'"),
     (["--allow-root", "/no/such/folder", "--question", "Q"], "not an existing folder: '/no/such/folder'"),
+    (["--focus-leaves", "-1", "--question", "Q"], "expected a non-negative integer, got '-1'"),
     ([], "nothing to do"),
 ])
 def test_bad_arguments_give_one_argparse_line(argv, message, capsys):

@@ -51,6 +51,16 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _nonnegative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}")
+    return value
+
+
 def _folder(text: str) -> str:
     if not Path(text).expanduser().is_dir():
         raise argparse.ArgumentTypeError(f"not an existing folder: {text!r}")
@@ -70,6 +80,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-tokens", type=_positive_int, default=128, help="most new tokens per model call")
     p.add_argument("--chunk-len", type=_positive_int, default=None,
                    help="HOMER chunk length in tokens (default: from the model's window)")
+    p.add_argument("--focus-leaves", type=_nonnegative_int, default=None, metavar="N",
+                   help="leaves of the document read in full next to its compressed cache, the best "
+                        "first, as many as fit the window (default: the chat model's, 1; 0: the "
+                        "compressed cache alone)")
     p.add_argument("--reuse", choices=("agnostic", "leaf", "exact"), default="agnostic",
                    help="how the document cache reuses work across questions (homer_llm.reuse)")
     p.add_argument("--cache-bytes", type=_positive_int, default=2 * 1024**3, help="memory budget of the document cache")
@@ -114,9 +128,10 @@ class _Progress:
 def _load_llm(args: argparse.Namespace, cache: Any) -> Any:
     from langchain_homer import HomerLLM
 
+    read = {} if args.focus_leaves is None else {"focus_leaves": args.focus_leaves}
     try:
         llm = HomerLLM(model=args.model, device=args.device, dtype=args.dtype, max_tokens=args.max_tokens,
-                       temperature=0.0, chunk_len=args.chunk_len, document_cache=cache)
+                       temperature=0.0, chunk_len=args.chunk_len, document_cache=cache, **read)
     except ValueError as err:  # pydantic's ValidationError is a ValueError
         raise TurnFailed(f"invalid model settings: {_first_line(err)}") from None
     try:
