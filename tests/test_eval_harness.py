@@ -143,6 +143,19 @@ def test_cli_json_output_report_only_and_bad_flags(model_dir, tmp_path, capsys):
     assert eval_cli.run(_args(model=model_dir, out=other, report_only=True, quiet=True)) == 0
     headings = [line for line in (other / "results.md").read_text().splitlines() if line.startswith("### ")]
     assert headings == ["### needle: accuracy"]
+    # ... and a folder of several tasks reports each, under the run's model name
+    both = tmp_path / "both"
+    assert eval_cli.run(_args(model=model_dir, methods="truncate", tasks="needle,passkey", lengths="1x",
+                              samples=1, quiet=True, out=both, threads=1)) == 0
+    settings = json.loads((both / "settings.json").read_text())
+    settings["model"] = "the-run-model"
+    (both / "settings.json").write_text(json.dumps(settings))
+    capsys.readouterr()
+    assert eval_cli.run(_args(out=both, report_only=True, quiet=True)) == 0
+    report = (both / "results.md").read_text()
+    assert sorted(line for line in report.splitlines() if line.startswith("### ")) == [
+        "### needle: accuracy", "### passkey: accuracy"]
+    assert report.startswith("the-run-model")
     assert eval_cli.run(_args(model=model_dir, methods="nope", quiet=True)) == 2
     assert eval_cli.run(_args(model=model_dir, lengths="2q", quiet=True)) == 2
     assert eval_cli.run(_args(model=model_dir, report_only=True, quiet=True)) == 2

@@ -276,11 +276,18 @@ def run(args: argparse.Namespace) -> int:
         info = {"report_only": True, "records": len(records)}
         if (out / "settings.json").exists():
             run_settings = json.loads((out / "settings.json").read_text())
-        # the asked ones that have records, else every one the records hold (a folder of other tasks)
-        methods = (tuple(m for m in methods if any(r.method == m for r in records))
-                   or tuple(dict.fromkeys(r.method for r in records)) or methods)
-        tasks = (tuple(t for t in tasks if any(r.task == t for r in records))
-                 or tuple(dict.fromkeys(r.task for r in records)) or tasks)
+        # --methods / --tasks as given filter the records; left at their defaults, every one the
+        # records hold is reported (a folder of other tasks or of some tasks of the default list)
+        held_methods = tuple(dict.fromkeys(r.method for r in records))
+        held_tasks = tuple(dict.fromkeys(r.task for r in records))
+        if args.methods == "all":
+            methods = held_methods or methods
+        else:
+            methods = tuple(m for m in methods if m in held_methods) or held_methods or methods
+        if args.tasks == ",".join(DEFAULT_TASKS):
+            tasks = held_tasks or tasks
+        else:
+            tasks = tuple(t for t in tasks if t in held_tasks) or held_tasks or tasks
         lengths = tuple(sorted({r.length for r in records})) or lengths
     else:
         if out is not None:
@@ -291,7 +298,11 @@ def run(args: argparse.Namespace) -> int:
                                  previous=previous)
 
     dtype = str(next(hm.model.parameters()).dtype).replace("torch.", "")
-    meta = environment(hm.name, str(hm.device), dtype, hm.window, hm.chunk_len, run_settings.get("torch_threads"))
+    # a report rebuilt from records names the run's model, not the one loaded to rebuild it
+    run_homer = run_settings.get("homer") or {}
+    meta = environment(Path(str(run_settings.get("model", hm.name))).name, str(hm.device), dtype,
+                       int(run_settings.get("window", hm.window)), int(run_homer.get("chunk_len", hm.chunk_len)),
+                       run_settings.get("torch_threads"))
     stamps = sorted(r.finished for r in records if r.finished)
     if stamps:  # the time the records were made, not the time this report was rendered
         meta["date"] = f"records from {stamps[0][:16]} to {stamps[-1][:16]} UTC"
