@@ -178,3 +178,26 @@ def test_cli_refuses_keep_document_without_focus(capsys, tmp_path):
     err = capsys.readouterr().err
     assert "--focus-keep-document needs --focus-leaves K with K >= 1, got --focus-leaves 0" in err
     assert "Traceback" not in err
+
+
+def test_more_leaves_only_where_they_fit_the_window(tokenizer, monkeypatch):
+    """The adapters ask for up to 3 leaves: on a window the hybrid chunk fills (one leaf fits after
+    the tree's cache) that is the one-leaf read; with chunks far smaller than the window, 3 leaves."""
+    import homer_llm.hybrid as hybrid
+
+    chosen: list[list[int]] = []
+    real = hybrid.focus_spans
+    monkeypatch.setattr(hybrid, "focus_spans", lambda plan, leaves, margin, budget: (
+        chosen.append(list(leaves)) or real(plan, leaves, margin, budget)))
+    torch.manual_seed(0)
+    model = tiny_model("llama", vocab=len(tokenizer), window=1024, layers=4)
+    parts = _parts(2400)
+    tight = {k: HomerModel(model, tokenizer, name="tiny", homer=HomerConfig(
+        focus_leaves=k, focus_keep_document=True, focus_margin=8)) for k in (1, 3)}
+    one, three = (tight[k].compress(parts) for k in (1, 3))
+    assert len(chosen[0]) == len(chosen[1]) == 1
+    torch.testing.assert_close(one.last_logits, three.last_logits)
+    roomy = HomerModel(model, tokenizer, name="tiny", homer=HomerConfig(
+        chunk_len=200, focus_leaves=3, focus_keep_document=True, focus_margin=8))
+    roomy.compress(_parts(1000))
+    assert len(chosen[2]) == 3

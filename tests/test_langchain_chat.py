@@ -50,7 +50,7 @@ def test_construction_is_lazy_and_default_model_is_shared(monkeypatch):
     assert llm.invoke("hello").content == "hi there"
     # the embedded default with the adapters' default read, the hybrid: the key every adapter shares
     assert len(calls) == 1 and calls[0][0] is None
-    hybrid = HomerConfig(focus_leaves=1, focus_keep_document=True)
+    hybrid = HomerConfig(focus_leaves=3, focus_keep_document=True)
     assert HomerModel.shared_key(None, **calls[0][1]) == HomerModel.shared_key(None, homer=hybrid)
     HomerLLM(device="cpu", dtype="bfloat16", chunk_len=64, prune_unit="word").invoke("x")
     model, kwargs = calls[-1]

@@ -109,7 +109,7 @@ def test_lazy_shared_engine_loads_once_per_settings(monkeypatch, engine):
     assert a.engine is b.engine is engine
     # loaded once, through HomerModel.shared, with the default settings (the hybrid read)
     assert len(calls) == 1 and calls[0][0] is None
-    hybrid = HomerConfig(focus_leaves=1, focus_keep_document=True)
+    hybrid = HomerConfig(focus_leaves=3, focus_keep_document=True)
     assert HomerModel.shared_key(None, **calls[0][1]) == HomerModel.shared_key(None, homer=hybrid)
     assert HomerLLM(model="m", device="cpu", dtype="bfloat16").engine is engine
     assert calls[-1][0] == "m" and calls[-1][1]["device"] == "cpu" and calls[-1][1]["dtype"] == "bfloat16"

@@ -284,12 +284,13 @@ class HomerLLM(BaseChatModel):
     chunks (the paper's HOMER + YaRN); None: off."""
     rope_factor: float = 2.0
     """Only with ``rope_scaling``: the scaling factor (> 1)."""
-    focus_leaves: int = Field(default=1, ge=0)
-    """k > 0: the k chunks the question attends to most are read in full, after the compressed
-    document (``focus_keep_document``, the default: the hybrid read) or alone; 0: the compressed
-    cache alone answers. Default 1 with ``focus_keep_document=True``: with a plain question after
-    the document it answered 7 of 18 samples on the embedded default model, the compressed cache 0
-    (docs/read-paths.md)."""
+    focus_leaves: int = Field(default=3, ge=0)
+    """k > 0: up to k chunks the question attends to most, best first, as many as fit the window,
+    are read in full after the compressed document (``focus_keep_document``, the default: the hybrid
+    read) or alone; 0: the compressed cache alone answers. With ``focus_keep_document=True`` one
+    chunk fits on the embedded default model's 8k window: with a plain question after the document
+    that read answered 7 of 18 samples, the compressed cache 0 (docs/read-paths.md). Larger windows
+    take up to 3, so a fact the locator ranks second is still read (docs/agent.md)."""
     focus_margin: int = Field(default=256, ge=0)
     """Only with focus: tokens of neighbouring text also read on each side of a chosen chunk."""
     focus_locator: Literal["tree", "leaf"] = "leaf"
