@@ -5,8 +5,9 @@
 #
 #   bash benchmarks/agent_long_document.sh [OUT_FOLDER]
 #
-# Needs `bash scripts/fetch_models.sh 1.5b`. HOMER chunks of 4096 tokens emulate an 8k window, so
-# the 32k-token document is read as eight leaves merged up the tree. Writes the document, each
+# Needs `bash scripts/fetch_models.sh 1.5b`. HOMER chunks of 4096 tokens emulate an 8k window; the
+# hybrid read (the chat model's default) shrinks the chunk so a leaf fits after the cache, so the
+# 32k-token document is read as 16 leaves of about 2,000 tokens merged up the tree. Writes the document, each
 # process's stdout (answers and the JSON report) and stderr (progress) to OUT_FOLDER (default
 # results/agent-long-document). env: MODEL (default the 1.5B), TOKENS (32000), THREADS (1).
 set -euo pipefail

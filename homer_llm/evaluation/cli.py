@@ -184,6 +184,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
 
 
+def _reported(asked: tuple[str, ...], held: list[str], *, filtered: bool) -> tuple[str, ...]:
+    """What --report-only reports: the asked names the records hold when the user chose them
+    (``filtered``), else every name the records hold; the asked ones when the records are empty."""
+    present = tuple(dict.fromkeys(held))
+    if filtered:
+        return tuple(name for name in asked if name in present) or present or asked
+    return present or asked
+
+
 def run(args: argparse.Namespace) -> int:
     """Run the evaluation described by ``args``; returns the process exit code."""
     from homer_llm.config import HomerConfig
@@ -278,16 +287,8 @@ def run(args: argparse.Namespace) -> int:
             run_settings = json.loads((out / "settings.json").read_text())
         # --methods / --tasks as given filter the records; left at their defaults, every one the
         # records hold is reported (a folder of other tasks or of some tasks of the default list)
-        held_methods = tuple(dict.fromkeys(r.method for r in records))
-        held_tasks = tuple(dict.fromkeys(r.task for r in records))
-        if args.methods == "all":
-            methods = held_methods or methods
-        else:
-            methods = tuple(m for m in methods if m in held_methods) or held_methods or methods
-        if args.tasks == ",".join(DEFAULT_TASKS):
-            tasks = held_tasks or tasks
-        else:
-            tasks = tuple(t for t in tasks if t in held_tasks) or held_tasks or tasks
+        methods = _reported(methods, [r.method for r in records], filtered=args.methods != "all")
+        tasks = _reported(tasks, [r.task for r in records], filtered=args.tasks != ",".join(DEFAULT_TASKS))
         lengths = tuple(sorted({r.length for r in records})) or lengths
     else:
         if out is not None:
