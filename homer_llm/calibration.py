@@ -18,12 +18,14 @@ import logging
 import os
 import random
 import threading
+import time
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 
 from . import compat
+from .engine import Progress
 from .prompt import DOCUMENT_PLACEHOLDER, PromptParts, split_chat, split_text
 from .significance import last_query_logits
 
@@ -90,9 +92,14 @@ def smooth_over_distance(table: torch.Tensor) -> torch.Tensor:
 
 
 @torch.inference_mode()
-def build_bias(parts: compat.ModelParts, samples: list[PromptParts], chunk_len: int) -> torch.Tensor:
-    """Measure B [L, chunk_len] (float32, CPU) from full (unpruned) passes over ``samples``."""
+def build_bias(parts: compat.ModelParts, samples: list[PromptParts], chunk_len: int,
+               progress: Progress | None = None) -> torch.Tensor:
+    """Measure B [L, chunk_len] (float32, CPU) from full (unpruned) passes over ``samples``.
+
+    ``progress(done, total)`` after each layer pass (total: ``len(samples) * L``).
+    """
     L = parts.num_layers
+    done, passes = 0, len(samples) * L
     total = torch.zeros(L, chunk_len, dtype=torch.float64)
     count = torch.zeros(chunk_len, dtype=torch.float64)
     for sample in samples:
@@ -111,6 +118,9 @@ def build_bias(parts: compat.ModelParts, samples: list[PromptParts], chunk_len: 
             hidden, (keys, _) = compat.run_layer(parts, index, hidden, pos_emb, mask)
             logits = last_query_logits(query, keys, compat.attention_scaling(parts, index)).double().cpu()
             total[index].index_add_(0, distance, logits)
+            done += 1
+            if progress is not None:
+                progress(done, passes)
         count.index_add_(0, distance, torch.ones(n, dtype=torch.float64))
     seen = count > 0
     if not bool(seen.any()):
@@ -188,8 +198,12 @@ def get_bias(
     model_config: dict,
     chunk_len: int,
     samples: int,
+    progress: Progress | None = None,
 ) -> torch.Tensor:
     """Load B for this model from the cache dir, building and saving it on first use.
+
+    ``progress(done, total)``: the build's layer passes (only when the table is built; a table
+    found on disk reports nothing).
 
     The key holds ``model_identity`` (``HomerModel`` passes its name and fingerprint: weights,
     tokenizer, files) and a sample of the weights in ``parts`` themselves, so two models with the
@@ -202,6 +216,8 @@ def get_bias(
         return table
     logger.info("building HOMER calibration table for %s (%d samples of %d tokens)", model_identity, samples, chunk_len)
     chunks = [calibration_parts(tokenizer, chunk_len, i) for i in range(samples)]
-    table = build_bias(parts, chunks, chunk_len)
+    started = time.perf_counter()
+    table = build_bias(parts, chunks, chunk_len, progress)
+    logger.info("calibration table built in %.0f s: %s", time.perf_counter() - started, path)
     save_bias(path, table, {"model": model_identity, "chunk_len": str(chunk_len), "samples": str(samples)})
     return table

@@ -231,7 +231,11 @@ def read_document(path: str, max_bytes: int | None = None) -> str:
 
 # ---------------------------------------------------------------------------- ask
 class _Progress:
-    """HOMER's progress(done, total) callback driving a tqdm bar on stderr (created on first call)."""
+    """HOMER's progress(done, total) callback driving a tqdm bar on stderr (created on first call).
+
+    A new total starts a new bar: a first use of a model and chunk length reports the calibration
+    table's build (its own count) before the tree's layer passes.
+    """
 
     def __init__(self, enabled: bool, desc: str = "HOMER") -> None:
         self.enabled, self.desc, self.bar = enabled, desc, None
@@ -239,6 +243,8 @@ class _Progress:
     def __call__(self, done: int, total: int) -> None:
         if not self.enabled:
             return
+        if self.bar is not None and self.bar.total != total:
+            self.close()
         if self.bar is None:
             from tqdm import tqdm
 

@@ -75,7 +75,8 @@ def hybrid_context(hm, parts: PromptParts, *, leaves: int = 1, margin: int | Non
         window: the positions the read may use (None: the model's window; less emulates a
             shorter-window model).
         progress: called as ``progress(done, total)`` over the tree's layer passes, then once more
-            when the locator and the plain read of the leaves are done.
+            when the locator and the plain read of the leaves are done (preceded, the first time a
+            model and chunk length are used, by the calibration table's build with its own total).
 
     A prompt that fits one chunk takes the plain path (``hm.compress``), as everywhere else.
     """
@@ -90,6 +91,8 @@ def hybrid_context(hm, parts: PromptParts, *, leaves: int = 1, margin: int | Non
     tree = tree_engine(hm, hybrid_chunk_len(window, hm.chunk_len, margin, answer_room))
     plan = tree.plan(parts)
     total = plan.layer_passes + 1
+    if plan.num_leaves > 1:  # a first build of the calibration table reports its own passes first
+        tree.bias_table(progress)
     compressed = tree.compress(parts, progress=None if progress is None else lambda d, t: progress(d, t + 1))
     if plan.num_leaves == 1:
         if progress is not None:

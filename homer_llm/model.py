@@ -688,16 +688,21 @@ class HomerModel:
                 self._variants[homer] = variant
             return self._variants[homer]
 
-    def bias_table(self) -> torch.Tensor | None:
-        """The calibration table for this model (built once, then loaded), or None if unused."""
+    def bias_table(self, progress: Progress | None = None) -> torch.Tensor | None:
+        """The calibration table for this model (built once, then loaded), or None if unused.
+
+        ``progress(done, total)``: the layer passes of a first build (a one-time cost of
+        ``calibration_samples`` full passes of ``chunk_len`` tokens; nothing when found on disk).
+        """
         if self.homer.pruning != "calibrated":
             return None
         if self._bias is None:
             with self.lock:
-                self._bias = get_bias(
-                    self.parts, self.tokenizer, f"{self.name}@{self.fingerprint}", self.model.config.to_dict(),
-                    self.chunk_len, self.homer.calibration_samples,
-                )
+                if self._bias is None:
+                    self._bias = get_bias(
+                        self.parts, self.tokenizer, f"{self.name}@{self.fingerprint}", self.model.config.to_dict(),
+                        self.chunk_len, self.homer.calibration_samples, progress,
+                    )
         return self._bias
 
     def spans_for(self, ids: torch.Tensor) -> torch.Tensor | None:
@@ -801,7 +806,7 @@ class HomerModel:
         focus = bool(self.homer.focus_leaves) and plan.num_leaves > 1
         leaf_locator = focus and self.homer.focus_locator == "leaf"
         # the plain path prunes nothing and the leaf locator ranks by raw attention: neither needs the table
-        bias = None if plain or leaf_locator else self.bias_table()
+        bias = None if plain or leaf_locator else self.bias_table(progress)
         gen = None
         if self.homer.pruning == "random":
             gen = torch.Generator().manual_seed(self.homer.seed)

@@ -171,10 +171,10 @@ def plan_with_budget(engine: Any, parts: PromptParts, suffix_budget: int) -> Pla
     return replace(plan, suffix_len=len(parts.suffix))
 
 
-def _bias_for(engine: Any, plan: Plan) -> torch.Tensor | None:
+def _bias_for(engine: Any, plan: Plan, progress: Progress | None = None) -> torch.Tensor | None:
     if plan.num_leaves == 1 and plan.root.keep_ctx >= plan.context_len:
         return None
-    return engine.bias_table()
+    return engine.bias_table(progress)
 
 
 def _generator_for(engine: Any) -> torch.Generator | None:
@@ -222,7 +222,7 @@ class _ReusePass(TreePass):
     """The engine's depth-first pass, with leaves rebuilt from cached question-independent states."""
 
     def __init__(self, engine: Any, plan: Plan, ids: torch.Tensor, leaves: LeafStates, progress: Progress | None):
-        super().__init__(engine.parts, plan, ids, _bias_for(engine, plan), _generator_for(engine), progress,
+        super().__init__(engine.parts, plan, ids, _bias_for(engine, plan, progress), _generator_for(engine), progress,
                          engine.spans_for(ids), engine.homer.reread_suffix,
                          engine.homer.merge_attention == "own-leaf")
         self.leaves = leaves
@@ -388,6 +388,6 @@ def compress_with_budget(
     plan = plan_with_budget(engine, parts, suffix_budget)
     ids = torch.tensor(parts.ids, dtype=torch.long)
     with engine.lock:
-        return compress(engine.parts, plan, ids, bias=_bias_for(engine, plan),
+        return compress(engine.parts, plan, ids, bias=_bias_for(engine, plan, progress),
                         random_generator=_generator_for(engine), progress=progress, spans=engine.spans_for(ids),
                         reread_suffix=engine.homer.reread_suffix, own_leaf=engine.homer.merge_attention == "own-leaf")

@@ -94,3 +94,41 @@ def test_pruning_modes_differ(tiny_homer):
         caches[mode] = ctx.kv[0][0]
     assert not torch.equal(caches["calibrated"], caches["uncalibrated"])
     assert not torch.equal(caches["random"], caches["uncalibrated"])
+
+
+def test_a_first_build_reports_its_passes_before_the_trees(tiny_homer, tmp_path, monkeypatch):
+    """The one-time table build is progress too: its own count first, then the tree's layer passes."""
+    monkeypatch.setenv("HOMER_LLM_CACHE", str(tmp_path))  # no table built by another test
+    tiny_homer._bias = None
+    parts = tiny_homer.prepare_question("alpha beta gamma delta " * 60, "Which?")
+    seen: list[tuple[int, int]] = []
+    tiny_homer.compress(parts, progress=lambda done, total: seen.append((done, total)))
+    L, samples = tiny_homer.parts.num_layers, tiny_homer.homer.calibration_samples
+    build = [(d, t) for d, t in seen if t == L * samples]
+    assert build == [(i, L * samples) for i in range(1, L * samples + 1)]
+    tree = seen[len(build):]
+    plan = tiny_homer.plan(parts)
+    assert tree and tree[-1] == (plan.layer_passes, plan.layer_passes)
+    assert all(t == plan.layer_passes for _, t in tree)
+    # found again (in memory, then on disk by a fresh engine): the tree's passes only
+    seen.clear()
+    tiny_homer._bias = None
+    tiny_homer.compress(parts, progress=lambda done, total: seen.append((done, total)))
+    assert seen and all(t == plan.layer_passes for _, t in seen)
+
+
+def test_the_hybrid_reports_a_first_build_too(tokenizer, tmp_path, monkeypatch):
+    from homer_llm import HomerConfig, HomerModel
+
+    monkeypatch.setenv("HOMER_LLM_CACHE", str(tmp_path))
+
+    torch.manual_seed(0)
+    model = tiny_model("llama", vocab=len(tokenizer), window=1024, layers=8)
+    hm = HomerModel(model, tokenizer, name="tiny-hybrid-progress",
+                    homer=HomerConfig(focus_leaves=1, focus_keep_document=True, focus_margin=8))
+    parts = hm.prepare_question("alpha beta gamma delta " * 300, "Which?")
+    seen: list[tuple[int, int]] = []
+    hm.compress(parts, progress=lambda done, total: seen.append((done, total)))
+    L_samples = hm.parts.num_layers * hm.homer.calibration_samples
+    assert seen[:L_samples] == [(i, L_samples) for i in range(1, L_samples + 1)]
+    assert seen[-1][0] == seen[-1][1] != L_samples

@@ -385,3 +385,21 @@ def test_threads_option_is_reported_and_restored(capsys, short_doc, tiny_dir):
     assert code == 0, err
     assert json.loads(out)["threads"] == 1
     assert torch.get_num_threads() == before
+
+
+def test_progress_bar_starts_anew_when_the_total_changes(capsys):
+    """The calibration table's build and the tree's passes are two counts: two bars, not one overfull."""
+    from homer_llm.cli import _Progress
+
+    bar = _Progress(enabled=True)
+    for done in range(1, 49):
+        bar(done, 48)
+    first = bar.bar
+    assert first.n == 48 and first.total == 48
+    bar(1, 30)
+    assert bar.bar is not first and bar.bar.total == 30 and bar.bar.n == 1
+    bar.close()
+    assert bar.bar is None
+    off = _Progress(enabled=False)
+    off(1, 2)
+    assert off.bar is None

@@ -223,6 +223,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.document and not args.question:
         parser.error("nothing to do: pass --document PATH and/or --question Q")
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, stream=sys.stderr)
+    # the one-time calibration table (minutes on a CPU, before the first compression) announces itself
+    logging.getLogger("homer_llm.calibration").setLevel(logging.INFO)
     report: dict[str, Any] = {"cache": None, "mode": None, "turns": []}
     status = 0
     try:
