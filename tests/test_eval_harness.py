@@ -156,6 +156,11 @@ def test_cli_json_output_report_only_and_bad_flags(model_dir, tmp_path, capsys):
     assert sorted(line for line in report.splitlines() if line.startswith("### ")) == [
         "### needle: accuracy", "### passkey: accuracy"]
     assert report.startswith("the-run-model")
+    # --tasks given filters, even when it names the default list
+    default_list = ",".join(eval_cli.DEFAULT_TASKS)
+    assert eval_cli.run(_args(out=both, report_only=True, quiet=True, tasks=default_list)) == 0
+    headings = [line for line in (both / "results.md").read_text().splitlines() if line.startswith("### ")]
+    assert headings == ["### passkey: accuracy"]
     assert eval_cli.run(_args(model=model_dir, methods="nope", quiet=True)) == 2
     assert eval_cli.run(_args(model=model_dir, lengths="2q", quiet=True)) == 2
     assert eval_cli.run(_args(model=model_dir, report_only=True, quiet=True)) == 2

@@ -116,8 +116,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", default=None, help="float32, bfloat16, float16 (default: auto: bfloat16 on CUDA and on CPUs with AMX "
                              "tiles, float32 on other CPUs)")
     parser.add_argument("--attn", default="sdpa", help="attention backend: sdpa (default), eager, flash_attention_2")
-    parser.add_argument("--methods", default="all", help=f"comma list or 'all': {', '.join(ALL_METHODS)}")
-    parser.add_argument("--tasks", default=",".join(DEFAULT_TASKS), help=f"comma list or 'all': {', '.join(ALL_TASKS)}")
+    parser.add_argument("--methods", default=None,
+                        help=f"comma list or 'all' (the default): {', '.join(ALL_METHODS)}")
+    parser.add_argument("--tasks", default=None,
+                        help=f"comma list or 'all': {', '.join(ALL_TASKS)} (default: {','.join(DEFAULT_TASKS)})")
     parser.add_argument("--lengths", default="1x,2x,4x,8x",
                         help="total tokens per sample: Nx (times the window), Nk (x1024) or integers")
     parser.add_argument("--samples", type=int, default=5, help="samples per task and length (same for every method)")
@@ -206,8 +208,8 @@ def run(args: argparse.Namespace) -> int:
             print(message, file=sys.stderr, flush=True)
 
     try:
-        methods = _names(args.methods, ALL_METHODS, "method(s)")
-        tasks = _names(args.tasks, ALL_TASKS, "task(s)")
+        methods = _names(args.methods or "all", ALL_METHODS, "method(s)")
+        tasks = _names(args.tasks or ",".join(DEFAULT_TASKS), ALL_TASKS, "task(s)")
         depths = parse_depths(args.depths)
         references = _names(args.paired_with, ALL_METHODS, "--paired-with method(s)")
         if (args.resume or args.report_only) and not args.out:
@@ -285,10 +287,10 @@ def run(args: argparse.Namespace) -> int:
         info = {"report_only": True, "records": len(records)}
         if (out / "settings.json").exists():
             run_settings = json.loads((out / "settings.json").read_text())
-        # --methods / --tasks as given filter the records; left at their defaults, every one the
-        # records hold is reported (a folder of other tasks or of some tasks of the default list)
-        methods = _reported(methods, [r.method for r in records], filtered=args.methods != "all")
-        tasks = _reported(tasks, [r.task for r in records], filtered=args.tasks != ",".join(DEFAULT_TASKS))
+        # --methods / --tasks given filter the records (even when they name the default list); left
+        # out (or 'all'), every one the records hold is reported
+        methods = _reported(methods, [r.method for r in records], filtered=args.methods not in (None, "all"))
+        tasks = _reported(tasks, [r.task for r in records], filtered=args.tasks not in (None, "all"))
         lengths = tuple(sorted({r.length for r in records})) or lengths
     else:
         if out is not None:
