@@ -74,7 +74,8 @@ def test_cli_end_to_end_on_a_saved_tiny_model(model_dir, essays, tmp_path, capsy
         for method in ALL_METHODS:
             for length in (1024, 2048):
                 cell = cells_by_key[(task, method, length)]
-                if task == "ppl" and method in ("bm25", "homer-focus", "homer-focus-leaf", "homer-hybrid"):  # QA only
+                if task == "ppl" and method in ("bm25", "homer-focus", "homer-focus-leaf", "homer-hybrid",
+                                                   "homer-hybrid3"):  # QA only
                     assert cell["statuses"] == {"n/a": 1}
                     continue
                 assert cell["statuses"] == {"ok": 1}, (task, method, length, cell["note"])
@@ -86,7 +87,7 @@ def test_cli_end_to_end_on_a_saved_tiny_model(model_dir, essays, tmp_path, capsy
     records = result["records"]
     assert len(records) == len(load_records(out / "records.jsonl")) == 2 * len(ALL_METHODS) * 2
     for r in records:  # HOMER methods report how much of the needle survived; others cannot
-        homer_qa = (r["method"].startswith("homer") and r["method"] != "homer-hybrid" and r["task"] == "passkey"
+        homer_qa = (r["method"].startswith("homer") and not r["method"].startswith("homer-hybrid") and r["task"] == "passkey"
                     and r["status"] == "ok")
         assert (r["needle_kept"] is not None) == homer_qa, r
         assert r["needle_kept"] is None or 0.0 <= r["needle_kept"] <= 1.0
@@ -436,6 +437,25 @@ def test_ablation_methods_run_the_variant_they_name(small_eval):
     assert [(configs[n].pruning, configs[n].merge_attention) for n in names] == [
         ("calibrated", "causal"), ("uncalibrated", "causal"), ("random", "causal"),
         ("calibrated", "own-leaf"), ("uncalibrated", "own-leaf"), ("random", "own-leaf")]
+
+
+def test_hybrid_methods_read_one_leaf_or_the_adapters_three(small_eval, monkeypatch):
+    import homer_llm.hybrid as hybrid
+
+    class Asked(Exception):
+        pass
+
+    def spy(hm, parts, **kw):
+        raise Asked(kw["leaves"], kw["window"])
+
+    monkeypatch.setattr(hybrid, "hybrid_context", spy)
+    sample = QA_TASKS["passkey"].make(small_eval.count, 1500, 0, 0, 0.5)
+    asked = []
+    for method in make_methods(small_eval, ["homer-hybrid", "homer-hybrid3"]):
+        with pytest.raises(Asked) as err:
+            method.answer(sample, None)
+        asked.append(err.value.args)
+    assert asked == [(1, small_eval.window), (3, small_eval.window)]
 
 
 def test_homer_model_loads_from_the_saved_folder(model_dir):

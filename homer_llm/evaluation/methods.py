@@ -24,6 +24,8 @@ stop with TimeBudgetExceeded once it has passed.
     homer-hybrid     the whole document compressed (own-leaf merges) plus the leaf the question
                      points to most (leaf locator) read in full after it, in one cache
                      (``homer_llm.hybrid``)
+    homer-hybrid3    homer-hybrid reading up to three leaves, as many as fit the window: what
+                     the LangChain and LlamaIndex adapters run by default
     full             the plain model over the whole prompt, also beyond its window
     truncate         the plain model over the prompt cut to the window: prefix and suffix kept,
                      the END of the document kept (for perplexity: the last window of tokens)
@@ -40,6 +42,7 @@ import logging
 import math
 import re
 from dataclasses import dataclass, replace
+from typing import Any
 
 from homer_llm import compat
 from homer_llm.config import GenerationConfig, HomerConfig
@@ -87,7 +90,7 @@ ANSWER_ROOM = 64
 
 ALL_METHODS = ("homer", "homer-uncal", "homer-random", "homer-word", "homer-merged", "full", "truncate", "yarn",
                "ntk", "linear", "homer-yarn", "homer-focus", "homer-focus-leaf", "homer-ownleaf",
-               "homer-ownleaf-uncal", "homer-ownleaf-random", "homer-hybrid", "bm25")
+               "homer-ownleaf-uncal", "homer-ownleaf-random", "homer-hybrid", "homer-hybrid3", "bm25")
 
 
 class NotApplicable(Exception):
@@ -365,14 +368,19 @@ class HomerMethod(Method):
 
 
 class HybridMethod(HomerMethod):
-    """The whole document compressed plus its best leaf read in full, in one cache (``homer_llm.hybrid``)."""
+    """The whole document compressed plus its best ``leaves`` leaves (as many as fit the window)
+    read in full, in one cache (``homer_llm.hybrid``)."""
+
+    def __init__(self, model: EvalModel, name: str, pruning: str, *, leaves: int = 1, **kwargs: Any) -> None:
+        super().__init__(model, name, pruning, **kwargs)
+        self.leaves = leaves
 
     def answer(self, sample, deadline):
         from ..hybrid import hybrid_context
 
         hm = self.hm
         parts = build_parts(hm.tokenizer, sample, layout=self.model.layout)
-        context = hybrid_context(hm, parts, leaves=1, window=self.model.window)
+        context = hybrid_context(hm, parts, leaves=self.leaves, window=self.model.window)
         out = hm.generate(context, self.model.generation_config(sample))
         return MethodResult(out.text, len(parts), context.cache_tokens)
 
@@ -588,6 +596,8 @@ def make_methods(
                                                     merge_attention="own-leaf"),
         "homer-hybrid": lambda: HybridMethod(model, "homer-hybrid", "calibrated", merge_attention="own-leaf",
                                              focus_locator="leaf"),
+        "homer-hybrid3": lambda: HybridMethod(model, "homer-hybrid3", "calibrated", leaves=3,
+                                              merge_attention="own-leaf", focus_locator="leaf"),
         "full": lambda: FullMethod(model),
         "truncate": lambda: TruncateMethod(model),
         "yarn": lambda: RopeMethod(model, "yarn", rope_factor),
