@@ -570,11 +570,13 @@ class DocumentCache:
 
         with self._use(key, engine, build, "leaves") as (leaves, hit):
             assert isinstance(leaves, reuse.LeafStates)
+            # the merges over the leaves are a count of their own (after the leaves' on a miss):
+            # minutes on a large model, not to be spent in silence
             if focus and leaves.num_leaves > 1:
                 if hybrid:
-                    return reuse.hybrid_from_leaves(engine, parts, leaves, progress=progress if hit else None), hit
+                    return reuse.hybrid_from_leaves(engine, parts, leaves, progress=progress), hit
                 return reuse.focus_from_leaves(engine, parts, leaves), hit
-            return reuse.compress_from_leaves(engine, parts, leaves, progress=progress if hit else None), hit
+            return reuse.compress_from_leaves(engine, parts, leaves, progress=progress), hit
 
     def _exact(self, engine: Any, parts: PromptParts, progress: Progress | None) -> tuple[CompressedContext, bool]:
         key = make_key(engine, parts.prefix, parts.context, parts.suffix, mode="exact", namespace=self.namespace)
