@@ -202,3 +202,30 @@ def test_more_leaves_only_where_they_fit_the_window(tokenizer, monkeypatch):
         chunk_len=200, focus_leaves=3, focus_keep_document=True, focus_margin=8))
     roomy.compress(_parts(1000))
     assert len(chosen[2]) == 3
+
+
+def test_later_leaves_take_at_most_half_the_window(tokenizer, monkeypatch):
+    """Three leaves fit the budget, but with their margins they would take more than half the
+    window: two are read (the best two), and one whatever k on a default-model-like window."""
+    import homer_llm.hybrid as hybrid
+    from homer_llm.hybrid import leaves_to_read
+
+    chosen: list[list[int]] = []
+    real = hybrid.focus_spans
+    monkeypatch.setattr(hybrid, "focus_spans", lambda plan, leaves, margin, budget: (
+        chosen.append(list(leaves)) or real(plan, leaves, margin, budget)))
+    torch.manual_seed(0)
+    model = tiny_model("llama", vocab=len(tokenizer), window=1024, layers=4)
+    hm = HomerModel(model, tokenizer, name="tiny", homer=HomerConfig(focus_leaves=3, focus_keep_document=True,
+                                                                        focus_margin=8))
+    parts = _parts(1300)
+    plan = hybrid.tree_engine(hm, hm.chunk_len).plan(parts)
+    size = plan.leaf_sizes[0] + 16
+    budget = hm.window - (plan.next_position - len(parts.suffix)) - len(parts.suffix) - 256
+    assert 3 * plan.leaf_sizes[0] <= budget and 2 * size <= 512 < 3 * size  # what the test is about
+    hm.compress(parts)
+    assert len(chosen[-1]) == 2
+    relevance = torch.tensor([0.1, 0.9, 0.2, 0.8, 0.0, 0.7, 0.3, 0.4])[: plan.num_leaves]
+    assert leaves_to_read(plan, relevance, 3, 8, budget, 1024) == [1, 3]
+    assert leaves_to_read(plan, relevance, 3, 8, budget, 4096) == [1, 3, 5]  # a wider window: three
+    assert leaves_to_read(plan, relevance, 3, 8, budget, 2 * size - 1) == [1]  # the best always
