@@ -248,7 +248,8 @@ class BenchHomer(HomerModel):
         super().__init__(model, _Ids(), name=name, homer=homer)
         self._table = table
 
-    def bias_table(self) -> torch.Tensor | None:
+    def bias_table(self, progress=None) -> torch.Tensor | None:
+        """The fixed table (``progress`` unused: nothing is built)."""
         return self._table if self.homer.pruning == "calibrated" else None
 
 
