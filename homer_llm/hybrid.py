@@ -46,10 +46,10 @@ ANSWER_ROOM = 256
 MORE_LEAVES_SHARE = 0.5
 """A second or later leaf is read only while the leaves read, with their margins, take at most
 this share of the window. On the 135M default model (8k window) reading up to three leaves, two
-of the ~2,000-token leaves of a 16k/32k-token document, was right on 4 of 7 plain needle questions
-where one leaf was right on 5 (the other pairs agreed); on Qwen2.5-Coder (32k window) three leaves
-of a 32k-token document were needed to tell three look-alike facts apart. Half the window gives
-one leaf on the first and three on the second."""
+of the ~2,000-token leaves of a 16k/32k-token document, was right on 4 of 14 plain needle
+questions where one leaf was right on 6 (the other pairs agreed; docs/read-paths.md); on
+Qwen2.5-Coder-0.5B (32k window) three leaves of a 32k-token document were needed to tell three
+look-alike facts apart. Half the window gives one leaf on the first and three on the second."""
 
 
 def hybrid_chunk_len(window: int, chunk_len: int, margin: int, answer_room: int = ANSWER_ROOM) -> int:

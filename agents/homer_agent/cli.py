@@ -81,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="HOMER chunk length in tokens (default: from the model's window)")
     p.add_argument("--focus-leaves", type=_nonnegative_int, default=None, metavar="N",
                    help="leaves of the document read in full next to its compressed cache, the best "
-                        "first, as many as fit the window (default: the chat model's, 3; 0: the "
+                        "first, a second or later one only within half the window (default: the chat model's, 3; 0: the "
                         "compressed cache alone)")
     p.add_argument("--reuse", choices=("agnostic", "leaf", "exact"), default="agnostic",
                    help="how the document cache reuses work across questions (homer_llm.reuse)")

@@ -286,10 +286,10 @@ class HomerLLM(BaseChatModel):
     rope_factor: float = 2.0
     """Only with ``rope_scaling``: the scaling factor (> 1)."""
     focus_leaves: int = Field(default=3, ge=0)
-    """k > 0: up to k chunks the question attends to most, best first, as many as fit the window,
-    are read in full after the compressed document (``focus_keep_document``, the default: the hybrid
+    """k > 0: up to k chunks the question attends to most, best first (a second or later one only
+    while they take at most half the window), are read in full after the compressed document (``focus_keep_document``, the default: the hybrid
     read) or alone; 0: the compressed cache alone answers. With ``focus_keep_document=True`` one
-    chunk fits on the embedded default model's 8k window: with a plain question after the document
+    chunk is read on the embedded default model's 8k window: with a plain question after the document
     that read answered 7 of 18 samples, the compressed cache 0 (docs/read-paths.md). Larger windows
     take up to 3, so a fact the locator ranks second is still read (docs/agent.md)."""
     focus_margin: int = Field(default=256, ge=0)

@@ -201,9 +201,9 @@ class HomerLLM(FunctionCallingLLM):
     )
     rope_factor: float = Field(default=2.0, description="The RoPE scaling factor (> 1) when rope_scaling is set.")
     focus_leaves: int = Field(
-        default=3, ge=0, description="k > 0: up to k leaves the question attends to most, best first, as many as "
-        "fit the window, are read in full after the compressed document (focus_keep_document, the default: the "
-        "hybrid read) or alone; 0: the compressed cache alone answers. Default 3: one fits on an 8k window (the "
+        default=3, ge=0, description="k > 0: up to k leaves the question attends to most, best first (a second or "
+        "later one only while they take at most half the window), are read in full after the compressed document (focus_keep_document, the default: the "
+        "hybrid read) or alone; 0: the compressed cache alone answers. Default 3: one is read on an 8k window (the "
         "default model), more on larger windows, so a fact the locator ranks second is still read.",
     )
     focus_margin: int = Field(
