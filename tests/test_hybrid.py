@@ -181,15 +181,21 @@ def test_cli_refuses_keep_document_without_focus(capsys, tmp_path):
     assert "Traceback" not in err
 
 
-def test_more_leaves_only_where_they_fit_the_window(tokenizer, monkeypatch):
-    """The adapters ask for up to 3 leaves: on a window the hybrid chunk fills (one leaf fits after
-    the tree's cache) that is the one-leaf read; with chunks far smaller than the window, 3 leaves."""
+def _leaves_read(monkeypatch) -> list[list[int]]:
+    """The leaves of every hybrid read from now on, in order (a spy on ``hybrid.focus_spans``)."""
     import homer_llm.hybrid as hybrid
 
     chosen: list[list[int]] = []
     real = hybrid.focus_spans
     monkeypatch.setattr(hybrid, "focus_spans", lambda plan, leaves, margin, budget: (
         chosen.append(list(leaves)) or real(plan, leaves, margin, budget)))
+    return chosen
+
+
+def test_more_leaves_only_where_they_fit_the_window(tokenizer, monkeypatch):
+    """The adapters ask for up to 3 leaves: on a window the hybrid chunk fills (one leaf fits after
+    the tree's cache) that is the one-leaf read; with chunks far smaller than the window, 3 leaves."""
+    chosen = _leaves_read(monkeypatch)
     torch.manual_seed(0)
     model = tiny_model("llama", vocab=len(tokenizer), window=1024, layers=4)
     parts = _parts(2400)
@@ -210,10 +216,7 @@ def test_later_leaves_take_at_most_half_the_window(tokenizer, monkeypatch):
     import homer_llm.hybrid as hybrid
     from homer_llm.hybrid import leaves_to_read
 
-    chosen: list[list[int]] = []
-    real = hybrid.focus_spans
-    monkeypatch.setattr(hybrid, "focus_spans", lambda plan, leaves, margin, budget: (
-        chosen.append(list(leaves)) or real(plan, leaves, margin, budget)))
+    chosen = _leaves_read(monkeypatch)
     torch.manual_seed(0)
     model = tiny_model("llama", vocab=len(tokenizer), window=1024, layers=4)
     hm = HomerModel(model, tokenizer, name="tiny", homer=HomerConfig(focus_leaves=3, focus_keep_document=True,
