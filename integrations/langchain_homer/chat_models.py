@@ -17,9 +17,9 @@ How a call runs:
    Async methods run all of it in a worker thread; the event loop never blocks.
 
 Progress of a compression is dispatched as the LangChain custom event ``"homer_progress"`` with
-data ``{"done": int, "total": int}`` (units: layer passes of the merge tree; the first call on a new
-model and chunk length first counts the one-time calibration table's passes, with their own
-total), associated with the chat-model run, whether the call streams or not: see it with ``astream_events``
+data ``{"done": int, "total": int}`` (units: layer passes; each stage counts up to its own total:
+the calibration table's one-time build for a new model and chunk length, the leaves of a document
+the cache has not seen, the merges), associated with the chat-model run, whether the call streams or not: see it with ``astream_events``
 (``on_custom_event``) or a callback handler's ``on_custom_event``. Inside a LangGraph node it is
 also written to the graph's stream writer as ``{"homer_progress": {...}}`` (``stream_mode="custom"``).
 """
