@@ -186,11 +186,13 @@ def leaf_relevance(parts: compat.ModelParts, plan: Plan, ids: torch.Tensor,
     return _LeafLocator(parts, plan, ids, progress).relevance()
 
 
-def choose_leaves(plan: Plan, attention: torch.Tensor, k: int, budget: int) -> list[int]:
+def choose_leaves(plan: Plan, attention: torch.Tensor, k: int, budget: int, *, cap: int | None = None,
+                  margin: int = 0) -> list[int]:
     """The ``k`` leaves with the most attention that fit ``budget`` context tokens, in document order.
 
-    Leaves are taken best first; one that would overflow the budget is skipped. At least the best
-    leaf is returned (a leaf is at most one chunk, which fits any window).
+    Leaves are taken best first; one that would overflow the budget is skipped, and so is one
+    that would take the leaves, with ``margin`` tokens on each side, past ``cap`` tokens (None: no
+    cap). At least the best leaf is returned (a leaf is at most one chunk, which fits any window).
     """
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
@@ -198,7 +200,8 @@ def choose_leaves(plan: Plan, attention: torch.Tensor, k: int, budget: int) -> l
     chosen, used = [], 0
     for leaf in order:
         size = plan.leaf_sizes[leaf]
-        if not chosen or used + size <= budget:
+        within_cap = cap is None or used + size + 2 * margin * (len(chosen) + 1) <= cap
+        if not chosen or (used + size <= budget and within_cap):
             chosen.append(leaf)
             used += size
         if len(chosen) == k:

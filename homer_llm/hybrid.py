@@ -136,19 +136,11 @@ def tree_relevance(tree, parts: PromptParts, plan: Plan, compressed: CompressedC
 def leaves_to_read(plan: Plan, relevance: torch.Tensor, leaves: int, margin: int, budget: int,
                    window: int) -> list[int]:
     """The leaves the hybrid reads in full, in document order: the best by ``relevance`` ([N]),
-    up to ``leaves`` of them that fit ``budget`` tokens (``focus.choose_leaves``), a second or
-    later one only while they take, with ``margin`` tokens on each side, at most
-    ``MORE_LEAVES_SHARE`` of ``window``. The best leaf is always read."""
+    up to ``leaves`` of them that fit ``budget`` tokens, a second or later one only while they
+    take, with ``margin`` tokens on each side, at most ``MORE_LEAVES_SHARE`` of ``window``
+    (``focus.choose_leaves``). The best leaf is always read."""
     cap = min(budget, int(window * MORE_LEAVES_SHARE))
-    ranked = sorted(choose_leaves(plan, relevance, leaves, budget), key=lambda leaf: -float(relevance[leaf]))
-    chosen, used = [], 0
-    for leaf in ranked:
-        size = plan.leaf_sizes[leaf] + 2 * margin
-        if chosen and used + size > cap:
-            break
-        chosen.append(leaf)
-        used += size
-    return sorted(chosen)
+    return choose_leaves(plan, relevance, leaves, budget, cap=cap, margin=margin)
 
 
 def read_leaves_after(model_parts, parts: PromptParts, plan: Plan, compressed: CompressedContext, relevance: torch.Tensor,

@@ -110,7 +110,7 @@ def test_a_first_build_reports_its_passes_before_the_trees(tiny_homer, tmp_path,
     plan = tiny_homer.plan(parts)
     assert tree and tree[-1] == (plan.layer_passes, plan.layer_passes)
     assert all(t == plan.layer_passes for _, t in tree)
-    # found again (in memory, then on disk by a fresh engine): the tree's passes only
+    # found again on disk (the in-memory table dropped): the tree's passes only
     seen.clear()
     tiny_homer._bias = None
     tiny_homer.compress(parts, progress=lambda done, total: seen.append((done, total)))

@@ -35,6 +35,7 @@ import transformers
 
 from .. import __version__, compat
 from ..config import HomerConfig
+from ..engine import Progress
 from ..generation import decode_step
 from ..model import HomerModel
 from ..prompt import PromptParts
@@ -248,7 +249,7 @@ class BenchHomer(HomerModel):
         super().__init__(model, _Ids(), name=name, homer=homer)
         self._table = table
 
-    def bias_table(self, progress=None) -> torch.Tensor | None:
+    def bias_table(self, progress: Progress | None = None) -> torch.Tensor | None:
         """The fixed table (``progress`` unused: nothing is built)."""
         return self._table if self.homer.pruning == "calibrated" else None
 

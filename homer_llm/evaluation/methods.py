@@ -24,8 +24,8 @@ stop with TimeBudgetExceeded once it has passed.
     homer-hybrid     the whole document compressed (own-leaf merges) plus the leaf the question
                      points to most (leaf locator) read in full after it, in one cache
                      (``homer_llm.hybrid``)
-    homer-hybrid3    homer-hybrid reading up to three leaves, as many as fit the window: what
-                     the LangChain and LlamaIndex adapters run by default
+    homer-hybrid3    homer-hybrid reading up to three leaves (a second or later one only within
+                     half the window, ``hybrid.leaves_to_read``): the adapters' default
     full             the plain model over the whole prompt, also beyond its window
     truncate         the plain model over the prompt cut to the window: prefix and suffix kept,
                      the END of the document kept (for perplexity: the last window of tokens)
