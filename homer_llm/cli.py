@@ -134,9 +134,10 @@ def add_ask_arguments(parser: argparse.ArgumentParser) -> None:
     homer.add_argument("--focus-margin", type=int, default=256, metavar="N",
                        help="with --focus-leaves: tokens of neighbouring text also read on each side of a chosen "
                             "leaf, as the read's budget allows (default 256; 0: whole leaves only)")
-    homer.add_argument("--focus-locator", default="leaf", choices=["tree", "leaf"],
+    homer.add_argument("--focus-locator", default="leaf", choices=["tree", "leaf", "lexical"],
                        help="with --focus-leaves: rank leaves inside each leaf's own pass, without running the "
-                            "merges (leaf, default) or by the question's attention after the whole tree (tree)")
+                            "merges (leaf, default), by the question's attention after the whole tree (tree), or by "
+                            "BM25 of the question's tokens in each leaf, no model pass (lexical)")
     homer.add_argument("--focus-keep-document", action="store_true",
                        help="with --focus-leaves: read the chosen leaves in full after HOMER's compressed cache of "
                             "the whole document (the hybrid read) instead of alone")

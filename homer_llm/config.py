@@ -17,8 +17,8 @@ RopeScaling = Literal["yarn", "linear"]
 ROPE_SCALINGS: tuple[str, ...] = ("yarn", "linear")
 MergeAttention = Literal["auto", "causal", "own-leaf"]
 MERGE_ATTENTIONS: tuple[str, ...] = ("auto", "causal", "own-leaf")
-FocusLocator = Literal["tree", "leaf"]
-FOCUS_LOCATORS: tuple[str, ...] = ("tree", "leaf")
+FocusLocator = Literal["tree", "leaf", "lexical"]
+FOCUS_LOCATORS: tuple[str, ...] = ("tree", "leaf", "lexical")
 
 
 @dataclass(frozen=True)
@@ -96,6 +96,10 @@ class HomerConfig:
             of the leaf's layers; the merges are not run, so locating costs the leaves only.
             "tree": by the attention the question, read afresh after the whole pruned tree, gives
             each leaf's surviving tokens (it favours the first leaves of each subtree).
+            "lexical" (``homer_llm.lexical``): by BM25 of the question's tokens in each leaf's
+            text, no model pass; a later leaf only where it scores at least half the best. It
+            tells apart leaves with look-alike facts that the attention locators rank closely,
+            and is blind to a question worded unlike the text.
         focus_keep_document: only with focus. False (default): the answer reads the chosen leaves
             alone, as above. True, the hybrid read (``homer_llm.hybrid``): the answer reads HOMER's
             compressed cache of the whole document, then the chosen leaves' text in full after it,

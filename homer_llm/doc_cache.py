@@ -535,10 +535,11 @@ class DocumentCache:
         hybrid = focus and engine.homer.focus_keep_document
         mode = self.mode
         if focus and mode != "exact":
-            if not hybrid and engine.homer.focus_locator == "tree":
-                # the tree locator ranks leaves after a tree pruned for this question: nothing to share
-                logger.info("HomerConfig.focus_leaves with the tree locator: %s mode falls back to exact "
-                            "compression", mode)
+            if not hybrid and engine.homer.focus_locator in ("tree", "lexical"):
+                # the tree locator ranks leaves after a tree pruned for this question, the lexical
+                # one runs no model before the plain read: nothing to share
+                logger.info("HomerConfig.focus_leaves with the %s locator: %s mode falls back to exact "
+                            "compression", engine.homer.focus_locator, mode)
                 return self._exact(engine, parts, progress)
             # a read the question chooses has nothing question-free to share; its leaves are (the
             # query-aware reuse of "leaf" mode), so that is what is cached in "agnostic" mode too

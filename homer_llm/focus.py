@@ -192,7 +192,9 @@ def choose_leaves(plan: Plan, attention: torch.Tensor, k: int, budget: int, *, c
 
     Leaves are taken best first; one that would overflow the budget is skipped, and so is one
     that would take the leaves, with ``margin`` tokens on each side, past ``cap`` tokens (None: no
-    cap). At least the best leaf is returned (a leaf is at most one chunk, which fits any window).
+    cap), and one whose attention is not above 0 (the lexical locator's unmatched leaves; the
+    attention locators' shares are always above 0). At least the best leaf is returned (a leaf is
+    at most one chunk, which fits any window).
     """
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
@@ -201,7 +203,7 @@ def choose_leaves(plan: Plan, attention: torch.Tensor, k: int, budget: int, *, c
     for leaf in order:
         size = plan.leaf_sizes[leaf]
         within_cap = cap is None or used + size + 2 * margin * (len(chosen) + 1) <= cap
-        if not chosen or (used + size <= budget and within_cap):
+        if not chosen or (used + size <= budget and within_cap and float(attention[leaf]) > 0):
             chosen.append(leaf)
             used += size
         if len(chosen) == k:

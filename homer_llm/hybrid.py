@@ -35,6 +35,7 @@ import torch
 
 from .engine import CompressedContext, Progress, append_tokens, drop_last
 from .focus import choose_leaves, focus_spans, leaf_attention, leaf_relevance
+from .lexical import lexical_relevance
 from .prompt import PromptParts
 from .schedule import Plan
 
@@ -108,7 +109,9 @@ def hybrid_context(hm, parts: PromptParts, *, leaves: int = 1, margin: int | Non
         return compressed
     started = time.perf_counter()
     with tree.lock:
-        if hm.homer.focus_locator == "leaf":
+        if hm.homer.focus_locator == "lexical":
+            relevance = lexical_relevance(plan, parts.context, parts.suffix)
+        elif hm.homer.focus_locator == "leaf":
             relevance = leaf_relevance(tree.parts, plan, torch.tensor(parts.ids, dtype=torch.long))
         else:
             relevance = tree_relevance(tree, parts, plan, compressed)

@@ -29,6 +29,7 @@ from .engine import CompressedContext, Progress, compress
 from .focus import choose_leaves, focus_spans, focused_parts, leaf_attention, leaf_relevance
 from .generation import Generation, TextStream, generate
 from .hybrid import hybrid_chunk_len, hybrid_context
+from .lexical import lexical_relevance
 from .prompt import PromptParts, split_chat, split_text
 from .schedule import Plan, make_plan
 from .spans import word_spans
@@ -805,6 +806,9 @@ class HomerModel:
                            "token; prompt.anchor_prefix(parts) gives them a shared start")
         focus = bool(self.homer.focus_leaves) and plan.num_leaves > 1
         leaf_locator = focus and self.homer.focus_locator == "leaf"
+        if focus and self.homer.focus_locator == "lexical":  # no model pass before the plain read
+            with self.lock:
+                return self._focus(parts, plan, lexical_relevance(plan, parts.context, parts.suffix), 0.0, progress)
         # the plain path prunes nothing and the leaf locator ranks by raw attention: neither needs the table
         bias = None if plain or leaf_locator else self.bias_table(progress)
         gen = None
@@ -863,7 +867,7 @@ class HomerModel:
                     plan.num_leaves, [round(float(attention[i]), 3) for i in leaves], spans, len(focused))
         one = make_plan(len(focused.prefix), len(focused.context), len(focused.suffix), chunk_len=len(focused),
                         cache_len=len(focused), num_layers=self.parts.num_layers, warmup_layers=0)
-        done = plan.layer_passes if self.homer.focus_locator == "tree" else plan.leaf_passes
+        done = {"tree": plan.layer_passes, "leaf": plan.leaf_passes}.get(self.homer.focus_locator, 0)
         plain = compress(self.parts, one, torch.tensor(focused.ids, dtype=torch.long),
                          progress=None if progress is None else lambda d, t: progress(done + d, done + t))
         stats = replace(plain.stats, input_tokens=len(parts), tree_height=plan.height, num_leaves=plan.num_leaves,

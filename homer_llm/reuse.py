@@ -28,6 +28,7 @@ import torch
 from . import compat
 from .engine import CompressedContext, Progress, TreePass
 from .generation import extend_context
+from .lexical import lexical_relevance
 from .prompt import PromptParts
 from .schedule import Node, Plan, make_plan
 from .state import ChunkState
@@ -276,11 +277,15 @@ def compress_from_leaves(
 
 @torch.inference_mode()
 def focus_from_leaves(engine: Any, parts: PromptParts, leaves: LeafStates) -> CompressedContext:
-    """Focus with the leaf locator (``HomerConfig.focus_locator="leaf"``) on cached leaves: the
-    leaves ranked by :func:`relevance_from_leaves`, then the engine's plain read of the best ones."""
+    """Focus with the leaf or lexical locator (``HomerConfig.focus_locator``) on cached leaves: the
+    leaves ranked by :func:`relevance_from_leaves` (or BM25), then the engine's plain read of the best ones."""
     start = time.perf_counter()
     with engine.lock:
-        plan, relevance = relevance_from_leaves(engine, parts, leaves)
+        if engine.homer.focus_locator == "lexical":
+            plan = _plan_for_leaves(engine, parts, leaves)
+            relevance = lexical_relevance(plan, parts.context, parts.suffix)
+        else:
+            plan, relevance = relevance_from_leaves(engine, parts, leaves)
         return engine._focus(parts, plan, relevance, time.perf_counter() - start)
 
 
@@ -300,7 +305,10 @@ def hybrid_from_leaves(
     tree_hm = tree_engine(engine, engine.chunk_len)
     with engine.lock:
         tree = compress_from_leaves(tree_hm, parts, leaves, progress=progress)
-        if engine.homer.focus_locator == "leaf":
+        if engine.homer.focus_locator == "lexical":
+            plan = _plan_for_leaves(engine, parts, leaves)
+            relevance = lexical_relevance(plan, parts.context, parts.suffix)
+        elif engine.homer.focus_locator == "leaf":
             plan, relevance = relevance_from_leaves(engine, parts, leaves)
         else:
             plan = _plan_for_leaves(engine, parts, leaves)

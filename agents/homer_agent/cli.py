@@ -83,6 +83,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="leaves of the document read in full next to its compressed cache, the best "
                         "first, a second or later one only within half the window (default: the chat model's, 3; 0: the "
                         "compressed cache alone)")
+    p.add_argument("--focus-locator", choices=("leaf", "tree", "lexical"), default=None,
+                   help="how those leaves are ranked (default: the chat model's, leaf; lexical: BM25 of the "
+                        "question's tokens, no model pass, a later leaf only at half the best score)")
     p.add_argument("--reuse", choices=("agnostic", "leaf", "exact"), default="agnostic",
                    help="how the document cache reuses work across questions (homer_llm.reuse)")
     p.add_argument("--cache-bytes", type=_positive_int, default=2 * 1024**3, help="memory budget of the document cache")
@@ -128,6 +131,8 @@ def _load_llm(args: argparse.Namespace, cache: Any) -> Any:
     from langchain_homer import HomerLLM
 
     read = {} if args.focus_leaves is None else {"focus_leaves": args.focus_leaves}
+    if args.focus_locator is not None:
+        read["focus_locator"] = args.focus_locator
     try:
         llm = HomerLLM(model=args.model, device=args.device, dtype=args.dtype, max_tokens=args.max_tokens,
                        temperature=0.0, chunk_len=args.chunk_len, document_cache=cache, **read)

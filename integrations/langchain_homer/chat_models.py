@@ -294,9 +294,10 @@ class HomerLLM(BaseChatModel):
     take up to 3, so a fact the locator ranks second is still read (docs/agent.md)."""
     focus_margin: int = Field(default=256, ge=0)
     """Only with focus: tokens of neighbouring text also read on each side of a chosen chunk."""
-    focus_locator: Literal["tree", "leaf"] = "leaf"
+    focus_locator: Literal["tree", "leaf", "lexical"] = "leaf"
     """Only with focus: "leaf" (default) ranks chunks inside each chunk's own pass, no merges run;
-    "tree" ranks by the question's attention after the whole tree."""
+    "tree" ranks by the question's attention after the whole tree; "lexical" by BM25 of the
+    question's tokens in each chunk (no model pass; a later chunk only at half the best score)."""
     focus_keep_document: bool = True
     """Only with focus: True (default) reads the chosen chunks in full after HOMER's compressed
     cache of the whole document (the hybrid read), so a question about the whole still sees all

@@ -210,9 +210,10 @@ class HomerLLM(FunctionCallingLLM):
         default=256, ge=0, description="With focus: tokens of neighbouring text also read on each side of a "
         "chosen leaf.",
     )
-    focus_locator: Literal["tree", "leaf"] = Field(
+    focus_locator: Literal["tree", "leaf", "lexical"] = Field(
         default="leaf", description="With focus: rank leaves inside each leaf's own pass ('leaf') or by the "
-        "question's attention after the whole tree ('tree').",
+        "question's attention after the whole tree ('tree') or by BM25 of the question's tokens in each leaf, "
+        "no model pass ('lexical').",
     )
     focus_keep_document: bool = Field(
         default=True, description="With focus: True (default) reads the chosen leaves in full after HOMER's "
