@@ -12,7 +12,9 @@ Scores are Okapi BM25 (Robertson & Zaragoza, 2009) over token ids, each leaf a d
 question's distinct tokens the query; a token every leaf holds weighs almost nothing, so the chat
 template's and the filler's tokens do not count. Scores below ``FLOOR`` times the best are set to
 0, and ``focus.choose_leaves`` reads a second or later leaf only when its score is above 0: a
-question that points at one leaf gets one.
+question that points at one leaf gets one. Written out here rather than through bm25s (the eval's
+BM25 baseline): that is an optional extra, tokenises words rather than the model's ids, and
+imports JAX where it is installed.
 """
 
 from __future__ import annotations

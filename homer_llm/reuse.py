@@ -281,12 +281,16 @@ def focus_from_leaves(engine: Any, parts: PromptParts, leaves: LeafStates) -> Co
     leaves ranked by :func:`relevance_from_leaves` (or BM25), then the engine's plain read of the best ones."""
     start = time.perf_counter()
     with engine.lock:
-        if engine.homer.focus_locator == "lexical":
-            plan = _plan_for_leaves(engine, parts, leaves)
-            relevance = lexical_relevance(plan, parts.context, parts.suffix)
-        else:
-            plan, relevance = relevance_from_leaves(engine, parts, leaves)
+        plan, relevance = _rank_cached_leaves(engine, parts, leaves)
         return engine._focus(parts, plan, relevance, time.perf_counter() - start)
+
+
+def _rank_cached_leaves(engine: Any, parts: PromptParts, leaves: LeafStates) -> tuple[Plan, torch.Tensor]:
+    """The plan and the leaves' ranking ([N]) by the engine's leaf or lexical locator, from cached leaves."""
+    if engine.homer.focus_locator == "lexical":
+        plan = _plan_for_leaves(engine, parts, leaves)
+        return plan, lexical_relevance(plan, parts.context, parts.suffix)
+    return relevance_from_leaves(engine, parts, leaves)
 
 
 @torch.inference_mode()
@@ -305,14 +309,11 @@ def hybrid_from_leaves(
     tree_hm = tree_engine(engine, engine.chunk_len)
     with engine.lock:
         tree = compress_from_leaves(tree_hm, parts, leaves, progress=progress)
-        if engine.homer.focus_locator == "lexical":
-            plan = _plan_for_leaves(engine, parts, leaves)
-            relevance = lexical_relevance(plan, parts.context, parts.suffix)
-        elif engine.homer.focus_locator == "leaf":
-            plan, relevance = relevance_from_leaves(engine, parts, leaves)
-        else:
+        if engine.homer.focus_locator == "tree":
             plan = _plan_for_leaves(engine, parts, leaves)
             relevance = tree_relevance(tree_hm, parts, plan, tree)
+        else:
+            plan, relevance = _rank_cached_leaves(engine, parts, leaves)
         out = read_leaves_after(engine.parts, parts, plan, tree, relevance, leaves=engine.homer.focus_leaves,
                                 margin=engine.homer.focus_margin, answer_room=ANSWER_ROOM, window=engine.window)
     return replace(out, stats=replace(out.stats, seconds=time.perf_counter() - start))

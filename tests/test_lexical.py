@@ -33,12 +33,16 @@ def test_lexical_relevance_zeroes_leaves_far_below_the_best():
     context[17], context[18] = 30, 31  # leaf 3 holds both question words
     context[26] = 30  # leaf 5 one of them
     relevance = lexical_relevance(plan, context, [30, 31, 5])
+    # equal lengths: leaf 5's score over leaf 3's is idf(30) / (idf(30) + idf(31)), under one half
+    idf30, idf31 = math.log(1 + 6.5 / 2.5), math.log(1 + 7.5 / 1.5)
+    assert idf30 / (idf30 + idf31) < 0.5
     assert relevance.argmax().item() == 3 and relevance[3] > 0
-    assert relevance[5] == 0 or relevance[5] >= 0.5 * relevance[3]
-    assert all(relevance[i] == 0 for i in (0, 1, 2, 4, 6, 7))
-    assert lexical_relevance(plan, context, [30, 31], floor=0.0)[5] > 0
-    # a zero score is never read after the best, whatever k
-    assert choose_leaves(plan, relevance, 3, budget=100) == sorted({3} | ({5} if relevance[5] > 0 else set()))
+    assert all(relevance[i] == 0 for i in (0, 1, 2, 4, 5, 6, 7))
+    unfloored = lexical_relevance(plan, context, [30, 31], floor=0.0)
+    assert unfloored[5].item() == pytest.approx(unfloored[3].item() * idf30 / (idf30 + idf31), rel=1e-5)
+    # a zero score is never read after the best, whatever k; without the floor leaf 5 is read too
+    assert choose_leaves(plan, relevance, 3, budget=100) == [3]
+    assert choose_leaves(plan, unfloored, 3, budget=100) == [3, 5]
     with pytest.raises(ValueError, match="floor must be in"):
         lexical_relevance(plan, context, [30], floor=1.5)
 
